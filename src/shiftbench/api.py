@@ -1,0 +1,214 @@
+"""Python API: ``index`` a training folder, ``scan`` a production folder.
+
+The CLI is a thin wrapper over these two functions; scripts can call them
+directly and get tables back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .bank import Bank, check_identity, load_bank, save_bank
+from .embedding import Embeddings, embed_folder, load_backbone
+from .fsutil import write_json, write_with
+from .images import InputError, find_images, labels_from_csv, labels_from_folders
+from .scoring import DEFAULT_K, KNNScorer
+
+DEFAULT_WORKSPACE = ".shiftbench"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` produced: ``table`` is ``images.csv``, ``summary`` is ``summary.json``."""
+
+    table: pd.DataFrame
+    summary: dict
+    out_dir: Path
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, backbone: str = "lite0",
+          weights: str | None = None, num_classes: int | None = None, resize: str | None = None,
+          device: str = "auto", labels: str | Path | None = None, k: int = DEFAULT_K,
+          index_kind: str = "auto", batch_size: int = 32, num_workers: int | None = None,
+          progress: Progress | None = None) -> Bank:
+    """Embed a training folder into the reference bank of ``workspace``.
+
+    Unchanged files of an existing bank made with the same backbone and folder are
+    reused, and an interrupted run resumes where it stopped. Labels come from
+    ``labels`` (CSV with ``path,label``) or from class sub-folders.
+
+    Returns
+    -------
+    Bank
+        ``bank.table`` has one row per file found (``status`` ok/unreadable).
+    """
+    t0 = time.perf_counter()
+    root = Path(train_dir).resolve()
+    paths = find_images(root)
+    if not paths:
+        raise InputError(f"no images found in {root}")
+    bb = load_backbone(backbone, weights, num_classes, device, resize)
+    previous = None
+    try:
+        old = load_bank(workspace)
+        if old.meta["identity"] == bb.identity and old.meta["root"] == str(root):
+            previous = old.embeddings
+    except InputError:
+        pass
+    emb = embed_folder(root, paths, bb, Path(workspace) / "work" / "index", previous=previous,
+                       batch_size=batch_size, num_workers=num_workers, progress=progress)
+    t_embed = time.perf_counter() - t0
+    if emb.ok.sum() < 2:
+        raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
+    table = emb.table.copy()
+    lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
+    table.insert(3, "label", lab if lab is not None else [""] * len(paths))
+    scorer = KNNScorer(k=k, index=index_kind).fit(emb.features[emb.ok])
+    meta = {
+        "root": str(root), "created": _now(), "shiftbench": __version__,
+        "backbone": {"name": backbone, "weights": str(Path(weights).resolve()) if weights and weights != "none"
+                     else weights, "num_classes": num_classes, "resize": resize},
+        "identity": bb.identity, "k": k, "index": scorer.index_info_,
+        "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
+                   "reused": 0 if previous is None else int(table["sha"].isin(previous.table["sha"]).sum())},
+        "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
+    bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
+    save_bank(workspace, bank)
+    return bank
+
+
+def _scan_cache(workspace: Path, prod_root: Path) -> Path:
+    key = hashlib.blake2b(str(prod_root).encode(), digest_size=8).hexdigest()
+    return workspace / "work" / f"scan-{key}"
+
+
+def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
+    try:
+        if json.loads((cache / "identity.json").read_text()) != identity:
+            return None
+        return Embeddings(pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy"))
+    except (OSError, ValueError):
+        return None
+
+
+def _save_cached(cache: Path, identity: dict, emb: Embeddings) -> None:
+    write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
+    write_with(cache / "features.npy", lambda p: np.save(open(p, "wb"), emb.features))
+    write_json(cache / "identity.json", identity)
+
+
+def _default_out(workspace: Path) -> Path:
+    base = workspace / "scans" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return out
+
+
+def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, reference: str | Path | None = None,
+         out: str | Path | None = None, fpr: float = 0.05, device: str = "auto", batch_size: int = 32,
+         num_workers: int | None = None, progress: Progress | None = None, **index_options) -> ScanResult:
+    """Score every image of ``prod_dir`` against the reference bank and write the results.
+
+    Parameters
+    ----------
+    prod_dir
+        Production images (searched recursively).
+    reference
+        Training folder: build or update the bank first (``index_options`` go to :func:`index`).
+        Without it the existing bank of ``workspace`` is used.
+    out
+        Output folder; default ``WORKSPACE/scans/<timestamp>``.
+    fpr
+        Target false-alarm rate on in-distribution images; sets the flag threshold.
+
+    Returns
+    -------
+    ScanResult
+        ``table`` (one row per image: path, status, error, ood_score, p_value,
+        is_ood, nearest_train, cause, cluster, width, height, sha), ``summary``,
+        and ``out_dir`` holding ``images.csv`` and ``summary.json``.
+    """
+    t0 = time.perf_counter()
+    workspace = Path(workspace)
+    if not 0 < fpr < 1:
+        raise InputError(f"--fpr must be between 0 and 1, got {fpr}")
+    if reference is not None:
+        bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
+                     num_workers=num_workers, progress=progress, **index_options)
+    else:
+        if index_options:
+            raise InputError(f"{sorted(index_options)} only apply with --reference")
+        bank = load_bank(workspace)
+    t_index = time.perf_counter() - t0
+    root = Path(prod_dir).resolve()
+    paths = find_images(root)
+    if not paths:
+        raise InputError(f"no images found in {root}")
+    bb = load_backbone(**bank.meta["backbone"], device=device)
+    check_identity(bank.meta, bb.identity)
+    cache = _scan_cache(workspace, root)
+    t1 = time.perf_counter()
+    emb = embed_folder(root, paths, bb, cache, previous=_load_cached(cache, bb.identity),
+                       batch_size=batch_size, num_workers=num_workers, progress=progress)
+    t_embed = time.perf_counter() - t1
+    _save_cached(cache, bb.identity, emb)
+
+    scores, nearest = bank.scorer.score(emb.features)
+    cal = bank.scorer.calibration_
+    p = cal.p_values(scores)
+    is_ood = np.nan_to_num(p, nan=1.0) <= fpr
+    train_paths = bank.table["path"].to_numpy()[bank.rows]
+    t = emb.table
+    table = pd.DataFrame({
+        "path": t["path"], "status": t["status"], "error": t["error"],
+        "ood_score": scores, "p_value": p, "is_ood": is_ood,
+        "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
+        "cause": np.where(is_ood, "unknown", "none"), "cluster": -1,
+        "width": t["width"], "height": t["height"], "sha": t["sha"],
+    })
+    out_dir = Path(out) if out is not None else _default_out(workspace)
+    n, n_ok, n_flag = len(table), int(emb.ok.sum()), int(is_ood.sum())
+    summary = {
+        "shiftbench": __version__, "created": _now(), "prod_dir": str(root), "out_dir": str(out_dir),
+        "bank": {"root": bank.meta["root"], "images": bank.meta["counts"]["ok"], "k": bank.meta["k"],
+                 "index": bank.meta["index"]},
+        "backbone": bank.meta["identity"],
+        "counts": {"images": n, "ok": n_ok, "unreadable": n - n_ok, "flagged": n_flag},
+        "share_flagged": n_flag / n_ok if n_ok else 0.0,
+        "threshold": cal.threshold(fpr), "fpr_target": fpr,
+        "calibration": cal.summary(fpr),
+        "timings_s": {"index": round(t_index, 3), "embed": round(t_embed, 3),
+                      "total": round(time.perf_counter() - t0, 3),
+                      "images_per_s": round(n / t_embed, 2) if t_embed > 0 else None},
+        "unreadable": [{"path": a, "error": b} for a, b in
+                       zip(t["path"][~emb.ok][:100], t["error"][~emb.ok][:100])],
+    }
+    write_table(out_dir / "images.csv", table)
+    write_json(out_dir / "summary.json", summary)
+    return ScanResult(table=table, summary=summary, out_dir=out_dir)
+
+
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    """CSV with booleans as ``true``/``false`` and floats at full precision, atomically."""
+    t = table.copy()
+    for c in t.columns:
+        if t[c].dtype == bool:
+            t[c] = np.where(t[c], "true", "false")
+    write_with(path, lambda p: t.to_csv(p, index=False, float_format="%.6g"))

@@ -1,0 +1,117 @@
+"""The reference bank: training embeddings, their index and calibration, on disk.
+
+Layout of ``WORKSPACE/bank/``::
+
+    bank.json         backbone spec and identity, training root, k, index info, counts
+    images.parquet    one row per training file (path, status, error, sha, size,
+                      mtime_ns, width, height, label, measurements...)
+    features.npy      (N, D) float32 raw features, NaN rows where unreadable
+    index.faiss       faiss index over the normalised features of readable rows
+    calibration.npy   sorted leave-one-out scores
+
+A new bank is written complete into a temporary folder and then swapped in, so
+a crash leaves either the old bank or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .embedding import Embeddings
+from .images import InputError
+from .scoring import Calibration, KNNScorer
+from .search import load_index, save_index
+
+BANK_VERSION = 1
+
+
+@dataclass
+class Bank:
+    """A loaded reference bank.
+
+    ``table`` has one row per training file; ``features`` (N, D) aligned with it;
+    ``scorer`` is fitted on the readable rows, whose table positions are ``rows``
+    (scorer id ``i`` is table row ``rows[i]``).
+    """
+
+    meta: dict
+    table: pd.DataFrame
+    features: np.ndarray
+    scorer: KNNScorer
+    rows: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = np.flatnonzero((self.table["status"] == "ok").to_numpy())
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The bank as an :class:`Embeddings` (without labels), for incremental re-indexing."""
+        return Embeddings(self.table.drop(columns=["label"], errors="ignore"), self.features)
+
+
+def bank_dir(workspace: str | os.PathLike) -> Path:
+    return Path(workspace) / "bank"
+
+
+def save_bank(workspace: str | os.PathLike, bank: Bank) -> Path:
+    """Write ``bank`` to ``workspace/bank`` atomically (whole-folder swap)."""
+    final = bank_dir(workspace)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bank-", dir=final.parent))
+    tmp.chmod(0o755)
+    try:
+        bank.table.to_parquet(tmp / "images.parquet", index=False)
+        np.save(tmp / "features.npy", bank.features)
+        save_index(bank.scorer.index_, tmp / "index.faiss")
+        np.save(tmp / "calibration.npy", bank.scorer.calibration_.scores)
+        (tmp / "bank.json").write_text(json.dumps({**bank.meta, "version": BANK_VERSION}, indent=2))
+        old = final.with_name("bank.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_bank(workspace: str | os.PathLike) -> Bank:
+    """Load ``workspace/bank`` (or the previous bank if a swap was interrupted)."""
+    d = bank_dir(workspace)
+    if not (d / "bank.json").is_file() and (d.with_name("bank.old") / "bank.json").is_file():
+        d = d.with_name("bank.old")
+    if not (d / "bank.json").is_file():
+        raise InputError(f"no reference bank in {Path(workspace)}: run 'shiftbench index TRAIN_DIR' "
+                         f"first, or pass --reference TRAIN_DIR to scan")
+    meta = json.loads((d / "bank.json").read_text())
+    if meta.get("version") != BANK_VERSION:
+        raise InputError(f"{d} was written by another shiftbench version; re-run 'shiftbench index'")
+    scorer = KNNScorer(k=meta["k"])
+    scorer.index_ = load_index(d / "index.faiss")
+    scorer.index_info_ = meta["index"]
+    scorer.calibration_ = Calibration(np.load(d / "calibration.npy"))
+    table = pd.read_parquet(d / "images.parquet")
+    return Bank(meta=meta, table=table, features=np.load(d / "features.npy"), scorer=scorer)
+
+
+def check_identity(bank_meta: dict, identity: dict) -> None:
+    """Refuse to compare features made by different backbones or preprocessing."""
+    theirs = bank_meta["identity"]
+    if theirs != identity:
+        diff = [k for k in identity if identity.get(k) != theirs.get(k)]
+        raise InputError(
+            f"the bank was built with backbone {theirs['backbone']!r} "
+            f"(weights {str(theirs['weights'])[:12]}, preprocess {theirs['preprocess']}) but these "
+            f"images would be embedded with {identity['backbone']!r} (differs in: {', '.join(diff)}). "
+            f"Distances across feature spaces are meaningless: re-index with the same backbone, "
+            f"or scan without --backbone/--weights to use the bank's own.")

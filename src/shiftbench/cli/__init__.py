@@ -1,0 +1,1 @@
+"""Command-line interface: parses options and calls the library, nothing more."""

@@ -1,0 +1,54 @@
+"""What every command shares: error handling, progress bar, output conventions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+EXIT_OK, EXIT_SHIFT, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"shiftbench: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one line on stderr and exit status 2."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from ..embedding.backbones import BackboneError
+    from ..images import ImageError, InputError
+    try:
+        yield
+    except (InputError, BackboneError, ImageError, FileNotFoundError, NotADirectoryError) as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same command again to resume", 130) from None
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool):
+    """Yield a ``progress(done, total)`` callback drawing a rich bar on stderr."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+        yield update
+
+
+def info(message: str, quiet: bool) -> None:
+    """Human-readable text: stderr, so that stdout carries only the result path."""
+    if not quiet:
+        typer.echo(message, err=True)

@@ -1,0 +1,104 @@
+"""``shiftbench index`` and ``shiftbench scan``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import EXIT_SHIFT, fail, info, progress_bar, user_errors
+
+Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Folder holding the bank and scans.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding worker processes (default: cores/2).")]
+Backbone = Annotated[str, typer.Option(help="lite0, a torchvision model name, or a TorchScript file.")]
+Weights = Annotated[Optional[str], typer.Option(
+    help="State dict (.pt/.pth/.safetensors) for the backbone; 'none' for random init.")]
+NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size of --weights (read from the file by default).")]
+Resize = Annotated[Optional[str], typer.Option(help="squash | pad | crop (default: squash).")]
+Labels = Annotated[Optional[Path], typer.Option(help="CSV with path,label for the training images.")]
+K = Annotated[int, typer.Option("-k", min=1, help="Score = distance to the k-th nearest training image.")]
+IndexKind = Annotated[str, typer.Option("--index", help="auto | flat | ivf | hnsw.")]
+
+
+def index(
+    train_dir: Annotated[Path, typer.Argument(help="Training images (class sub-folders give labels).")],
+    workspace: Workspace = Path(".shiftbench"),
+    backbone: Backbone = "lite0",
+    weights: Weights = None,
+    num_classes: NumClasses = None,
+    resize: Resize = None,
+    labels: Labels = None,
+    k: K = 5,
+    index_kind: IndexKind = "auto",
+    device: Device = "auto",
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    quiet: Quiet = False,
+) -> None:
+    """Embed the training images into a reference bank (re-run to add new images)."""
+    with user_errors():
+        from ..api import index as run_index
+        with progress_bar("embedding training images", quiet) as progress:
+            bank = run_index(train_dir, workspace=workspace, backbone=backbone, weights=weights,
+                             num_classes=num_classes, resize=resize, device=device, labels=labels, k=k,
+                             index_kind=index_kind, batch_size=batch_size, num_workers=workers,
+                             progress=progress)
+    c = bank.meta["counts"]
+    info(f"indexed {c['ok']} images ({c['unreadable']} unreadable, {c['reused']} reused) with "
+         f"{bank.meta['identity']['backbone']}; calibration on {len(bank.scorer.calibration_.scores)} "
+         f"leave-one-out scores", quiet)
+    typer.echo(str((workspace / "bank").resolve()))
+
+
+def scan(
+    prod_dir: Annotated[Path, typer.Argument(help="Production images to check.")],
+    workspace: Workspace = Path(".shiftbench"),
+    reference: Annotated[Optional[Path], typer.Option(
+        help="Training folder: build or update the bank in the same run.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: WORKSPACE/scans/<timestamp>).")] = None,
+    fpr: Annotated[float, typer.Option(help="Target false-alarm rate on in-distribution images.")] = 0.05,
+    fail_on_shift: Annotated[Optional[float], typer.Option(
+        help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
+    backbone: Backbone = "lite0",
+    weights: Weights = None,
+    num_classes: NumClasses = None,
+    resize: Resize = None,
+    labels: Labels = None,
+    k: K = 5,
+    index_kind: IndexKind = "auto",
+    device: Device = "auto",
+    batch_size: BatchSize = 32,
+    workers: Workers = None,
+    quiet: Quiet = False,
+) -> None:
+    """Flag the production images that are unlike the training set.
+
+    Writes images.csv (one row per image) and summary.json, and prints the
+    output folder on stdout.
+    """
+    if fail_on_shift is not None and not 0 <= fail_on_shift <= 1:
+        raise fail("--fail-on-shift must be between 0 and 1")
+    index_options = {}
+    if reference is not None:
+        index_options = dict(backbone=backbone, weights=weights, num_classes=num_classes, resize=resize,
+                             labels=labels, k=k, index_kind=index_kind)
+    with user_errors():
+        from ..api import scan as run_scan
+        with progress_bar("embedding", quiet) as progress:
+            result = run_scan(prod_dir, workspace=workspace, reference=reference, out=out, fpr=fpr,
+                              device=device, batch_size=batch_size, num_workers=workers,
+                              progress=progress, **index_options)
+    s = result.summary
+    c = s["counts"]
+    info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
+         f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
+         f"{100 * fpr:.0f}%), {c['unreadable']} unreadable", quiet)
+    typer.echo(str(result.out_dir))
+    if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
+        info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)
+        raise typer.Exit(EXIT_SHIFT)

@@ -1,0 +1,241 @@
+"""Backbones: a model, the preprocessing it expects, and an identity for the bank.
+
+Three kinds, chosen by the ``name`` given to :func:`load_backbone`:
+
+* ``"lite0"`` (default): ImageNet EfficientNet-Lite0, weights from a PyPI package;
+* any torchvision classification model name (``"resnet50"``...): weights from
+  ``weights=FILE``, else the torch hub cache, else a clear offline error;
+  ``weights="none"`` gives a randomly initialised model (seed 0);
+* a path to a TorchScript file.
+
+A state dict (``.pt``/``.pth``/``.safetensors``) of the user's own fine-tuned
+torchvision model is ``name=ARCH, weights=FILE``; its class count is read from the
+file (or given as ``num_classes``). Files are loaded with ``weights_only=True`` or
+safetensors: nothing is unpickled.
+
+Features are the input of the last ``nn.Linear`` (the globally pooled
+penultimate layer), caught with a forward pre-hook so logits come for free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .lite0 import EfficientNetLite0, lite0_weights_path
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_POLICIES = ("squash", "pad", "crop")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built or loaded; ``str(e)`` says what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB uint8 image becomes the model's input tensor.
+
+    ``resize``: ``squash`` (whole image to size x size, aspect not kept),
+    ``pad`` (longest side to ``size``, centred on the mean colour) or ``crop``
+    (shortest side to ``size``, centre crop). Normalisation: ``(rgb/255 - mean) / std``.
+    """
+
+    size: int = 224
+    resize: str = "squash"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_POLICIES:
+            raise BackboneError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Backbone:
+    """A loaded feature extractor. Call :meth:`embed` on normalised input."""
+
+    name: str
+    model: nn.Module
+    preprocess: Preprocess
+    weights_id: str
+    device: torch.device
+    feature_dim: int = 0
+    _captured: list = field(default_factory=list, repr=False)
+
+    @property
+    def identity(self) -> dict:
+        """What must match between a bank and the images queried against it."""
+        return {"backbone": self.name, "weights": self.weights_id,
+                "feature_dim": self.feature_dim, "preprocess": self.preprocess.to_dict()}
+
+    @torch.inference_mode()
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 3, S, S) normalised input -> ((N, D) features, (N, C) logits or None)."""
+        self._captured.clear()
+        out = self.model(x)
+        if self._captured:  # pre-hook on the classifier saw the pooled features
+            return self._captured[0].flatten(1).float(), out.float()
+        return out.flatten(1).float(), None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise BackboneError(f"unknown device {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from ``.safetensors`` or a torch file, never unpickling objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # includes the UnpicklingError for non-tensor pickles
+            raise BackboneError(f"{path} is not a plain state dict loadable with "
+                                f"weights_only=True ({type(e).__name__}); save tensors only, "
+                                f"or use .safetensors") from e
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise BackboneError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def _hub_weights(arch: str):
+    """(path in the torch hub cache, preprocessing) of torchvision's default weights."""
+    import torchvision
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except Exception as e:
+        raise BackboneError(f"torchvision has no pretrained weights for {arch!r}; "
+                            f"pass weights=FILE or weights='none'") from e
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    t = weights.transforms()
+    pre = Preprocess(size=int(t.crop_size[0]), mean=tuple(t.mean), std=tuple(t.std))
+    return path, pre
+
+
+def _torchvision(arch: str, weights: str | None, num_classes: int | None) -> tuple[nn.Module, str, Preprocess]:
+    import torchvision
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise BackboneError(f"unknown backbone {arch!r}: use 'lite0', a torchvision classification "
+                            f"model name (e.g. resnet50), or a TorchScript file")
+    pre = Preprocess()
+    if weights is None:
+        path, pre = _hub_weights(arch)
+        if not path.is_file():
+            raise BackboneError(f"pretrained weights for {arch} are not in the torch hub cache "
+                                f"({path}) and there is no network: copy the file there, "
+                                f"or pass weights=FILE (--weights)")
+        weights = str(path)
+    if weights == "none":
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes or 1000)
+        return model.eval(), "random-init-seed0", pre
+    sd = load_state_dict(weights)
+    if num_classes is None:  # read the class count from the classifier in the file
+        name, _ = _last_linear(torchvision.models.get_model(arch, weights=None))
+        key = f"{name}.weight"
+        num_classes = sd[key].shape[0] if key in sd else 1000
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise BackboneError(f"{weights} does not fit {arch} with {num_classes} classes: "
+                            f"{str(e).splitlines()[0]}") from e
+    return model.eval(), file_digest(weights), pre
+
+
+def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: int | None = None,
+                  device: str = "auto", resize: str | None = None) -> Backbone:
+    """Build a backbone ready for :meth:`Backbone.embed`.
+
+    Parameters
+    ----------
+    name : str
+        ``"lite0"``, a torchvision model name, or a TorchScript file path.
+    weights : str, optional
+        State dict file (``.pt``/``.pth``/``.safetensors``); ``"none"`` for random
+        initialisation; default: the backbone's pretrained ImageNet weights.
+    num_classes : int, optional
+        Classifier size of a user state dict; read from the file when omitted.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    resize : str, optional
+        Override the resize policy (``squash``, ``pad``, ``crop``).
+    """
+    dev = resolve_device(device)
+    if name == "lite0":
+        model = EfficientNetLite0(num_classes=num_classes or 1000)
+        if weights == "none":
+            torch.manual_seed(0)
+            model = EfficientNetLite0(num_classes=num_classes or 1000)
+            weights_id = "random-init-seed0"
+        else:
+            path = weights or lite0_weights_path()
+            model.load_state_dict(load_state_dict(path))
+            weights_id = file_digest(path)
+        pre = Preprocess(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    elif os.path.isfile(name):
+        try:
+            model = torch.jit.load(name, map_location="cpu")
+        except Exception as e:
+            raise BackboneError(f"{name} is not a TorchScript file; for a state dict use "
+                                f"--backbone ARCH --weights {name}") from e
+        weights_id, pre = file_digest(name), Preprocess()
+    else:
+        model, weights_id, pre = _torchvision(name, weights, num_classes)
+    if resize:
+        pre = Preprocess(pre.size, resize, pre.mean, pre.std)
+    model = model.eval().to(dev)
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = model.to(memory_format=torch.channels_last)
+    bb = Backbone(name=name if not os.path.isfile(name) else Path(name).name,
+                  model=model, preprocess=pre, weights_id=weights_id, device=dev)
+    found = None if isinstance(model, torch.jit.ScriptModule) else _last_linear(model)
+    if found is not None:
+        found[1].register_forward_pre_hook(lambda _m, args: bb._captured.append(args[0]))
+    with torch.inference_mode():  # one dummy pass to learn the feature size
+        probe = torch.zeros(1, 3, pre.size, pre.size, device=dev)
+        bb.feature_dim = int(bb.embed(probe)[0].shape[1])
+    return bb

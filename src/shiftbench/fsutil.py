@@ -1,0 +1,65 @@
+"""Atomic file writes: a reader (or a crash) never sees half a file.
+
+Each writer goes to a temporary file in the same folder, fsyncs, then
+``os.replace``s it over the target, which is atomic on POSIX and Windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike):
+    """Yield a temporary path next to ``target``; move it over ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_with(target: str | os.PathLike, writer: Callable[[str], None]) -> None:
+    """Call ``writer(tmp_path)`` and atomically move the result to ``target``."""
+    with atomic_path(target) as tmp:
+        writer(tmp)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    write_with(target, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
+def write_json(target: str | os.PathLike, obj) -> None:
+    write_text(target, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """np.savez to ``target`` atomically (arrays must load without pickle)."""
+    def writer(p: str) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+    write_with(target, writer)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,175 @@
+"""Decode image bytes into RGB uint8 arrays, or say clearly why not.
+
+Every odd input has one deliberate conversion, so that two images that look the
+same to a person reach the model as the same array:
+
+* grey (1 channel) is repeated into 3 channels;
+* an alpha channel is dropped (colour kept as stored, not composited);
+* 16-bit images are scaled by the full container range (``v / 257``). A 12-bit
+  camera writing into 16-bit files therefore comes out dark: that is a real
+  pipeline difference the scan should see, not something to normalise away;
+* float images are taken as [0, 1] when their maximum is at most 1, else [0, 255];
+* palette images are expanded by OpenCV;
+* EXIF orientation is applied, so the array is the image as a viewer shows it.
+
+Anything else (empty, truncated, not an image, too many pixels) raises
+:class:`ImageError` with a one-line reason for the ``error`` column.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger inputs are refused, not decoded
+
+# libjpeg reports truncated/corrupt data as warnings on stderr; we detect truncation
+# ourselves and report it in the table, so keep the terminal clean.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+class ImageError(Exception):
+    """An input file that cannot be used as an image; ``str(e)`` is the reason."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return ``'jpeg' | 'png' | 'bmp' | 'tiff' | 'webp'`` from the magic bytes, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    """Raise if the file visibly ends early (decoders often fill the rest with grey)."""
+    tail = data[-4096:]
+    if fmt == "jpeg" and b"\xff\xd9" not in tail:
+        raise ImageError("truncated JPEG (no end-of-image marker)")
+    if fmt == "png" and b"IEND" not in tail:
+        raise ImageError("truncated PNG (no IEND chunk)")
+    if fmt == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
+        raise ImageError("truncated WebP")
+    if fmt == "bmp" and len(data) < int.from_bytes(data[2:6], "little"):
+        raise ImageError("truncated BMP")
+
+
+def _header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from the header, without decoding pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                try:
+                    orientation = int(im.getexif().get(0x0112, 1) or 1)
+                except Exception:  # malformed EXIF must not cost the image
+                    orientation = 1
+                return w, h, orientation
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large: {e}") from None
+    except Exception:
+        return None  # Pillow cannot parse it; let OpenCV try
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    """Convert an OpenCV ``IMREAD_UNCHANGED`` array (BGR order) to RGB uint8 (H, W, 3)."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.float32) + 128.0) / 257.0).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.nan_to_num(img.astype(np.float32))
+        scale = 255.0 if img.max(initial=0.0) <= 1.0 else 1.0
+        img = np.clip(img * scale + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise ImageError(f"unsupported channel count {img.shape[2]}")
+
+
+def apply_exif_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip ``img`` (H, W, C) as EXIF orientation 1-8 prescribes."""
+    if orientation == 2:
+        return img[:, ::-1]
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return img[::-1]
+    if orientation == 5:
+        return img.transpose(1, 0, 2)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(img.transpose(1, 0, 2), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's content.
+    max_pixels : int
+        Refuse images with more pixels than this (width * height).
+
+    Returns
+    -------
+    np.ndarray
+        (H, W, 3) uint8, RGB, contiguous.
+
+    Raises
+    ------
+    ImageError
+        With a one-line reason when the bytes are not a usable image.
+    """
+    if not data:
+        raise ImageError("empty file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError("not an image (unknown file signature)")
+    _check_complete(data, fmt)
+    header = _header(data)
+    orientation = 1
+    if header is not None:
+        w, h, orientation = header
+        if w * h > max_pixels:
+            raise ImageError(f"too large: {w}x{h} pixels (limit {max_pixels})")
+        if w == 0 or h == 0:
+            raise ImageError("zero-sized image")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"cannot decode {fmt.upper()} data (corrupt or unsupported)")
+    if header is None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageError(f"too large: {img.shape[1]}x{img.shape[0]} pixels (limit {max_pixels})")
+    img = apply_exif_orientation(to_rgb8(img), orientation)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode one image file; see :func:`decode_image`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror}") from None
+    return decode_image(data, max_pixels)

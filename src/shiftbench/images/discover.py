@@ -1,0 +1,74 @@
+"""Find image files under a folder and read class labels for them.
+
+Paths inside shiftbench are always relative to the scanned root and use ``/``
+separators, so tables written on one machine read the same on another.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class InputError(ValueError):
+    """Bad user input (missing folder, malformed CSV...). The CLI maps it to exit 2."""
+
+
+def find_images(root: str | os.PathLike) -> list[str]:
+    """Return the image files below ``root``, recursively, sorted.
+
+    Matching is by suffix, case-insensitive (``.JPG`` counts). Hidden files and
+    folders (name starting with ``.``) are skipped, so a workspace kept inside the
+    image folder is not scanned as data. Symbolic links to files are followed;
+    links to folders are not (no cycles).
+
+    Returns
+    -------
+    list of str
+        Paths relative to ``root`` with ``/`` separators, sorted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"not a folder: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            found.append(rel.replace(os.sep, "/"))
+    found.sort()
+    return found
+
+
+def labels_from_folders(paths: list[str]) -> list[str] | None:
+    """Class label per image from its first sub-folder, or None.
+
+    Labels are given only when every image sits in a sub-folder of the root (the
+    ``root/<class>/<image>`` layout of ImageFolder); otherwise None.
+    """
+    if not paths or any("/" not in p for p in paths):
+        return None
+    return [p.split("/", 1)[0] for p in paths]
+
+
+def labels_from_csv(csv_path: str | os.PathLike, paths: list[str]) -> list[str]:
+    """Class label per image from a CSV with columns ``path`` and ``label``.
+
+    ``path`` is relative to the image root (``\\`` or ``/`` separators). Images
+    absent from the CSV get the label ``""``.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(f"{csv_path}: needs columns path,label; missing {sorted(missing)}")
+            table = {row["path"].strip().replace("\\", "/"): row["label"].strip() for row in reader}
+    except OSError as e:
+        raise InputError(f"cannot read labels CSV {csv_path}: {e.strerror}") from e
+    return [table.get(p, "") for p in paths]

@@ -1,0 +1,5 @@
+"""Scoring: out-of-distribution scores and their calibration, on arrays."""
+
+from .knn import DEFAULT_K, Calibration, KNNScorer
+
+__all__ = ["DEFAULT_K", "Calibration", "KNNScorer"]

@@ -1,0 +1,123 @@
+"""Deep nearest-neighbour out-of-distribution score with conformal calibration.
+
+Score (Sun et al. 2022, "Out-of-distribution detection with deep nearest
+neighbors"): the Euclidean distance from an L2-normalised embedding to its
+k-th nearest training embedding. Higher = more out-of-distribution.
+
+Calibration needs no out-of-distribution examples: each training image is
+scored against the bank *without itself* (leave-one-out), which gives the
+distribution of scores that in-distribution images receive. A production image's
+conformal p-value is the share of those scores at least as large as its own;
+flagging ``p <= fpr`` keeps the false-alarm rate on in-distribution images at
+``fpr`` (in expectation, for images exchangeable with the training set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..search import build_index, l2_normalize, search, tune_recall
+
+DEFAULT_K = 5  # chosen on scripts/bench_scan.py's steel benchmark, see docs/benchmarks.md
+
+
+@dataclass
+class Calibration:
+    """In-distribution score sample and the threshold derived for a target false-alarm rate.
+
+    ``scores``: (n,) sorted leave-one-out scores of the training images.
+    """
+
+    scores: np.ndarray
+    method: str = "leave-one-out"
+
+    def p_values(self, s: np.ndarray) -> np.ndarray:
+        """Conformal p-values (M,) of scores (M,): (1 + #{cal >= s}) / (n + 1). NaN stays NaN."""
+        s = np.asarray(s, dtype=np.float64)
+        n = len(self.scores)
+        ge = n - np.searchsorted(self.scores, np.nan_to_num(s, nan=np.inf), side="left")
+        return np.where(np.isnan(s), np.nan, (1.0 + ge) / (n + 1.0))
+
+    def threshold(self, fpr: float) -> float:
+        """Score above which an image is flagged at false-alarm rate ``fpr``.
+
+        ``s > threshold(fpr)`` is the same decision as ``p_value(s) <= fpr``
+        (up to ties); ``inf`` when the calibration set is too small for ``fpr``.
+        """
+        if not 0 < fpr < 1:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        n = len(self.scores)
+        rank = int(np.ceil((1 - fpr) * (n + 1)))  # 1-based rank in the sorted sample
+        return float(self.scores[rank - 1]) if rank <= n else float("inf")
+
+    def summary(self, fpr: float) -> dict:
+        q = np.quantile(self.scores, [0.5, 0.9, 0.95, 0.99]) if len(self.scores) else [np.nan] * 4
+        return {"method": self.method, "n": int(len(self.scores)), "fpr_target": fpr,
+                "threshold": self.threshold(fpr),
+                "score_quantiles": dict(zip(["p50", "p90", "p95", "p99"], map(float, q)))}
+
+
+class KNNScorer:
+    """k-th nearest-neighbour distance on normalised features; higher = more OOD.
+
+    Parameters
+    ----------
+    k : int
+        Which neighbour's distance is the score.
+    index : str
+        faiss index kind (``auto``, ``flat``, ``ivf``, ``hnsw``); approximate
+        kinds are tuned to recall@10 >= ``recall_target`` against exact search.
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    index_ : faiss index over the normalised training features
+    index_info_ : dict, kind, search breadth and measured recall
+    calibration_ : :class:`Calibration` from leave-one-out scores
+    """
+
+    def __init__(self, k: int = DEFAULT_K, index: str = "auto", recall_target: float = 0.95):
+        self.k, self.index_kind, self.recall_target = k, index, recall_target
+
+    def fit(self, features: np.ndarray) -> "KNNScorer":
+        """Index (N, D) training features and calibrate by leave-one-out."""
+        if len(features) < 2:
+            raise ValueError("need at least 2 training images to calibrate")
+        x = l2_normalize(features)
+        self.index_ = build_index(x, self.index_kind)
+        self.index_info_ = tune_recall(self.index_, x, target=self.recall_target)
+        self.index_info_["n"] = len(x)
+        self.calibration_ = Calibration(np.sort(self._leave_one_out(x)))
+        return self
+
+    def _leave_one_out(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """Score each training row against the others: k+1 neighbours, self removed."""
+        k = min(self.k, len(x) - 1)
+        out = np.empty(len(x), dtype=np.float32)
+        for lo in range(0, len(x), batch):
+            dist, ids = search(self.index_, x[lo:lo + batch], k + 1)
+            own = ids == np.arange(lo, lo + len(ids))[:, None]
+            # drop self where found; otherwise (approximate search missed it) drop the last
+            keep = ~own
+            keep[~own.any(axis=1), -1] = False
+            out[lo:lo + len(ids)] = dist[keep].reshape(len(ids), k)[:, k - 1]
+        return out
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of (M, D) features.
+
+        Returns
+        -------
+        scores : (M,) float32, k-th neighbour distance (higher = more OOD); NaN rows stay NaN
+        nearest : (M,) int64, row of the nearest training feature (-1 for NaN rows)
+        """
+        features = np.asarray(features, dtype=np.float32)
+        valid = ~np.isnan(features).any(axis=1)
+        scores = np.full(len(features), np.nan, dtype=np.float32)
+        nearest = np.full(len(features), -1, dtype=np.int64)
+        if valid.any():
+            k = min(self.k, self.index_.ntotal)
+            dist, ids = search(self.index_, l2_normalize(features[valid]), k)
+            scores[valid], nearest[valid] = dist[:, k - 1], ids[:, 0]
+        return scores, nearest
