@@ -22,7 +22,7 @@ from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
 from .fsutil import write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
-from .scoring import DEFAULT_K, KNNScorer
+from .scoring import DEFAULT_K, FusedKNNScorer
 
 DEFAULT_WORKSPACE = ".shiftbench"
 Progress = Callable[[int, int], None]
@@ -43,14 +43,17 @@ def _now() -> str:
 
 def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, backbone: str = "lite0",
           weights: str | None = None, num_classes: int | None = None, resize: str | None = None,
-          device: str = "auto", labels: str | Path | None = None, k: int = DEFAULT_K,
+          layers: bool = True, device: str = "auto", labels: str | Path | None = None, k: int = DEFAULT_K,
           index_kind: str = "auto", batch_size: int = 32, num_workers: int | None = None,
           progress: Progress | None = None) -> Bank:
     """Embed a training folder into the reference bank of ``workspace``.
 
     Unchanged files of an existing bank made with the same backbone and folder are
     reused, and an interrupted run resumes where it stopped. Labels come from
-    ``labels`` (CSV with ``path,label``) or from class sub-folders.
+    ``labels`` (CSV with ``path,label``) or from class sub-folders. ``layers``
+    adds the backbone's early-layer views to the penultimate one (see
+    :mod:`shiftbench.embedding.backbones`); ``k`` is the neighbour whose distance
+    scores each view.
 
     Returns
     -------
@@ -62,7 +65,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     paths = find_images(root)
     if not paths:
         raise InputError(f"no images found in {root}")
-    bb = load_backbone(backbone, weights, num_classes, device, resize)
+    bb = load_backbone(backbone, weights, num_classes, device, resize, layers)
     previous = None
     try:
         old = load_bank(workspace)
@@ -78,11 +81,11 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     table = emb.table.copy()
     lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
     table.insert(3, "label", lab if lab is not None else [""] * len(paths))
-    scorer = KNNScorer(k=k, index=index_kind).fit(emb.features[emb.ok])
+    scorer = FusedKNNScorer(bb.views, k=k, index=index_kind).fit(emb.features[emb.ok])
     meta = {
         "root": str(root), "created": _now(), "shiftbench": __version__,
         "backbone": {"name": backbone, "weights": str(Path(weights).resolve()) if weights and weights != "none"
-                     else weights, "num_classes": num_classes, "resize": resize},
+                     else weights, "num_classes": num_classes, "resize": resize, "layers": layers},
         "identity": bb.identity, "k": k, "index": scorer.index_info_,
         "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
                    "reused": 0 if previous is None else int(table["sha"].isin(previous.table["sha"]).sum())},
@@ -142,7 +145,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     -------
     ScanResult
         ``table`` (one row per image: path, status, error, ood_score, p_value,
-        is_ood, nearest_train, cause, cluster, width, height, sha), ``summary``,
+        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha),
+        ``summary``,
         and ``out_dir`` holding ``images.csv`` and ``summary.json``.
     """
     t0 = time.perf_counter()
@@ -170,7 +174,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     t_embed = time.perf_counter() - t1
     _save_cached(cache, bb.identity, emb)
 
-    scores, nearest = bank.scorer.score(emb.features)
+    scores, nearest, distances = bank.scorer.score(emb.features)
     cal = bank.scorer.calibration_
     p = cal.p_values(scores)
     is_ood = np.nan_to_num(p, nan=1.0) <= fpr
@@ -180,6 +184,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "path": t["path"], "status": t["status"], "error": t["error"],
         "ood_score": scores, "p_value": p, "is_ood": is_ood,
         "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
+        "knn_distance": distances["penultimate"],
         "cause": np.where(is_ood, "unknown", "none"), "cluster": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
     })

@@ -6,8 +6,8 @@ Layout of ``WORKSPACE/bank/``::
     images.parquet    one row per training file (path, status, error, sha, size,
                       mtime_ns, width, height, label, measurements...)
     features.npy      (N, D) float32 raw features, NaN rows where unreadable
-    index.faiss       faiss index over the normalised features of readable rows
-    calibration.npy   sorted leave-one-out scores
+    index-VIEW.faiss  one faiss index per feature view, over the readable rows
+    loo.npy           (n_ok, n_views) leave-one-out score of each readable row per view
 
 A new bank is written complete into a temporary folder and then swapped in, so
 a crash leaves either the old bank or the new one, never a mix.
@@ -27,10 +27,10 @@ import pandas as pd
 
 from .embedding import Embeddings
 from .images import InputError
-from .scoring import Calibration, KNNScorer
+from .scoring import FusedKNNScorer, KNNScorer
 from .search import load_index, save_index
 
-BANK_VERSION = 1
+BANK_VERSION = 2
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Bank:
     meta: dict
     table: pd.DataFrame
     features: np.ndarray
-    scorer: KNNScorer
+    scorer: FusedKNNScorer
     rows: np.ndarray = field(default=None)
 
     def __post_init__(self):
@@ -71,8 +71,9 @@ def save_bank(workspace: str | os.PathLike, bank: Bank) -> Path:
     try:
         bank.table.to_parquet(tmp / "images.parquet", index=False)
         np.save(tmp / "features.npy", bank.features)
-        save_index(bank.scorer.index_, tmp / "index.faiss")
-        np.save(tmp / "calibration.npy", bank.scorer.calibration_.scores)
+        for name, sc in bank.scorer.scorers_.items():
+            save_index(sc.index_, tmp / f"index-{name}.faiss")
+        np.save(tmp / "loo.npy", np.stack([sc.loo_ for sc in bank.scorer.scorers_.values()], axis=1))
         (tmp / "bank.json").write_text(json.dumps({**bank.meta, "version": BANK_VERSION}, indent=2))
         old = final.with_name("bank.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -96,10 +97,12 @@ def load_bank(workspace: str | os.PathLike) -> Bank:
     meta = json.loads((d / "bank.json").read_text())
     if meta.get("version") != BANK_VERSION:
         raise InputError(f"{d} was written by another shiftbench version; re-run 'shiftbench index'")
-    scorer = KNNScorer(k=meta["k"])
-    scorer.index_ = load_index(d / "index.faiss")
-    scorer.index_info_ = meta["index"]
-    scorer.calibration_ = Calibration(np.load(d / "calibration.npy"))
+    views = meta["identity"]["views"]
+    loo = np.load(d / "loo.npy")
+    scorers = {name: KNNScorer.restore(load_index(d / f"index-{name}.faiss"), meta["index"][name],
+                                       loo[:, j], meta["k"])
+               for j, (name, _) in enumerate(views)}
+    scorer = FusedKNNScorer(views, k=meta["k"]).restore(scorers)
     table = pd.read_parquet(d / "images.parquet")
     return Bank(meta=meta, table=table, features=np.load(d / "features.npy"), scorer=scorer)
 

@@ -20,7 +20,10 @@ Weights = Annotated[Optional[str], typer.Option(
 NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size of --weights (read from the file by default).")]
 Resize = Annotated[Optional[str], typer.Option(help="squash | pad | crop (default: squash).")]
 Labels = Annotated[Optional[Path], typer.Option(help="CSV with path,label for the training images.")]
-K = Annotated[int, typer.Option("-k", min=1, help="Score = distance to the k-th nearest training image.")]
+K = Annotated[int, typer.Option("-k", min=1, help="Score each view by the distance to the k-th nearest training image.")]
+DEFAULT_K = 1  # = shiftbench.scoring.DEFAULT_K (not imported: keeps --help instant; a test checks)
+Layers = Annotated[bool, typer.Option("--early-layers/--no-early-layers",
+                                      help="Also score early-layer features (see lighting, blur, angle).")]
 IndexKind = Annotated[str, typer.Option("--index", help="auto | flat | ivf | hnsw.")]
 
 
@@ -32,7 +35,8 @@ def index(
     num_classes: NumClasses = None,
     resize: Resize = None,
     labels: Labels = None,
-    k: K = 5,
+    k: K = DEFAULT_K,
+    layers: Layers = True,
     index_kind: IndexKind = "auto",
     device: Device = "auto",
     batch_size: BatchSize = 32,
@@ -44,13 +48,14 @@ def index(
         from ..api import index as run_index
         with progress_bar("embedding training images", quiet) as progress:
             bank = run_index(train_dir, workspace=workspace, backbone=backbone, weights=weights,
-                             num_classes=num_classes, resize=resize, device=device, labels=labels, k=k,
+                             num_classes=num_classes, resize=resize, layers=layers, device=device,
+                             labels=labels, k=k,
                              index_kind=index_kind, batch_size=batch_size, num_workers=workers,
                              progress=progress)
     c = bank.meta["counts"]
     info(f"indexed {c['ok']} images ({c['unreadable']} unreadable, {c['reused']} reused) with "
-         f"{bank.meta['identity']['backbone']}; calibration on {len(bank.scorer.calibration_.scores)} "
-         f"leave-one-out scores", quiet)
+         f"{bank.meta['identity']['backbone']} ({len(bank.scorer.views)} feature views); calibrated on "
+         f"{len(bank.scorer.calibration_.scores)} leave-one-out scores", quiet)
     typer.echo(str((workspace / "bank").resolve()))
 
 
@@ -69,7 +74,8 @@ def scan(
     num_classes: NumClasses = None,
     resize: Resize = None,
     labels: Labels = None,
-    k: K = 5,
+    k: K = DEFAULT_K,
+    layers: Layers = True,
     index_kind: IndexKind = "auto",
     device: Device = "auto",
     batch_size: BatchSize = 32,
@@ -86,7 +92,7 @@ def scan(
     index_options = {}
     if reference is not None:
         index_options = dict(backbone=backbone, weights=weights, num_classes=num_classes, resize=resize,
-                             labels=labels, k=k, index_kind=index_kind)
+                             layers=layers, labels=labels, k=k, index_kind=index_kind)
     with user_errors():
         from ..api import scan as run_scan
         with progress_bar("embedding", quiet) as progress:

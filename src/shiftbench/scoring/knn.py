@@ -20,7 +20,7 @@ import numpy as np
 
 from ..search import build_index, l2_normalize, search, tune_recall
 
-DEFAULT_K = 5  # chosen on scripts/bench_scan.py's steel benchmark, see docs/benchmarks.md
+DEFAULT_K = 1  # chosen on the steel benchmark (scripts/bench_detection.py, docs/benchmarks.md)
 
 
 @dataclass
@@ -74,6 +74,7 @@ class KNNScorer:
     ------------------------------
     index_ : faiss index over the normalised training features
     index_info_ : dict, kind, search breadth and measured recall
+    loo_ : (N,) leave-one-out score of each training row
     calibration_ : :class:`Calibration` from leave-one-out scores
     """
 
@@ -88,7 +89,17 @@ class KNNScorer:
         self.index_ = build_index(x, self.index_kind)
         self.index_info_ = tune_recall(self.index_, x, target=self.recall_target)
         self.index_info_["n"] = len(x)
-        self.calibration_ = Calibration(np.sort(self._leave_one_out(x)))
+        self.loo_ = self._leave_one_out(x)
+        self.calibration_ = Calibration(np.sort(self.loo_))
+        return self
+
+    @classmethod
+    def restore(cls, index, index_info: dict, loo: np.ndarray, k: int) -> "KNNScorer":
+        """A fitted scorer from a saved index and its leave-one-out scores (no refit)."""
+        self = cls(k=k, index=index_info.get("kind", "auto"))
+        self.index_, self.index_info_ = index, index_info
+        self.loo_ = np.asarray(loo, dtype=np.float32)
+        self.calibration_ = Calibration(np.sort(self.loo_))
         return self
 
     def _leave_one_out(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:

@@ -1,0 +1,176 @@
+"""Build a domain-shift benchmark from the real steel images in ``../shared/data``.
+
+    python scripts/steel_bench.py OUT_DIR [--data ../shared/data] [--seed 0]
+
+* ``OUT_DIR/train/<class>/``: half of NEU-DET (150 images per class), the lab set;
+* ``OUT_DIR/prod/``: a flat folder of PNGs with opaque names:
+  - ``none``: held-out NEU images, unshifted (50 per class);
+  - ``lighting``, ``angle``, ``resolution``: other held-out NEU images shifted with
+    albumentations, several variants per family, strength drawn at random per
+    image and recorded in ``params``;
+  - ``content``: X-SDD images (another plant, another camera, other defects).
+* ``OUT_DIR/truth.csv``: ``file,family,variant,params,source_file,label``, the
+  ground truth that ``../shared/eval/score.py`` reads.
+
+Every image is written as PNG (lossless), clean ones included, so the file
+format does not give the family away. Same seed, same benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+REFLECT = cv2.BORDER_REFLECT_101
+
+
+def _variants(rng: np.random.Generator) -> dict[str, dict]:
+    """family -> variant -> function(rng) returning (albumentations transform, params)."""
+    def u(lo, hi):
+        return float(rng.uniform(lo, hi))
+
+    def sign():
+        return float(rng.choice([-1.0, 1.0]))
+
+    def dark():
+        b = u(-0.45, -0.25)
+        return A.RandomBrightnessContrast((b, b), (0, 0), p=1), {"brightness": b}
+
+    def bright():
+        b = u(0.25, 0.45)
+        return A.RandomBrightnessContrast((b, b), (0, 0), p=1), {"brightness": b}
+
+    def gamma():
+        g = u(35, 55) if rng.random() < 0.5 else u(180, 260)
+        return A.RandomGamma((g, g), p=1), {"gamma": g / 100}
+
+    def low_contrast():
+        c = u(-0.65, -0.45)
+        return A.RandomBrightnessContrast((0, 0), (c, c), p=1), {"contrast": c}
+
+    def uneven():
+        i, a = u(0.12, 0.2), u(0, 360)
+        return A.Illumination(mode="linear", intensity_range=(i, i), effect_type="both",
+                              angle_range=(a, a), p=1), {"intensity": i, "angle": a}
+
+    def rotate():
+        d = sign() * u(8, 30)
+        return A.Rotate((d, d), border_mode=REFLECT, p=1), {"degrees": d}
+
+    def perspective():
+        s = u(0.07, 0.13)
+        return A.Perspective((s, s), border_mode=REFLECT, p=1), {"scale": s}
+
+    def affine():
+        r, sh, z = sign() * u(4, 12), sign() * u(6, 14), u(1.15, 1.4)
+        return A.Affine(scale=(z, z), rotate=(r, r), shear=(sh, sh), border_mode=REFLECT, p=1), \
+            {"rotate": r, "shear": sh, "zoom": z}
+
+    def downscale():
+        s = u(0.25, 0.5)
+        return A.Downscale((s, s), interpolation_pair={"downscale": cv2.INTER_AREA,
+                                                       "upscale": cv2.INTER_LINEAR}, p=1), {"scale": s}
+
+    def blur():
+        s = u(1.2, 2.5)
+        return A.GaussianBlur(sigma_limit=(s, s), p=1), {"sigma": s}
+
+    def jpeg():
+        q = int(rng.integers(5, 21))
+        return A.ImageCompression(quality_range=(q, q), p=1), {"quality": q}
+
+    def motion():
+        k = int(rng.choice([9, 11, 13]))
+        return A.MotionBlur(blur_limit=(k, k), p=1), {"kernel": k}
+
+    return {"lighting": {"dark": dark, "bright": bright, "gamma": gamma, "low_contrast": low_contrast,
+                         "uneven": uneven},
+            "angle": {"rotate": rotate, "perspective": perspective, "affine": affine},
+            "resolution": {"downscale": downscale, "blur": blur, "jpeg": jpeg, "motion_blur": motion}}
+
+
+def _images(folder: Path) -> dict[str, list[Path]]:
+    return {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".png", ".bmp"))
+            for d in sorted(folder.iterdir()) if d.is_dir()}
+
+
+def _name(seed: int, i: int) -> str:
+    return hashlib.blake2b(f"{seed}-{i}".encode(), digest_size=6).hexdigest() + ".png"
+
+
+def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
+          n_shift: int = 200, n_content: int = 200) -> Path:
+    """Write the benchmark into ``out`` (replaced if present); see the module docstring."""
+    rng = np.random.default_rng(seed)
+    neu, xsdd = _images(data / "neu_det" / "images"), _images(data / "x_sdd" / "images")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "prod").mkdir(parents=True)
+    sources = []  # held-out NEU images available for production
+    for cls, files in neu.items():
+        files = [files[i] for i in rng.permutation(len(files))]
+        (out / "train" / cls).mkdir(parents=True)
+        for f in files[:n_train]:
+            shutil.copyfile(f, out / "train" / cls / f.name)
+        sources += [(cls, f) for f in files[n_train:]]
+    sources = [sources[i] for i in rng.permutation(len(sources))]
+    rows, counter = [], 0
+
+    def put(img_rgb: np.ndarray, family, variant, params, src: Path, label):
+        nonlocal counter
+        name = _name(seed, counter)
+        counter += 1
+        cv2.imwrite(str(out / "prod" / name), cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
+        rows.append({"file": name, "family": family, "variant": variant, "params": json.dumps(params),
+                     "source_file": str(src.relative_to(data)), "label": label})
+
+    def load(p: Path) -> np.ndarray:
+        return cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    per_class_clean: dict[str, int] = {}
+    pool = []
+    for cls, f in sources:
+        if per_class_clean.get(cls, 0) < n_clean:
+            per_class_clean[cls] = per_class_clean.get(cls, 0) + 1
+            put(load(f), "none", "none", {}, f, cls)
+        else:
+            pool.append((cls, f))
+    variants = _variants(rng)
+    for family, fam_variants in variants.items():
+        names = list(fam_variants)
+        for j in range(n_shift):
+            cls, f = pool[(j + 997 * list(variants).index(family)) % len(pool)]
+            variant = names[j % len(names)]
+            t, params = fam_variants[variant]()
+            t.set_random_seed(int(rng.integers(1 << 31)))
+            put(t(image=load(f))["image"], family, variant, params, f, cls)
+    content = [(cls, f) for cls, files in xsdd.items() for f in files]
+    for i in rng.choice(len(content), min(n_content, len(content)), replace=False):
+        cls, f = content[i]
+        put(load(f), "content", "x_sdd", {}, f, cls)
+    with open(out / "truth.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if not (a.data / "neu_det").is_dir():
+        raise SystemExit(f"no steel data at {a.data} (see ../shared/data/README.md)")
+    print(build(a.data, a.out, a.seed))
