@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pandas as pd
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
-from .fsutil import write_json, write_with
+from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .scoring import DEFAULT_K, FusedKNNScorer
 
@@ -84,11 +85,12 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     scorer = FusedKNNScorer(bb.views, k=k, index=index_kind).fit(emb.features[emb.ok])
     meta = {
         "root": str(root), "created": _now(), "shiftbench": __version__,
-        "backbone": {"name": backbone, "weights": str(Path(weights).resolve()) if weights and weights != "none"
+        "backbone": {"name": str(Path(backbone).resolve()) if os.path.isfile(backbone) else backbone,
+                     "weights": str(Path(weights).resolve()) if weights and weights != "none"
                      else weights, "num_classes": num_classes, "resize": resize, "layers": layers},
         "identity": bb.identity, "k": k, "index": scorer.index_info_,
         "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
-                   "reused": 0 if previous is None else int(table["sha"].isin(previous.table["sha"]).sum())},
+                   "reused": emb.reused},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
     }
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
@@ -112,7 +114,7 @@ def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
 
 def _save_cached(cache: Path, identity: dict, emb: Embeddings) -> None:
     write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
-    write_with(cache / "features.npy", lambda p: np.save(open(p, "wb"), emb.features))
+    save_npy(cache / "features.npy", emb.features)
     write_json(cache / "identity.json", identity)
 
 
@@ -211,7 +213,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:
-    """CSV with booleans as ``true``/``false`` and floats at full precision, atomically."""
+    """CSV with booleans as ``true``/``false`` and floats to 6 significant digits, atomically."""
     t = table.copy()
     for c in t.columns:
         if t[c].dtype == bool:

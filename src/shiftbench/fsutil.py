@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike):
     """Yield a temporary path next to ``target``; move it over ``target`` on success."""
@@ -23,6 +27,7 @@ def atomic_path(target: str | os.PathLike):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -45,6 +50,14 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, obj) -> None:
     write_text(target, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def save_npy(target: str | os.PathLike, array: np.ndarray) -> None:
+    """np.save to ``target`` atomically."""
+    def writer(p: str) -> None:
+        with open(p, "wb") as f:
+            np.save(f, array)
+    write_with(target, writer)
 
 
 def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -69,14 +69,16 @@ def scan(
     fpr: Annotated[float, typer.Option(help="Target false-alarm rate on in-distribution images.")] = 0.05,
     fail_on_shift: Annotated[Optional[float], typer.Option(
         help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
-    backbone: Backbone = "lite0",
+    backbone: Annotated[Optional[str], typer.Option(
+        help="With --reference: lite0, a torchvision model name, or a TorchScript file.")] = None,
     weights: Weights = None,
     num_classes: NumClasses = None,
     resize: Resize = None,
     labels: Labels = None,
-    k: K = DEFAULT_K,
-    layers: Layers = True,
-    index_kind: IndexKind = "auto",
+    k: Annotated[Optional[int], typer.Option("-k", min=1, help="With --reference: see 'index -k'.")] = None,
+    layers: Annotated[Optional[bool], typer.Option("--early-layers/--no-early-layers",
+                                                   help="With --reference: see 'index'.")] = None,
+    index_kind: Annotated[Optional[str], typer.Option("--index", help="With --reference: see 'index'.")] = None,
     device: Device = "auto",
     batch_size: BatchSize = 32,
     workers: Workers = None,
@@ -85,14 +87,18 @@ def scan(
     """Flag the production images that are unlike the training set.
 
     Writes images.csv (one row per image) and summary.json, and prints the
-    output folder on stdout.
+    output folder on stdout. Bank options (--backbone ... --index) apply with --reference.
     """
     if fail_on_shift is not None and not 0 <= fail_on_shift <= 1:
         raise fail("--fail-on-shift must be between 0 and 1")
-    index_options = {}
-    if reference is not None:
-        index_options = dict(backbone=backbone, weights=weights, num_classes=num_classes, resize=resize,
-                             layers=layers, labels=labels, k=k, index_kind=index_kind)
+    # Bank options: only with --reference; otherwise the bank's own settings rule.
+    index_options = {name: value for name, value in dict(
+        backbone=backbone, weights=weights, num_classes=num_classes, resize=resize, layers=layers,
+        labels=labels, k=k, index_kind=index_kind).items() if value is not None}
+    if index_options and reference is None:
+        flags = ", ".join("--" + n.replace("_", "-").replace("index-kind", "index") for n in index_options)
+        raise fail(f"{flags}: bank options apply only with --reference; without it the bank's own "
+                   f"backbone and settings are used")
     with user_errors():
         from ..api import scan as run_scan
         with progress_bar("embedding", quiet) as progress:

@@ -112,10 +112,6 @@ def _collate(items: list[dict]) -> dict:
     }
 
 
-def _worker_init(_worker_id: int) -> None:
-    cv2.setNumThreads(1)  # the model owns the cores; one decoder thread per worker
-
-
 def default_workers() -> int:
     """Decoding workers: one per two cores, at least one, at most 8."""
     return max(1, min(8, (os.cpu_count() or 2) // 2))
@@ -150,10 +146,22 @@ def embed_files(root: str | os.PathLike, paths: list[str], backbone: Backbone, *
     loader = DataLoader(
         _Files(Path(root), list(paths), backbone.preprocess, max_pixels, measure),
         batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
         pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
+    # One OpenCV thread in the workers: the model owns the cores. It must be set in the
+    # parent before the fork: calling setNumThreads in a child forked from a process
+    # whose OpenCV thread pool is running deadlocks (opencv/opencv#5150).
+    cv2_threads = cv2.getNumThreads()
+    if workers:
+        cv2.setNumThreads(1)
+    try:
+        yield from _run(loader, backbone)
+    finally:
+        cv2.setNumThreads(cv2_threads)
+
+
+def _run(loader: DataLoader, backbone: Backbone) -> Iterator[EmbeddedBatch]:
     dev = backbone.device
     mean = torch.tensor(backbone.preprocess.mean, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(backbone.preprocess.std, device=dev).view(1, 3, 1, 1) * 255

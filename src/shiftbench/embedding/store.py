@@ -42,6 +42,7 @@ class Embeddings:
 
     table: pd.DataFrame
     features: np.ndarray
+    reused: int = 0  # rows taken from earlier results instead of being embedded
 
     @property
     def ok(self) -> np.ndarray:
@@ -133,7 +134,9 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
             pending, last_flush = [], time.monotonic()
     rows = [known[k] for k in keys]
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return _assemble(rows, backbone.feature_dim)
+    emb = _assemble(rows, backbone.feature_dim)
+    emb.reused = len(paths) - len(todo)
+    return emb
 
 
 def _assemble(rows: list[dict], dim: int) -> Embeddings:

@@ -51,12 +51,33 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_complete(data: bytes) -> bool:
+    """True when an end-of-image marker follows the first scan of the main image.
+
+    Walks the header segments by their lengths (so an EXIF thumbnail's own
+    markers are skipped), then looks for EOI after the start of scan. Data after
+    EOI (phone "motion photos" append video) is allowed.
+    """
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return True  # malformed header: not a truncation, let the decoder judge
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            i += 1 if marker == 0xFF else 2  # fill byte or a marker without length
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return data.find(b"\xff\xd9", i + 2 + length) != -1
+        i += 2 + length
+    return False
+
+
 def _check_complete(data: bytes, fmt: str) -> None:
     """Raise if the file visibly ends early (decoders often fill the rest with grey)."""
-    tail = data[-4096:]
-    if fmt == "jpeg" and b"\xff\xd9" not in tail:
+    if fmt == "jpeg" and not _jpeg_complete(data):
         raise ImageError("truncated JPEG (no end-of-image marker)")
-    if fmt == "png" and b"IEND" not in tail:
+    if fmt == "png" and b"IEND" not in data:
         raise ImageError("truncated PNG (no IEND chunk)")
     if fmt == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
         raise ImageError("truncated WebP")

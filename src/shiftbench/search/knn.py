@@ -78,12 +78,24 @@ def set_breadth(index: faiss.Index, breadth: int) -> None:
         index.hnsw.efSearch = int(breadth)
 
 
-def recall_at_k(index: faiss.Index, exact: faiss.Index, q: np.ndarray, k: int = 10) -> float:
-    """Share of the exact k nearest neighbours that ``index`` also returns."""
-    _, truth = search(exact, q, k)
-    _, got = search(index, q, k)
-    hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(truth, got))
-    return hits / max(1, int((truth >= 0).sum()))
+def recall_at_k(index: faiss.Index, exact: faiss.Index, q: np.ndarray, k: int = 10,
+                own_ids: np.ndarray | None = None) -> float:
+    """Share of the exact k nearest neighbours that ``index`` also returns.
+
+    ``own_ids`` (M,): when the queries are indexed vectors themselves, their own
+    ids, which are left out of both lists (finding oneself is no test of recall).
+    """
+    extra = 0 if own_ids is None else 1
+    _, truth = search(exact, q, k + extra)
+    _, got = search(index, q, k + extra)
+    hits = total = 0
+    for j, (a, b) in enumerate(zip(truth, got)):
+        if own_ids is not None:
+            a, b = a[a != own_ids[j]][:k], b[b != own_ids[j]][:k]
+        a, b = a[a >= 0], b[b >= 0]
+        hits += len(np.intersect1d(a, b))
+        total += len(a)
+    return hits / max(1, total)
 
 
 def tune_recall(index: faiss.Index, x: np.ndarray, *, target: float = 0.95, k: int = 10,
@@ -91,13 +103,14 @@ def tune_recall(index: faiss.Index, x: np.ndarray, *, target: float = 0.95, k: i
     """Raise the search breadth of an approximate index until recall@k >= target.
 
     Recall is measured against exact search over the same vectors ``x`` (N, D),
-    with ``n_queries`` of them as queries. Returns ``{"kind", "breadth",
+    with ``n_queries`` of them as queries, each one's own hit left out. Returns ``{"kind", "breadth",
     "recall_at_k", "k"}``; a flat index reports recall 1.0.
     """
     if not isinstance(index, (faiss.IndexIVF, faiss.IndexHNSW)):
         return {"kind": "flat", "breadth": None, "recall_at_k": 1.0, "k": k}
     rng = np.random.default_rng(seed)
-    q = x[rng.choice(len(x), min(n_queries, len(x)), replace=False)]
+    own = rng.choice(len(x), min(n_queries, len(x)), replace=False)
+    q = x[own]
     exact = faiss.IndexFlatL2(x.shape[1])
     exact.add(np.ascontiguousarray(x, dtype=np.float32))
     is_ivf = isinstance(index, faiss.IndexIVF)
@@ -105,7 +118,7 @@ def tune_recall(index: faiss.Index, x: np.ndarray, *, target: float = 0.95, k: i
     breadth, rec = (index.nprobe if is_ivf else index.hnsw.efSearch), 0.0
     while True:
         set_breadth(index, breadth)
-        rec = recall_at_k(index, exact, q, k)
+        rec = recall_at_k(index, exact, q, k, own_ids=own)
         if rec >= target or breadth >= limit:
             break
         breadth = min(limit, breadth * 2)

@@ -1,0 +1,153 @@
+"""Condition measurements: small pure functions of one decoded image.
+
+Each registered function takes an RGB uint8 image (H, W, 3) and returns a dict
+of named floats; :func:`measure` runs them all and returns one flat dict, which
+becomes columns of the image tables (``images.csv``, the bank). Values are
+defined so that a known change of conditions moves them in a known way (the
+tests apply such changes and check the numbers), and they do not depend on the
+image size unless they measure it.
+
+Lighting (intensities in [0, 1]):
+    ``brightness`` mean; ``brightness_p05/p50/p95`` percentiles; ``contrast`` standard
+    deviation; ``shadows_clipped`` / ``highlights_clipped`` share of pixels at
+    <= 2 / >= 253; ``illum_gradient`` the change in brightness across the image of
+    a plane fitted to the heavily blurred image (0 = even); ``illum_direction``
+    its direction in degrees; ``colour_cast`` distance of the mean chromaticity
+    from grey (0 for grey images).
+Optics and resolution:
+    ``width``, ``height``, ``aspect``; ``sharpness`` variance of the Laplacian of
+    the contrast-normalised image; ``hf_ratio`` share of spectral energy above half
+    the Nyquist frequency (effective resolution); ``blur_anisotropy`` in [0, 1]
+    (1 = all blur in one direction, motion) and ``blur_direction`` in degrees;
+    ``blockiness`` JPEG 8x8 grid strength (1 = none); ``noise`` sigma estimate
+    (Immerkaer 1996) in [0, 1] units.
+Geometry:
+    ``orientation`` dominant gradient direction in degrees [0, 180) and
+    ``orientation_coherence`` in [0, 1] (how much one direction dominates).
+Pipeline:
+    ``rb_balance`` mean red minus mean blue, ``saturation`` mean HSV saturation,
+    ``dynamic_range`` p99.5 - p0.5 intensity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+MAX_SIDE = 512  # measurements run on a copy at most this large (except width/height)
+MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
+
+
+def register(fn: Callable[[np.ndarray], dict[str, float]]) -> Callable:
+    """Add ``fn`` to the measurements :func:`measure` runs."""
+    MEASURES[fn.__name__] = fn
+    return fn
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+
+
+def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
+    """Dominant direction (deg, [0, 180)) and coherence of a structure tensor."""
+    angle = 0.5 * np.degrees(np.arctan2(2 * gxy, gx2 - gy2)) % 180.0
+    coherence = np.sqrt((gx2 - gy2) ** 2 + 4 * gxy ** 2) / max(gx2 + gy2, 1e-12)
+    return float(angle), float(coherence)
+
+
+@register
+def lighting(img: np.ndarray) -> dict[str, float]:
+    g = _grey(img)
+    p = np.percentile(g, [5, 50, 95])
+    low = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
+    ys, xs = np.mgrid[-0.5:0.5:32j, -0.5:0.5:32j]
+    a = np.c_[xs.ravel(), ys.ravel(), np.ones(xs.size)]
+    (bx, by, _), *_ = np.linalg.lstsq(a, low.ravel(), rcond=None)
+    rgb = img.reshape(-1, 3).astype(np.float32).mean(0)
+    chroma = rgb / max(rgb.sum(), 1e-6) - 1 / 3
+    return {"brightness": float(g.mean()), "brightness_p05": float(p[0]), "brightness_p50": float(p[1]),
+            "brightness_p95": float(p[2]), "contrast": float(g.std()),
+            "shadows_clipped": float((g <= 2 / 255).mean()), "highlights_clipped": float((g >= 253 / 255).mean()),
+            "illum_gradient": float(np.hypot(bx, by)), "illum_direction": float(np.degrees(np.arctan2(by, bx)) % 360),
+            "colour_cast": float(np.linalg.norm(chroma))}
+
+
+@register
+def optics(img: np.ndarray) -> dict[str, float]:
+    g = _grey(img)
+    h, w = g.shape
+    n = g / max(float(g.std()), 1e-3)  # contrast-normalised: sharpness is not brightness
+    sharp = float(cv2.Laplacian(n, cv2.CV_32F).var())
+    spec = np.abs(np.fft.rfft2(n - n.mean())) ** 2
+    fy = np.abs(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    hf = float(spec[np.maximum(fx, fy) > 0.25].sum() / max(spec.sum(), 1e-12))
+    gx = cv2.Sobel(n, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(n, cv2.CV_32F, 0, 1)
+    # Blur removes gradients along its direction: the weak-gradient axis of the tensor.
+    ang, coh = _angle_deg(float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean()))
+    return {"width": float(img.shape[1]), "height": float(img.shape[0]), "aspect": w / h,
+            "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
+            "blockiness": _blockiness(g), "noise": _noise_sigma(g)}
+
+
+def _blockiness(g: np.ndarray) -> float:
+    """Mean jump across 8-pixel column/row boundaries over the mean jump elsewhere."""
+    dx = np.abs(np.diff(g, axis=1)).mean(0)
+    dy = np.abs(np.diff(g, axis=0)).mean(1)
+    ratios = []
+    for d in (dx, dy):
+        idx = np.arange(len(d))
+        on = d[idx % 8 == 7]
+        off = d[idx % 8 != 7]
+        if len(on) and off.mean() > 1e-6:
+            ratios.append(on.mean() / off.mean())
+    return float(np.mean(ratios)) if ratios else 1.0
+
+
+def _noise_sigma(g: np.ndarray) -> float:
+    """Immerkaer's fast noise estimate: a Laplacian-difference kernel blind to edges' first order."""
+    k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    r = cv2.filter2D(g, cv2.CV_32F, k)[1:-1, 1:-1]
+    h, w = r.shape
+    return float(np.sqrt(np.pi / 2) * np.abs(r).sum() / (6 * max(h * w, 1)))
+
+
+@register
+def geometry(img: np.ndarray) -> dict[str, float]:
+    g = cv2.GaussianBlur(_grey(img), (0, 0), 1.0)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    ang, coh = _angle_deg(float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean()))
+    return {"orientation": ang, "orientation_coherence": coh}
+
+
+@register
+def pipeline(img: np.ndarray) -> dict[str, float]:
+    f = img.reshape(-1, 3).astype(np.float32) / 255.0
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    lo, hi = np.percentile(_grey(img), [0.5, 99.5])
+    return {"rb_balance": float(f[:, 0].mean() - f[:, 2].mean()),
+            "saturation": float(hsv[..., 1].mean() / 255.0), "dynamic_range": float(hi - lo)}
+
+
+def measure(img: np.ndarray) -> dict[str, float]:
+    """All registered measurements of an RGB uint8 image, one flat dict.
+
+    Images larger than ``MAX_SIDE`` are measured on a centre crop of that size
+    (the pixels themselves: resampling would change sharpness and noise);
+    ``width``/``height`` are always the full size.
+    """
+    h, w = img.shape[:2]
+    if max(h, w) > MAX_SIDE:
+        top, left = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
+        crop = img[top:top + MAX_SIDE, left:left + MAX_SIDE]
+    else:
+        crop = img
+    out: dict[str, float] = {}
+    for fn in MEASURES.values():
+        out.update(fn(crop))
+    out["width"], out["height"], out["aspect"] = float(w), float(h), w / h
+    return out

@@ -1,0 +1,229 @@
+"""Loading backbones: torchvision names, user state dicts, TorchScript, devices, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import TinyNet, save_torchscript
+from torch import nn
+
+from shiftbench.embedding import BackboneError, Preprocess, load_backbone, resolve_device
+from shiftbench.embedding.backbones import load_state_dict
+
+
+class NotATensor:
+    """Pickled inside a checkpoint: must never be unpickled."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+def _x(n: int = 2, seed: int = 0, size: int = 64) -> torch.Tensor:
+    """Random input; the models are fully convolutional, so small inputs keep tests fast."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+@pytest.fixture(scope="module")
+def resnet7():
+    """A 7-class resnet18 with non-default weights, and its features/logits on a fixed input."""
+    torch.manual_seed(123)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    with torch.no_grad():  # make BN statistics non-trivial so a wrong load shows
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        x = _x()
+        feats = torch.flatten(model.avgpool(nn.Sequential(*list(model.children())[:-2])(x)), 1)
+        logits = model(x)
+    return model, x, feats, logits
+
+
+def test_torchvision_random_init_penultimate_view_from_code():
+    bb = load_backbone("mobilenet_v3_small", weights="none", device="cpu", layers=False)
+    ref = torchvision.models.mobilenet_v3_small()
+    assert bb.views == [("penultimate", _last_linear(ref).in_features)] == [("penultimate", 1024)]
+    assert bb.feature_dim == 1024
+    assert bb.weights_id == "random-init-seed0"
+    assert bb.preprocess == Preprocess()  # ImageNet default
+    feats, logits = bb.embed(_x())
+    assert feats.shape == (2, 1024) and logits.shape == (2, 1000)
+    with torch.inference_mode():  # features are exactly the last Linear's input
+        torch.testing.assert_close(_last_linear(bb.model)(feats), logits, rtol=1e-4, atol=1e-4)
+    # seeded: the same random model every time
+    torch.manual_seed(0)
+    ref_sd = torchvision.models.mobilenet_v3_small().state_dict()
+    assert all(torch.equal(v, ref_sd[k]) for k, v in bb.model.state_dict().items())
+
+
+def test_early_layer_views_are_pooled_stage_outputs(resnet7, tmp_path):
+    """resnet18: stride 4/8/16 views are the spatial means of layer1/2/3, after the penultimate."""
+    model, x, feats, logits = resnet7
+    path = tmp_path / "mine.pt"
+    torch.save(model.state_dict(), path)
+    bb = load_backbone("resnet18", weights=str(path), device="cpu")
+    assert bb.views == [("penultimate", 512), ("stride4", 64), ("stride8", 128), ("stride16", 256)]
+    assert bb.feature_dim == 512 + 64 + 128 + 256
+    assert bb.identity["views"] == [["penultimate", 512], ["stride4", 64], ["stride8", 128],
+                                    ["stride16", 256]]
+    got, got_logits = bb.embed(x)
+    stages = {}
+    hooks = [getattr(model, f"layer{i}").register_forward_hook(
+        lambda _m, _a, out, i=i: stages.__setitem__(i, out.mean((2, 3)))) for i in (1, 2, 3)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(got[:, :512], feats, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[:, 512:576], stages[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[:, 576:704], stages[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[:, 704:], stages[3], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_logits, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_user_state_dict_class_count_read_from_file(resnet7, tmp_path, suffix):
+    model, x, feats, logits = resnet7
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    bb = load_backbone("resnet18", weights=str(path), device="cpu", layers=False)
+    assert bb.feature_dim == 512
+    assert bb.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    got_f, got_l = bb.embed(x.contiguous(memory_format=torch.channels_last))
+    assert got_l.shape == (2, 7)
+    torch.testing.assert_close(got_f, feats, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_l, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_wrappers_and_dataparallel_prefix(resnet7, tmp_path):
+    model, x, feats, _ = resnet7
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               path)
+    sd = load_state_dict(path)
+    assert set(sd) == set(model.state_dict())
+    bb = load_backbone("resnet18", weights=str(path), device="cpu", layers=False)
+    torch.testing.assert_close(bb.embed(x)[0], feats, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_class_count_refused(resnet7, tmp_path):
+    path = tmp_path / "mine.pt"
+    torch.save(resnet7[0].state_dict(), path)
+    with pytest.raises(BackboneError, match="does not fit resnet18 with 5 classes"):
+        load_backbone("resnet18", weights=str(path), num_classes=5, device="cpu")
+    with pytest.raises(BackboneError, match="does not fit mobilenet_v3_small"):
+        load_backbone("mobilenet_v3_small", weights=str(path), device="cpu")
+
+
+def test_pickled_objects_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": NotATensor(), "fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(BackboneError, match="weights_only"):
+        load_backbone("resnet18", weights=str(path), device="cpu")
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(BackboneError, match="weights file not found"):
+        load_backbone("resnet18", weights=str(tmp_path / "nope.pt"), device="cpu")
+
+
+def test_torchscript_by_path(tmp_path):
+    path = save_torchscript(tmp_path / "tiny.ts")
+    bb = load_backbone(str(path), device="cpu")
+    assert bb.name == "tiny.ts"
+    assert bb.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert bb.views == [("penultimate", 8 * 4 * 4)]  # no early-layer views from TorchScript
+    x = _x()
+    feats, logits = bb.embed(x)
+    assert logits is None
+    with torch.no_grad():
+        ref = TinyNet(0).eval()(x)
+    torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_given_as_backbone_path_is_explained(resnet7, tmp_path):
+    path = tmp_path / "mine.pt"
+    torch.save(resnet7[0].state_dict(), path)
+    with pytest.raises(BackboneError, match="not a TorchScript file.*--weights"):
+        load_backbone(str(path), device="cpu")
+
+
+def test_unknown_name():
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet9000'"):
+        load_backbone("resnet9000", device="cpu")
+
+
+def test_torchvision_without_weights_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(BackboneError, match="not in the torch hub cache") as e:
+        load_backbone("resnet18", device="cpu")
+    assert str(tmp_path / "torch_home") in str(e.value)
+    assert "--weights" in str(e.value)
+
+
+def test_torchvision_weights_found_in_hub_cache(resnet7, tmp_path, monkeypatch):
+    """A file copied into the hub cache is used, with the weights' own preprocessing."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    path = tmp_path / "torch_home" / "hub" / "checkpoints" / os.path.basename(weights.url)
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18().eval()
+    torch.save(model.state_dict(), path)
+    bb = load_backbone("resnet18", device="cpu", layers=False)
+    assert bb.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert bb.preprocess.size == 224 and bb.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
+    with torch.no_grad():
+        torch.testing.assert_close(bb.embed(_x())[1], model(_x()), rtol=1e-4, atol=1e-4)
+
+
+def test_resize_override_changes_identity(tmp_path):
+    path = save_torchscript(tmp_path / "tiny.ts")
+    assert load_backbone(str(path), device="cpu").identity["preprocess"]["resize"] == "squash"
+    bb = load_backbone(str(path), device="cpu", resize="pad")
+    assert bb.preprocess.resize == "pad"
+    assert bb.identity["preprocess"]["resize"] == "pad"
+    assert bb.identity["preprocess"]["mean"] == list(bb.preprocess.mean)
+    with pytest.raises(BackboneError, match="resize must be one of"):
+        Preprocess(resize="stretch")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(BackboneError, match="unknown device"):
+        resolve_device("toaster")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_refused_without_cuda():
+    with pytest.raises(BackboneError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(BackboneError, match="no CUDA device"):
+        load_backbone("lite0", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_features_match_cpu(lite0):
+    gpu = load_backbone("lite0", device="cuda")
+    assert gpu.device.type == "cuda" and gpu.identity == lite0.identity
+    x = _x(4, size=224) * 0.5
+    f_cpu, l_cpu = lite0.embed(x.contiguous(memory_format=torch.channels_last))
+    f_gpu, l_gpu = gpu.embed(x.cuda().contiguous(memory_format=torch.channels_last))
+    assert f_gpu.device.type == "cuda"
+    # TF32/cuDNN differ from oneDNN by rounding only
+    np.testing.assert_allclose(f_gpu.cpu().numpy(), f_cpu.numpy(), rtol=2e-2, atol=2e-2)
+    assert (l_gpu.argmax(1).cpu() == l_cpu.argmax(1)).all()

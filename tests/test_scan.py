@@ -1,0 +1,458 @@
+"""index/scan through the Python API and the CLI: outputs, exit codes, reuse, resume, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import N_PROD, N_TRAIN, noise, odd_valid_corpus, save_torchscript, unreadable_corpus, write_files
+from typer.testing import CliRunner
+
+import shiftbench
+from shiftbench.bank import check_identity, load_bank
+from shiftbench.cli.main import app
+from shiftbench.embedding import embed_folder, load_backbone
+from shiftbench.images import InputError, find_images
+
+# documented in api.scan's docstring
+COLUMNS = ["path", "status", "error", "ood_score", "p_value", "is_ood", "nearest_train", "knn_distance",
+           "cause", "cluster", "width", "height", "sha"]
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """images.csv as the raw strings a user's tool would see."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, bank_workspace, synth):
+    """One API scan of synth/prod against the lite0 bank: (ScanResult, workspace)."""
+    ws = copy_tree(bank_workspace, tmp_path_factory.mktemp("scanned") / "ws")
+    result = shiftbench.scan(synth / "prod", workspace=ws, out=ws.parent / "out", device="cpu", num_workers=0)
+    return result, ws
+
+
+@pytest.fixture(scope="module")
+def tiny_ts(tmp_path_factory) -> Path:
+    """A cheap TorchScript backbone for the tests about mechanics, not accuracy."""
+    return save_torchscript(tmp_path_factory.mktemp("ts") / "tiny.ts")
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def test_bank_contents(bank_workspace, synth):
+    bank = load_bank(bank_workspace)
+    assert bank.meta["root"] == str((synth / "train").resolve())
+    assert bank.meta["counts"] == {"images": N_TRAIN, "ok": N_TRAIN, "unreadable": 0, "reused": 0}
+    assert bank.table["path"].tolist() == find_images(synth / "train")
+    assert bank.table["label"].tolist() == [p.split("/")[0] for p in find_images(synth / "train")]
+    assert bank.features.shape == (N_TRAIN, 1280 + 24 + 40 + 112)
+    assert len(bank.scorer.calibration_.scores) == N_TRAIN
+    assert list(bank.scorer.scorers_) == ["penultimate", "stride4", "stride8", "stride16"]
+
+
+def test_images_csv_columns_and_semantics(scanned, synth):
+    result, ws = scanned
+    csv = read_csv(result.out_dir / "images.csv")
+    assert list(csv.columns) == COLUMNS == list(result.table.columns)
+    assert csv["path"].tolist() == sorted(p.name for p in (synth / "prod").glob("*.png"))
+    assert (csv["status"] == "ok").all() and (csv["error"] == "").all()
+    assert set(csv["is_ood"]) <= {"true", "false"}
+    flagged = csv["is_ood"] == "true"
+    assert (csv["cause"] == np.where(flagged, "unknown", "none")).all()
+    assert (csv["cluster"] == "-1").all()
+    assert (csv["width"] == "96").all() and (csv["height"] == "96").all()
+    for path, sha in zip(csv["path"], csv["sha"]):
+        assert sha == hashlib.blake2b((synth / "prod" / path).read_bytes(), digest_size=16).hexdigest()
+
+    bank = load_bank(ws)
+    train_ok = set(bank.table["path"][bank.table["status"] == "ok"])
+    assert set(csv["nearest_train"]) <= train_ok
+    score = csv["ood_score"].astype(float).to_numpy()
+    p = csv["p_value"].astype(float).to_numpy()
+    # conformal p-values against the bank's calibration: multiples of 1 / (n + 1)
+    n = len(bank.scorer.calibration_.scores)
+    np.testing.assert_allclose(p * (n + 1), np.round(p * (n + 1)), atol=1e-4)
+    np.testing.assert_allclose(p, bank.scorer.calibration_.p_values(result.table["ood_score"]), rtol=1e-5)
+    assert ((p > 0) & (p <= 1)).all()
+    assert (flagged.to_numpy() == (p <= 0.05)).all()
+    assert (flagged.to_numpy() == (score > result.summary["threshold"])).all()
+    dist = csv["knn_distance"].astype(float).to_numpy()
+    assert ((dist > 0) & (dist <= 2)).all()  # unit vectors
+
+
+def test_shifted_images_score_higher(scanned):
+    t = scanned[0].table
+    kind = t["path"].str.split("_").str[0]
+    clean, rotated, dark = (t[kind == k] for k in ("clean", "rotated", "dark"))
+    assert rotated["ood_score"].mean() > clean["ood_score"].mean()
+    assert dark["ood_score"].mean() > clean["ood_score"].mean()
+    assert rotated["is_ood"].mean() >= 0.75
+    assert clean["is_ood"].sum() <= 1  # a false alarm now and then is the 5% design
+
+
+def test_summary_adds_up(scanned, synth):
+    result, _ = scanned
+    s = json.loads((result.out_dir / "summary.json").read_text())
+    t = result.table
+    assert s["counts"] == {"images": N_PROD, "ok": N_PROD, "unreadable": 0, "flagged": int(t["is_ood"].sum())}
+    assert s["share_flagged"] == pytest.approx(t["is_ood"].sum() / N_PROD)
+    assert s["prod_dir"] == str((synth / "prod").resolve()) and s["out_dir"] == str(result.out_dir)
+    assert s["bank"]["images"] == N_TRAIN and s["unreadable"] == []
+    assert s["threshold"] == s["calibration"]["threshold"] and s["fpr_target"] == 0.05
+    assert s["backbone"]["backbone"] == "lite0"
+    assert s == json.loads(json.dumps(result.summary))  # the file is what the API returned
+
+
+def test_outputs_are_atomic(scanned):
+    result, ws = scanned
+    leftovers = [p for p in ws.parent.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".bank-")]
+    assert leftovers == []
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["images.csv", "summary.json"]
+
+
+def test_outputs_have_normal_permissions(scanned):
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((scanned[0].out_dir / "images.csv").stat().st_mode)
+    assert mode == 0o666 & ~umask
+
+
+def test_scan_of_a_mixed_folder_gives_every_file_a_row(tmp_path, workspace, synth):
+    prod = copy_tree(synth / "prod", tmp_path / "prod")
+    write_files(prod, unreadable_corpus())
+    write_files(prod / "odd", odd_valid_corpus())
+    shutil.copy(prod / "clean_0000.png", prod / "odd" / "défaut 1.png")
+    result = shiftbench.scan(prod, workspace=workspace, out=tmp_path / "out", device="cpu", num_workers=0)
+    csv = read_csv(result.out_dir / "images.csv")
+    assert csv["path"].tolist() == find_images(prod)
+    assert "odd/défaut 1.png" in set(csv["path"])
+    rows = csv.set_index("path")
+    for name in unreadable_corpus():
+        assert rows.loc[name, "status"] == "unreadable" and rows.loc[name, "error"] != ""
+        assert rows.loc[name, "p_value"] == "" and rows.loc[name, "is_ood"] == "false"
+        assert rows.loc[name, "cause"] == "none" and rows.loc[name, "nearest_train"] == ""
+    assert rows.loc["empty.jpg", "error"] == "empty file"
+    assert rows.loc["text.jpg", "error"].startswith("not an image")
+    for name in odd_valid_corpus():
+        assert rows.loc[f"odd/{name}", "status"] == "ok" and rows.loc[f"odd/{name}", "p_value"] != ""
+    assert (rows.loc["odd/grey16.png", "width"], rows.loc["odd/grey16.png", "height"]) == ("50", "40")
+    # same bytes, same score
+    assert rows.loc["odd/défaut 1.png", "ood_score"] == rows.loc["clean_0000.png", "ood_score"]
+    s = result.summary
+    n_bad = len(unreadable_corpus())
+    assert s["counts"]["images"] == len(csv) == N_PROD + n_bad + len(odd_valid_corpus()) + 1
+    assert s["counts"]["unreadable"] == n_bad and s["counts"]["ok"] == len(csv) - n_bad
+    assert s["counts"]["flagged"] == (csv["is_ood"] == "true").sum()
+    assert s["share_flagged"] == pytest.approx(s["counts"]["flagged"] / s["counts"]["ok"])
+    assert {u["path"] for u in s["unreadable"]} == set(unreadable_corpus())
+
+
+def test_rescan_reuses_cached_embeddings(scanned, synth, spy_embed, tmp_path):
+    result, ws = scanned
+    again = shiftbench.scan(synth / "prod", workspace=ws, out=tmp_path / "again", device="cpu", num_workers=0)
+    assert spy_embed == [[]]  # nothing embedded again
+    pd.testing.assert_frame_equal(again.table, result.table)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
+    out = tmp_path / "out"
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", out, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == f"{out}\n"
+    assert "12 images:" in res.stderr and "flagged" in res.stderr
+    assert (out / "images.csv").is_file()
+    # the shift gate: something is flagged, so any flagged share > 0 trips it
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate", "--device", "cpu",
+                 "--workers", "0", "--fail-on-shift", "0.0")
+    assert res.exit_code == 1
+    assert res.stdout == f"{tmp_path / 'gate'}\n" and "shift gate" in res.stderr
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate2", "--device", "cpu",
+                 "--workers", "0", "--fail-on-shift", "1.0", "--quiet")
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "no bank", "bad gate", "bad fpr",
+                                  "prod is a file"])
+def test_cli_usage_errors_exit_2(case, workspace, tmp_path):
+    ws, target, extra = workspace, tmp_path / "prod", []
+    if case == "missing folder":
+        expected = "not a folder"
+    elif case == "empty folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("no images here")
+        expected = "no images found"
+    elif case == "no bank":
+        ws, expected = tmp_path / "empty_ws", "no reference bank"
+        target.mkdir()
+        (target / "a.png").write_bytes(b"")
+    elif case == "bad gate":
+        extra, expected = ["--fail-on-shift", "1.5"], "--fail-on-shift must be between 0 and 1"
+    elif case == "bad fpr":
+        extra, expected = ["--fpr", "0"], "--fpr must be between 0 and 1"
+    else:
+        target.write_bytes(b"")
+        expected = "not a folder"
+    res = invoke("scan", target, "-w", ws, "--device", "cpu", "--workers", "0", *extra)
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert expected in res.stderr and res.stderr.startswith("shiftbench: error: ")
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_interrupt_exits_130(monkeypatch, workspace, synth):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("shiftbench.api.scan", interrupted)
+    res = invoke("scan", synth / "prod", "-w", workspace)
+    assert res.exit_code == 130 and "run the same command again to resume" in res.stderr
+
+
+def test_cli_index_prints_the_bank(tmp_path, synth, tiny_ts):
+    ws = tmp_path / "ws"
+    res = invoke("index", synth / "train", "-w", ws, "--backbone", tiny_ts, "--device", "cpu",
+                 "--workers", "0", "-k", "3")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == f"{(ws / 'bank').resolve()}\n"
+    assert f"indexed {N_TRAIN} images (0 unreadable, 0 reused)" in res.stderr
+    meta = load_bank(ws).meta
+    assert meta["k"] == 3 and meta["identity"]["backbone"] == "tiny.ts"
+
+
+def test_cli_version_and_default_k():
+    from shiftbench.cli import scan as cli_scan
+    from shiftbench.scoring import DEFAULT_K
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == shiftbench.__version__
+    assert cli_scan.DEFAULT_K == DEFAULT_K  # duplicated to keep --help fast
+
+
+def test_cli_scan_backbone_without_reference_is_not_ignored(workspace, synth, tmp_path, tiny_ts):
+    res = invoke("scan", synth / "prod", "-w", workspace, "--backbone", tiny_ts, "--out", tmp_path / "o",
+                 "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------ reuse and resume
+
+
+def test_reindex_reuses_unchanged_files_and_embeds_new_ones(tmp_path, synth, tiny_ts, spy_embed):
+    train = copy_tree(synth / "train", tmp_path / "train")
+    ws = tmp_path / "ws"
+    opts = dict(workspace=ws, backbone=str(tiny_ts), device="cpu", num_workers=0)
+    first = shiftbench.index(train, **opts)
+    assert len(spy_embed[0]) == N_TRAIN and first.meta["counts"]["reused"] == 0
+
+    second = shiftbench.index(train, **opts)
+    assert spy_embed[1] == []
+    assert second.meta["counts"]["reused"] == N_TRAIN
+    np.testing.assert_array_equal(second.features, first.features)
+
+    noise_png = tmp_path / "new.png"
+    cv2.imwrite(str(noise_png), noise(96, 96, seed=42))
+    shutil.copy(noise_png, train / "spot" / "zz_new.png")
+    done = []
+    third = shiftbench.index(train, **opts, progress=lambda d, t: done.append((d, t)))
+    assert spy_embed[2] == ["spot/zz_new.png"]
+    assert done[0] == (N_TRAIN, N_TRAIN + 1) and done[-1] == (N_TRAIN + 1, N_TRAIN + 1)
+    assert third.meta["counts"] == {"images": N_TRAIN + 1, "ok": N_TRAIN + 1, "unreadable": 0,
+                                    "reused": N_TRAIN}
+    row = third.table["path"].tolist().index("spot/zz_new.png")
+    assert third.table["label"][row] == "spot"
+    old_rows = [third.table["path"].tolist().index(p) for p in first.table["path"]]
+    np.testing.assert_array_equal(third.features[old_rows], first.features)
+
+
+def test_reused_count_is_what_was_not_embedded(tmp_path, synth, tiny_ts, spy_embed):
+    train = copy_tree(synth / "train", tmp_path / "train")
+    opts = dict(workspace=tmp_path / "ws", backbone=str(tiny_ts), device="cpu", num_workers=0)
+    shiftbench.index(train, **opts)
+    shutil.copy(train / "spot" / "spot_0001.png", train / "spot" / "copy.png")
+    bank = shiftbench.index(train, **opts)
+    assert spy_embed[1] == ["spot/copy.png"]
+    assert bank.meta["counts"]["reused"] == N_TRAIN
+
+
+def test_reindex_with_another_backbone_embeds_everything(tmp_path, synth, tiny_ts, spy_embed):
+    ws = tmp_path / "ws"
+    shiftbench.index(synth / "train", workspace=ws, backbone=str(tiny_ts), device="cpu", num_workers=0)
+    other = save_torchscript(tmp_path / "other.ts", seed=1)
+    bank = shiftbench.index(synth / "train", workspace=ws, backbone=str(other), device="cpu", num_workers=0)
+    assert [len(c) for c in spy_embed] == [N_TRAIN, N_TRAIN]
+    assert bank.meta["counts"]["reused"] == 0 and bank.meta["identity"]["backbone"] == "other.ts"
+
+
+def _interrupt_after(limit: int):
+    def progress(done, total):
+        if done >= limit:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_interrupted_embedding_resumes(tmp_path, synth, lite0, spy_embed):
+    prod = synth / "prod"
+    paths = find_images(prod)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):  # after batch 2: batch 1 was flushed, batch 2 was not
+        embed_folder(prod, paths, lite0, work, batch_size=4, num_workers=0, flush_every=4,
+                     progress=_interrupt_after(8))
+    parts = sorted((work / "parts").glob("part-*.npz"))
+    assert [p.name for p in parts] == ["part-00000.npz"]
+    with np.load(parts[0]) as z:
+        assert z["path"].tolist() == paths[:4]
+
+    done = []
+    emb = embed_folder(prod, paths, lite0, work, batch_size=4, num_workers=0, flush_every=4,
+                       progress=lambda d, t: done.append(d))
+    assert spy_embed[1] == paths[4:]  # only what was not saved
+    assert done[0] == 4 and done[-1] == len(paths)
+    assert not (work / "parts").exists()  # cleaned up on success
+    assert emb.table["path"].tolist() == paths and emb.ok.all()
+    fresh = embed_folder(prod, paths, lite0, tmp_path / "fresh", batch_size=4, num_workers=0)
+    np.testing.assert_allclose(emb.features, fresh.features, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(emb.table, fresh.table)
+
+
+def test_parts_of_another_backbone_are_discarded(tmp_path, synth, lite0, tiny_ts, spy_embed):
+    prod = synth / "prod"
+    paths = find_images(prod)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        embed_folder(prod, paths, lite0, work, batch_size=4, num_workers=0, flush_every=4,
+                     progress=_interrupt_after(8))
+    tiny = load_backbone(str(tiny_ts), device="cpu")
+    emb = embed_folder(prod, paths, tiny, work, batch_size=4, num_workers=0)
+    assert spy_embed[1] == paths
+    assert emb.features.shape == (len(paths), tiny.feature_dim)
+
+
+def test_changed_file_is_embedded_again(tmp_path, synth, tiny_ts, spy_embed):
+    prod = copy_tree(synth / "prod", tmp_path / "prod")
+    tiny = load_backbone(str(tiny_ts), device="cpu")
+    paths = find_images(prod)
+    first = embed_folder(prod, paths, tiny, tmp_path / "w")
+    cv2.imwrite(str(prod / paths[0]), noise(96, 96, seed=7))
+    second = embed_folder(prod, paths, tiny, tmp_path / "w", previous=first, num_workers=0)
+    assert spy_embed[1] == [paths[0]]
+    assert second.table["sha"][0] != first.table["sha"][0]
+    assert not np.allclose(second.features[0], first.features[0])
+    np.testing.assert_array_equal(second.features[1:], first.features[1:])
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_check_identity_message():
+    ident = {"backbone": "lite0", "weights": "a" * 64, "views": [["penultimate", 1280]],
+             "preprocess": {"size": 224, "resize": "squash"}}
+    check_identity({"identity": ident}, dict(ident))  # same: fine
+    other = {**ident, "backbone": "resnet18", "weights": "b" * 64}
+    with pytest.raises(InputError) as e:
+        check_identity({"identity": ident}, other)
+    msg = str(e.value)
+    assert "'lite0'" in msg and "'resnet18'" in msg and "differs in: backbone, weights" in msg
+    assert "re-index with the same backbone" in msg
+    with pytest.raises(InputError, match="differs in: preprocess"):
+        check_identity({"identity": ident}, {**ident, "preprocess": {"size": 224, "resize": "pad"}})
+
+
+def test_scan_refused_when_the_banks_weights_file_changed(tmp_path, synth):
+    ts = save_torchscript(tmp_path / "model.ts", seed=0)
+    ws = tmp_path / "ws"
+    shiftbench.index(synth / "train", workspace=ws, backbone=str(ts), device="cpu", num_workers=0)
+    save_torchscript(ts, seed=3)  # the file is replaced after indexing
+    with pytest.raises(InputError, match="differs in: weights"):
+        shiftbench.scan(synth / "prod", workspace=ws, out=tmp_path / "out", device="cpu", num_workers=0)
+    assert not (tmp_path / "out").exists()
+    res = invoke("scan", synth / "prod", "-w", ws, "--device", "cpu", "--workers", "0")
+    assert res.exit_code == 2 and "differs in: weights" in res.stderr and "Traceback" not in res.output
+
+
+def test_relative_torchscript_backbone_scans_from_another_folder(tmp_path, synth, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    save_torchscript(tmp_path / "proj" / "model.ts")
+    monkeypatch.chdir(tmp_path / "proj")
+    shiftbench.index(synth / "train", workspace=tmp_path / "ws", backbone="model.ts", device="cpu",
+                     num_workers=0)
+    monkeypatch.chdir(tmp_path)
+    result = shiftbench.scan(synth / "prod", workspace=tmp_path / "ws", out=tmp_path / "out", device="cpu",
+                             num_workers=0)
+    assert result.summary["counts"]["ok"] == N_PROD
+
+
+def test_index_options_need_reference(workspace, synth):
+    with pytest.raises(InputError, match="only apply with --reference"):
+        shiftbench.scan(synth / "prod", workspace=workspace, k=3)
+
+
+def test_index_needs_two_readable_images(tmp_path, tiny_ts):
+    train = tmp_path / "train"
+    write_files(train, {"a.png": b"", "b.jpg": b"junk"})
+    cv2.imwrite(str(train / "c.png"), noise(32, 32))
+    with pytest.raises(InputError, match="fewer than 2 readable images"):
+        shiftbench.index(train, workspace=tmp_path / "ws", backbone=str(tiny_ts), device="cpu", num_workers=0)
+
+
+def test_interrupted_bank_swap_falls_back_to_the_old_bank(workspace):
+    bank = workspace / "bank"
+    bank.rename(workspace / "bank.old")  # crash between the two renames of save_bank
+    assert load_bank(workspace).meta["counts"]["images"] == N_TRAIN
+
+
+def test_bank_of_another_version_refused(workspace):
+    meta_file = workspace / "bank" / "bank.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "version": 0}))
+    with pytest.raises(InputError, match="another shiftbench version"):
+        load_bank(workspace)
+
+
+# ------------------------------------------------------------------ options
+
+
+def test_single_view_bank_scores_by_distance(tmp_path, synth, tiny_ts):
+    """Without early layers the fused score is a monotone function of the kNN distance."""
+    result = shiftbench.scan(synth / "prod", workspace=tmp_path / "ws", reference=synth / "train",
+                             backbone=str(tiny_ts), layers=False, k=2, out=tmp_path / "out", device="cpu",
+                             num_workers=0)
+    bank = load_bank(tmp_path / "ws")
+    assert bank.meta["identity"]["views"] == [["penultimate", 128]] and bank.meta["k"] == 2
+    t = result.table.sort_values("knn_distance")
+    assert (np.diff(t["ood_score"].to_numpy()) >= -1e-9).all()
+
+
+def test_labels_from_csv_go_into_the_bank(tmp_path, synth, tiny_ts):
+    paths = find_images(synth / "train")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{p},L{i % 2}\n" for i, p in enumerate(paths[:-1])))
+    bank = shiftbench.index(synth / "train", workspace=tmp_path / "ws", backbone=str(tiny_ts), labels=labels,
+                            device="cpu", num_workers=0)
+    assert bank.table["label"].tolist() == [f"L{i % 2}" for i in range(len(paths) - 1)] + [""]
+    assert load_bank(tmp_path / "ws").table["label"].tolist() == bank.table["label"].tolist()
+
+
+def test_cli_default_k_matches_library_default():
+    from shiftbench.cli.scan import DEFAULT_K as CLI_K
+    from shiftbench.scoring import DEFAULT_K
+    assert CLI_K == DEFAULT_K
