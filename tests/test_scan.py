@@ -72,7 +72,11 @@ def test_bank_contents(bank_workspace, synth):
 def test_images_csv_columns_and_semantics(scanned, synth):
     result, ws = scanned
     csv = read_csv(result.out_dir / "images.csv")
-    assert list(csv.columns) == COLUMNS == list(result.table.columns)
+    assert list(csv.columns) == list(result.table.columns)
+    assert list(csv.columns)[:len(COLUMNS)] == COLUMNS
+    from shiftbench.properties import MEASURES
+    assert {"brightness", "sharpness", "orientation", "rb_balance"} <= set(csv.columns[len(COLUMNS):])
+    assert len(MEASURES) == 4
     assert csv["path"].tolist() == sorted(p.name for p in (synth / "prod").glob("*.png"))
     assert (csv["status"] == "ok").all() and (csv["error"] == "").all()
     assert set(csv["is_ood"]) <= {"true", "false"}

@@ -21,9 +21,13 @@ import pandas as pd
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
+from .embedding.store import TABLE_COLUMNS
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
+from .properties import VERSION as MEASURES_VERSION
+from .properties import measure
 from .scoring import DEFAULT_K, FusedKNNScorer
+from .scoring.drift import drift_table
 
 DEFAULT_WORKSPACE = ".shiftbench"
 Progress = Callable[[int, int], None]
@@ -67,15 +71,16 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     if not paths:
         raise InputError(f"no images found in {root}")
     bb = load_backbone(backbone, weights, num_classes, device, resize, layers)
+    identity = _identity(bb)
     previous = None
     try:
         old = load_bank(workspace)
-        if old.meta["identity"] == bb.identity and old.meta["root"] == str(root):
+        if old.meta["identity"] == identity and old.meta["root"] == str(root):
             previous = old.embeddings
     except InputError:
         pass
     emb = embed_folder(root, paths, bb, Path(workspace) / "work" / "index", previous=previous,
-                       batch_size=batch_size, num_workers=num_workers, progress=progress)
+                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress)
     t_embed = time.perf_counter() - t0
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
@@ -88,7 +93,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         "backbone": {"name": str(Path(backbone).resolve()) if os.path.isfile(backbone) else backbone,
                      "weights": str(Path(weights).resolve()) if weights and weights != "none"
                      else weights, "num_classes": num_classes, "resize": resize, "layers": layers},
-        "identity": bb.identity, "k": k, "index": scorer.index_info_,
+        "identity": identity, "k": k, "index": scorer.index_info_,
         "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
                    "reused": emb.reused},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
@@ -96,6 +101,11 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
     save_bank(workspace, bank)
     return bank
+
+
+def _identity(bb) -> dict:
+    """Backbone identity plus the version of the condition measurements."""
+    return {**bb.identity, "measures": MEASURES_VERSION}
 
 
 def _scan_cache(workspace: Path, prod_root: Path) -> Path:
@@ -147,8 +157,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     -------
     ScanResult
         ``table`` (one row per image: path, status, error, ood_score, p_value,
-        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha),
-        ``summary``,
+        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha, then
+        the condition measurements of :mod:`shiftbench.properties`), ``summary``
+        (with ``drift``: one two-sample test per measurement, training vs production),
         and ``out_dir`` holding ``images.csv`` and ``summary.json``.
     """
     t0 = time.perf_counter()
@@ -168,13 +179,14 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     if not paths:
         raise InputError(f"no images found in {root}")
     bb = load_backbone(**bank.meta["backbone"], device=device)
-    check_identity(bank.meta, bb.identity)
+    identity = _identity(bb)
+    check_identity(bank.meta, identity)
     cache = _scan_cache(workspace, root)
     t1 = time.perf_counter()
-    emb = embed_folder(root, paths, bb, cache, previous=_load_cached(cache, bb.identity),
-                       batch_size=batch_size, num_workers=num_workers, progress=progress)
+    emb = embed_folder(root, paths, bb, cache, previous=_load_cached(cache, identity),
+                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress)
     t_embed = time.perf_counter() - t1
-    _save_cached(cache, bb.identity, emb)
+    _save_cached(cache, identity, emb)
 
     scores, nearest, distances = bank.scorer.score(emb.features)
     cal = bank.scorer.calibration_
@@ -190,6 +202,10 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "cause": np.where(is_ood, "unknown", "none"), "cluster": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
     })
+    measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
+                and pd.api.types.is_numeric_dtype(t[c])]
+    table = pd.concat([table, t[measures]], axis=1)
+    drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], ["width", "height", *measures])
     out_dir = Path(out) if out is not None else _default_out(workspace)
     n, n_ok, n_flag = len(table), int(emb.ok.sum()), int(is_ood.sum())
     summary = {
@@ -201,6 +217,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "share_flagged": n_flag / n_ok if n_ok else 0.0,
         "threshold": cal.threshold(fpr), "fpr_target": fpr,
         "calibration": cal.summary(fpr),
+        "drift": drift.to_dict("records"),
         "timings_s": {"index": round(t_index, 3), "embed": round(t_embed, 3),
                       "total": round(time.perf_counter() - t0, 3),
                       "images_per_s": round(n / t_embed, 2) if t_embed > 0 else None},

@@ -110,6 +110,12 @@ def scan(
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
          f"{100 * fpr:.0f}%), {c['unreadable']} unreadable", quiet)
+    drifted = [d for d in s["drift"] if d["drifted"]][:6]
+    if drifted:
+        info("conditions that changed (median vs training, KS test, Benjamini-Hochberg q < 0.01):", quiet)
+        for d in drifted:
+            info(f"  {d['measure']:<22} {d['train_median']:>9.4g} -> {d['prod_median']:<9.4g} "
+                 f"({d['effect']:+.1f} spreads, q={d['q_value']:.1e})", quiet)
     typer.echo(str(result.out_dir))
     if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)

@@ -107,7 +107,8 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
         for j, rec in enumerate(previous.table.to_dict("records")):
             known[(rec["path"], int(rec["size"]), int(rec["mtime_ns"]))] = {
                 **rec, "measures": {c: rec[c] for c in extra}, "features": previous.features[j]}
-    for row in _load_parts(parts_dir, backbone.identity):
+    measure_id = None if measure is None else f"{measure.__module__}.{measure.__qualname__}"
+    for row in _load_parts(parts_dir, {**backbone.identity, "measure": measure_id}):
         row["measures"] = json.loads(str(row["measures"]))
         known[(str(row["path"]), int(row["size"]), int(row["mtime_ns"]))] = row
     keys = [(p, int(s), int(m)) for p, s, m in zip(paths, size, mtime)]

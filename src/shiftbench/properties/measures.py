@@ -15,7 +15,8 @@ Lighting (intensities in [0, 1]):
     its direction in degrees; ``colour_cast`` distance of the mean chromaticity
     from grey (0 for grey images).
 Optics and resolution:
-    ``width``, ``height``, ``aspect``; ``sharpness`` variance of the Laplacian of
+    ``aspect`` width / height (the pixel size itself is in the tables'
+    ``width``/``height`` columns); ``sharpness`` variance of the Laplacian of
     the contrast-normalised image; ``hf_ratio`` share of spectral energy above half
     the Nyquist frequency (effective resolution); ``blur_anisotropy`` in [0, 1]
     (1 = all blur in one direction, motion) and ``blur_direction`` in degrees;
@@ -36,6 +37,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+VERSION = 1  # bump when a definition changes: banks measured otherwise are re-measured
 MAX_SIDE = 512  # measurements run on a copy at most this large (except width/height)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
 
@@ -50,6 +52,13 @@ def _grey(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
 
 
+def _percentiles(img: np.ndarray, qs: list[float]) -> np.ndarray:
+    """Percentiles (in [0, 1]) of the grey levels, from a 256-bin histogram (fast)."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    cdf = np.cumsum(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())
+    return np.searchsorted(cdf, np.asarray(qs) / 100.0 * cdf[-1]) / 255.0
+
+
 def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
     """Dominant direction (deg, [0, 180)) and coherence of a structure tensor."""
     angle = 0.5 * np.degrees(np.arctan2(2 * gxy, gx2 - gy2)) % 180.0
@@ -60,7 +69,7 @@ def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
 @register
 def lighting(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
-    p = np.percentile(g, [5, 50, 95])
+    p = _percentiles(img, [5, 50, 95])
     low = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
     ys, xs = np.mgrid[-0.5:0.5:32j, -0.5:0.5:32j]
     a = np.c_[xs.ravel(), ys.ravel(), np.ones(xs.size)]
@@ -88,8 +97,7 @@ def optics(img: np.ndarray) -> dict[str, float]:
     gy = cv2.Sobel(n, cv2.CV_32F, 0, 1)
     # Blur removes gradients along its direction: the weak-gradient axis of the tensor.
     ang, coh = _angle_deg(float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean()))
-    return {"width": float(img.shape[1]), "height": float(img.shape[0]), "aspect": w / h,
-            "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
+    return {"aspect": w / h, "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
             "blockiness": _blockiness(g), "noise": _noise_sigma(g)}
 
 
@@ -128,7 +136,7 @@ def geometry(img: np.ndarray) -> dict[str, float]:
 def pipeline(img: np.ndarray) -> dict[str, float]:
     f = img.reshape(-1, 3).astype(np.float32) / 255.0
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-    lo, hi = np.percentile(_grey(img), [0.5, 99.5])
+    lo, hi = _percentiles(img, [0.5, 99.5])
     return {"rb_balance": float(f[:, 0].mean() - f[:, 2].mean()),
             "saturation": float(hsv[..., 1].mean() / 255.0), "dynamic_range": float(hi - lo)}
 
@@ -138,7 +146,7 @@ def measure(img: np.ndarray) -> dict[str, float]:
 
     Images larger than ``MAX_SIDE`` are measured on a centre crop of that size
     (the pixels themselves: resampling would change sharpness and noise);
-    ``width``/``height`` are always the full size.
+    ``aspect`` is always that of the full image.
     """
     h, w = img.shape[:2]
     if max(h, w) > MAX_SIDE:
@@ -149,5 +157,5 @@ def measure(img: np.ndarray) -> dict[str, float]:
     out: dict[str, float] = {}
     for fn in MEASURES.values():
         out.update(fn(crop))
-    out["width"], out["height"], out["aspect"] = float(w), float(h), w / h
+    out["aspect"] = w / h
     return out
