@@ -25,7 +25,7 @@ from .embedding.store import TABLE_COLUMNS
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
-from .properties import measure
+from .properties import ANGLES, measure
 from .scoring import DEFAULT_K, FusedKNNScorer
 from .scoring.drift import drift_table
 
@@ -205,7 +205,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
     table = pd.concat([table, t[measures]], axis=1)
-    drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], ["width", "height", *measures])
+    tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
+    drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], tested)
     out_dir = Path(out) if out is not None else _default_out(workspace)
     n, n_ok, n_flag = len(table), int(emb.ok.sum()), int(is_ood.sum())
     summary = {

@@ -1,5 +1,5 @@
 """Image properties: condition measurements (lighting, optics, geometry, pipeline) with OpenCV."""
 
-from .measures import MEASURES, VERSION, measure, register
+from .measures import ANGLES, MEASURES, VERSION, measure, register
 
-__all__ = ["MEASURES", "VERSION", "measure", "register"]
+__all__ = ["ANGLES", "MEASURES", "VERSION", "measure", "register"]

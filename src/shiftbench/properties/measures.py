@@ -21,7 +21,7 @@ Optics and resolution:
     the Nyquist frequency (effective resolution); ``blur_anisotropy`` in [0, 1]
     (1 = all blur in one direction, motion) and ``blur_direction`` in degrees;
     ``blockiness`` JPEG 8x8 grid strength (1 = none); ``noise`` sigma estimate
-    (Immerkaer 1996) in [0, 1] units.
+    (Immerkaer 1996) of the luma channel, in [0, 1] units.
 Geometry:
     ``orientation`` dominant gradient direction in degrees [0, 180) and
     ``orientation_coherence`` in [0, 1] (how much one direction dominates).
@@ -37,9 +37,11 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-VERSION = 1  # bump when a definition changes: banks measured otherwise are re-measured
+VERSION = 2  # bump when a definition changes: banks measured otherwise are re-measured
 MAX_SIDE = 512  # measurements run on a copy at most this large (except width/height)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
+# Directions in degrees wrap around (359 is next to 1): no median or KS test on them.
+ANGLES = frozenset({"illum_direction", "blur_direction", "orientation"})
 
 
 def register(fn: Callable[[np.ndarray], dict[str, float]]) -> Callable:
@@ -71,15 +73,19 @@ def lighting(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
     p = _percentiles(img, [5, 50, 95])
     low = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
-    ys, xs = np.mgrid[-0.5:0.5:32j, -0.5:0.5:32j]
+    c = (np.arange(32) + 0.5) / 32 - 0.5  # INTER_AREA cell centres, image width/height = 1
+    ys, xs = np.meshgrid(c, c, indexing="ij")
     a = np.c_[xs.ravel(), ys.ravel(), np.ones(xs.size)]
     (bx, by, _), *_ = np.linalg.lstsq(a, low.ravel(), rcond=None)
     rgb = img.reshape(-1, 3).astype(np.float32).mean(0)
-    chroma = rgb / max(rgb.sum(), 1e-6) - 1 / 3
+    total = float(rgb.sum())
+    chroma = rgb / total - 1 / 3 if total > 1e-6 else np.zeros(3)
+    grad = float(np.hypot(bx, by))
+    direction = float(np.degrees(np.arctan2(by, bx)) % 360) if grad > 1e-6 else 0.0
     return {"brightness": float(g.mean()), "brightness_p05": float(p[0]), "brightness_p50": float(p[1]),
             "brightness_p95": float(p[2]), "contrast": float(g.std()),
             "shadows_clipped": float((g <= 2 / 255).mean()), "highlights_clipped": float((g >= 253 / 255).mean()),
-            "illum_gradient": float(np.hypot(bx, by)), "illum_direction": float(np.degrees(np.arctan2(by, bx)) % 360),
+            "illum_gradient": grad, "illum_direction": direction,
             "colour_cast": float(np.linalg.norm(chroma))}
 
 
@@ -89,16 +95,29 @@ def optics(img: np.ndarray) -> dict[str, float]:
     h, w = g.shape
     n = g / max(float(g.std()), 1e-3)  # contrast-normalised: sharpness is not brightness
     sharp = float(cv2.Laplacian(n, cv2.CV_32F).var())
-    spec = np.abs(np.fft.rfft2(n - n.mean())) ** 2
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)  # no wrap-around edges
+    spec = np.abs(np.fft.rfft2((n - n.mean(dtype=np.float64)) * win)) ** 2
     fy = np.abs(np.fft.fftfreq(h))[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     hf = float(spec[np.maximum(fx, fy) > 0.25].sum() / max(spec.sum(), 1e-12))
-    gx = cv2.Sobel(n, cv2.CV_32F, 1, 0)
-    gy = cv2.Sobel(n, cv2.CV_32F, 0, 1)
-    # Blur removes gradients along its direction: the weak-gradient axis of the tensor.
-    ang, coh = _angle_deg(float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean()))
+    # Blur removes fine gradients along its direction; the scene's own orientation is present at
+    # all scales: whiten the fine-scale structure tensor by the coarse-scale one.
+    t_fine, t_coarse = _tensor(n), _tensor(cv2.GaussianBlur(n, (0, 0), 2.0))
+    t_coarse = t_coarse + 1e-3 * max(float(np.trace(t_coarse)), 1e-12) * np.eye(2)
+    ev, evec = np.linalg.eigh(t_coarse)
+    s = evec @ np.diag(ev ** -0.5) @ evec.T
+    m = s @ t_fine @ s if np.trace(t_fine) > 0 else np.zeros((2, 2))
+    _, coh = _angle_deg(float(m[0, 0]), float(m[1, 1]), float(m[0, 1]))
+    ang, _ = _angle_deg(float(t_fine[0, 0]), float(t_fine[1, 1]), float(t_fine[0, 1]))
     return {"aspect": w / h, "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
             "blockiness": _blockiness(g), "noise": _noise_sigma(g)}
+
+
+def _tensor(n: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(n, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(n, cv2.CV_32F, 0, 1)
+    gxy = float((gx * gy).mean())
+    return np.array([[float((gx * gx).mean()), gxy], [gxy, float((gy * gy).mean())]])
 
 
 def _blockiness(g: np.ndarray) -> float:

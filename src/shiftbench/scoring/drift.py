@@ -63,6 +63,8 @@ def drift_table(train: pd.DataFrame, prod: pd.DataFrame, columns: list[str] | No
         if len(a) < 2 or len(b) < 2:
             continue
         scale = robust_scale(a)
+        if scale <= 1e-12:  # constant in training: use the spread of both samples together
+            scale = robust_scale(np.concatenate([a, b]))
         ks = stats.ks_2samp(a, b)
         rows.append({"measure": c, "train_median": float(np.median(a)), "prod_median": float(np.median(b)),
                      "effect": float((np.median(b) - np.median(a)) / scale),
