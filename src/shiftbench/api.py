@@ -70,6 +70,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     paths = find_images(root)
     if not paths:
         raise InputError(f"no images found in {root}")
+    lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)  # fail early
     bb = load_backbone(backbone, weights, num_classes, device, resize, layers)
     identity = _identity(bb)
     previous = None
@@ -85,7 +86,6 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
     table = emb.table.copy()
-    lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
     table.insert(3, "label", lab if lab is not None else [""] * len(paths))
     scorer = FusedKNNScorer(bb.views, k=k, index=index_kind).fit(emb.features[emb.ok])
     meta = {
