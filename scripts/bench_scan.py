@@ -15,19 +15,22 @@ Part A (CPU by default) compares, on the same production images:
     timing the whole call: discovery, DataLoader decoding, embedding, faiss search,
     writing images.csv and summary.json. The scan's embedding cache
     (``WORKSPACE/work/scan-*``) is deleted before each timed scan;
-(c) their ratio (target >= 0.85).
+(c) their ratio (target >= 0.85). Each is timed ``--repeats`` times, alternated,
+    and the fastest run of each is reported: the machine may be shared, and other
+    processes only ever slow a run down. Medians and every run go to the JSON.
 
 Images: ``--data`` (default: the NEU steel images of ../shared/data), split into a
 training and a production subset copied into a temporary folder under /tmp
 (removed at exit unless ``--keep``). Without that folder, procedural images from
 ``datasets/synthetic.py`` (200 px) are used instead.
 
-Part B generates clustered unit vectors (a mixture of Gaussian clusters with a
-shared low-rank spread plus isotropic noise, generated in chunks into one float32
-array) and held-out queries from the same mixture, then for flat, IVF
-(``build_index(x, "ivf")`` + ``tune_recall``) and HNSW (on a subset by default:
-its build at 1M x 1280 on a few cores takes far too long) reports build time,
+Part B generates clustered unit vectors (a mixture of overlapping Gaussian
+clusters with a shared low-rank spread plus isotropic noise, generated in chunks
+into one float32 array) and held-out queries from the same mixture, then for flat,
+IVF (``build_index(x, "ivf")`` + ``tune_recall``) and HNSW reports build time,
 queries/s (all queries in one ``search`` call) and recall@10 against exact search.
+HNSW is built on a subset (``--hnsw-n``, default 20k) with an n log n estimate
+for the full set: its build at 1M x 1280 takes tens of minutes on 2 cores.
 
 Torch keeps its default thread count; faiss its default OpenMP thread count.
 """
@@ -235,45 +238,60 @@ def part_a(args, tmp: Path) -> dict:
         if summary["counts"]["ok"] != n:
             raise RuntimeError(f"scan embedded {summary['counts']['ok']} of {n} images")
     load1 = os.getloadavg()
-    fwd_s, e2e_s = float(np.median(fwd)), float(np.median(e2e))
+    # Best of the repeats: other processes only ever slow a run down, so the fastest run
+    # of each is the least disturbed estimate (as timeit does); medians go to the JSON.
+    fwd_s, e2e_s = min(fwd), min(e2e)
     fwd_ips, e2e_ips = n / fwd_s, n / e2e_s
     ratio = e2e_ips / fwd_ips
+    median_ratio = float(np.median(fwd)) / float(np.median(e2e))
     paired = [f / e for f, e in zip(fwd, e2e)]
-    cpu_ratio = float(np.median(fwd_cpu)) / float(np.median(e2e_cpu))
-    mid = int(np.argsort(e2e)[len(e2e) // 2])  # the median scan, for its own split
-    embed_s = summaries[mid]["timings_s"]["embed"]
+    cpu_ratio = min(fwd_cpu) / min(e2e_cpu)
+    best = int(np.argmin(e2e))
+    embed_s = summaries[best]["timings_s"]["embed"]
 
     rows = [
         ["(a) forward only (normalise + backbone.embed)", n, f"{fwd_s:.2f}", f"{fwd_ips:.2f}",
-         f"{np.median(fwd_cpu):.1f}", ""],
-        ["(b) shiftbench.scan end to end", n, f"{e2e_s:.2f}", f"{e2e_ips:.2f}", f"{np.median(e2e_cpu):.1f}",
-         f"median run: embed {embed_s:.2f} s, rest {e2e[mid] - embed_s:.2f} s"],
+         f"{min(fwd_cpu):.1f}", ""],
+        ["(b) shiftbench.scan end to end", n, f"{e2e_s:.2f}", f"{e2e_ips:.2f}", f"{min(e2e_cpu):.1f}",
+         f"that run: embed {embed_s:.2f} s, rest {e2e_s - embed_s:.2f} s"],
         ["(c) ratio (b)/(a)", "", "", f"{ratio:.1%}", f"{cpu_ratio:.1%}",
-         ("PASS" if ratio >= 0.85 else "FAIL") + f" (target >= 85%); paired runs: "
-         + ", ".join(f"{r:.1%}" for r in paired)],
+         ("PASS" if ratio >= 0.85 else "FAIL") + f" (target >= 85%); ratio of medians {median_ratio:.1%}; "
+         "paired runs: " + ", ".join(f"{r:.1%}" for r in paired)],
     ]
     print_table(f"Part A: scan throughput, device {bb.device}, backbone {args.backbone}, batch "
                 f"{args.batch_size}, DataLoader workers {workers}, torch threads {torch.get_num_threads()}, "
-                f"median of {args.repeats}", ["measure", "images", "wall s", "images/s", "CPU s", "note"], rows)
+                f"best of {args.repeats}", ["measure", "images", "wall s", "images/s", "CPU s", "note"], rows)
     print(f"  bank: {n_train} training images indexed in {t_index:.1f} s (untimed); single-process "
           f"read+hash+decode+resize: {decode_ips:.0f} images/s\n"
           f"  forward runs (s): {[round(v, 2) for v in fwd]}; scans (s): {[round(v, 2) for v in e2e]}; "
           f"CPU s (incl. workers) forward {[round(v, 1) for v in fwd_cpu]}, scan {[round(v, 1) for v in e2e_cpu]}\n"
           f"  load average (1/5/15 min) before {[round(v, 2) for v in load0]}, after "
-          f"{[round(v, 2) for v in load1]}: above {os.cpu_count()} other processes competed for the cores")
+          f"{[round(v, 2) for v in load1]} (this run included; above {os.cpu_count()}, other processes competed "
+          f"for the cores)")
 
     sweep = []
-    if args.sweep_workers:
-        for w in [int(v) for v in args.sweep_workers.split(",")]:
-            f_s, _ = forward_only(bb, pixels, args.batch_size)
-            dt, _, s = timed_scan(prod, ws, tmp / "scan-out", args, w)
+    if args.sweep_workers:  # diagnostic: each worker count, alternated with forward-only, repeats as above
+        counts = [int(v) for v in args.sweep_workers.split(",")]
+        runs = {w: [] for w in counts}
+        for _ in range(args.repeats):
+            for w in counts:
+                f_s, _ = forward_only(bb, pixels, args.batch_size)
+                dt, cpu, s = timed_scan(prod, ws, tmp / "scan-out", args, w)
+                runs[w].append((f_s, dt, cpu, s["timings_s"]["embed"], os.getloadavg()[0]))
+        for w in counts:
+            r_best = min(runs[w], key=lambda r: r[1])  # fastest scan, with its own split and load
+            f_s = min(r[0] for r in runs[w])
+            _, dt, cpu, emb_s, load = r_best
             sweep.append({"workers": w, "scan_s": round(dt, 3), "scan_images_per_s": round(n / dt, 3),
-                          "embed_s": s["timings_s"]["embed"], "forward_s": round(f_s, 3),
-                          "forward_images_per_s": round(n / f_s, 3), "ratio": round(f_s / dt, 4)})
-        print_table("Part A sweep: DataLoader workers (forward-only re-measured next to each scan)",
-                    ["workers", "scan s", "scan img/s", "embed s", "forward img/s", "ratio"],
-                    [[r["workers"], r["scan_s"], r["scan_images_per_s"], r["embed_s"],
-                      r["forward_images_per_s"], f"{r['ratio']:.1%}"] for r in sweep])
+                          "scan_cpu_s": round(cpu, 2), "embed_s": round(emb_s, 3), "forward_s": round(f_s, 3),
+                          "forward_images_per_s": round(n / f_s, 3), "ratio": round(f_s / dt, 4),
+                          "paired_ratios": [round(r[0] / r[1], 4) for r in runs[w]], "loadavg_1min": round(load, 2)})
+        print_table(f"Part A sweep: DataLoader workers (best of {args.repeats}; forward-only re-measured next to "
+                    f"each scan)", ["workers", "scan s", "scan img/s", "scan CPU s", "embed s", "forward img/s",
+                                    "ratio", "paired ratios", "load 1 min"],
+                    [[r["workers"], r["scan_s"], r["scan_images_per_s"], r["scan_cpu_s"], r["embed_s"],
+                      r["forward_images_per_s"], f"{r['ratio']:.1%}",
+                      ", ".join(f"{v:.0%}" for v in r["paired_ratios"]), r["loadavg_1min"]] for r in sweep])
     del pixels
     gc.collect()
     return {
@@ -283,7 +301,9 @@ def part_a(args, tmp: Path) -> dict:
         "forward_s": [round(v, 3) for v in fwd], "scan_s": [round(v, 3) for v in e2e],
         "forward_cpu_s": [round(v, 2) for v in fwd_cpu], "scan_cpu_s": [round(v, 2) for v in e2e_cpu],
         "forward_images_per_s": round(fwd_ips, 3), "scan_images_per_s": round(e2e_ips, 3),
-        "ratio": round(ratio, 4), "paired_ratios": [round(v, 4) for v in paired], "cpu_ratio": round(cpu_ratio, 4),
+        "statistic": "best (minimum time) of repeats", "ratio": round(ratio, 4),
+        "median_ratio": round(median_ratio, 4), "paired_ratios": [round(v, 4) for v in paired],
+        "cpu_ratio": round(cpu_ratio, 4),
         "target_ratio": 0.85, "pass": bool(ratio >= 0.85),
         "scan_summary_timings_s": [x["timings_s"] for x in summaries], "worker_sweep": sweep,
         "loadavg_before": list(load0), "loadavg_after": list(load1),
@@ -294,17 +314,27 @@ def part_a(args, tmp: Path) -> dict:
 # --------------------------------------------------------------------------- Part B
 
 def clustered_vectors(n: int, d: int, n_clusters: int, rank: int, rng: np.random.Generator,
-                      centers: np.ndarray, basis: np.ndarray, chunk: int = 50_000) -> np.ndarray:
-    """(n, d) float32 unit vectors: centre + low-rank spread (norm ~0.6) + isotropic noise (norm ~0.3)."""
+                      centers: np.ndarray, basis: np.ndarray, separation: float, spread: float, noise: float,
+                      chunk: int = 50_000) -> np.ndarray:
+    """(n, d) float32 unit vectors, written chunk by chunk into one array.
+
+    Each is ``separation`` x a random unit cluster centre + a shared rank-``rank``
+    spread of norm ~``spread`` + isotropic noise of norm ~``noise``, then normalised.
+    The defaults (0.5, rank 16, 1.5, 0.5) make overlapping clusters with graded
+    difficulty: at 300k x 1280, IVF (nlist 2190) finds 69% / 94% / 99.8% of the exact
+    10 neighbours at nprobe 16 / 64 / 256. Well-separated clusters (separation 1)
+    make every index look perfect at 1M; a 64-dim spread makes neighbours almost
+    equidistant (IVF needs nprobe > 256).
+    """
     x = np.empty((n, d), dtype=np.float32)
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
         out = x[lo:lo + m]
         rng.standard_normal((m, d), dtype=np.float32, out=out)
-        out *= np.float32(0.3 / math.sqrt(d))
-        out += centers[rng.integers(0, n_clusters, m)]
+        out *= np.float32(noise / math.sqrt(d))
+        out += centers[rng.integers(0, n_clusters, m)] * np.float32(separation)
         z = rng.standard_normal((m, rank), dtype=np.float32)
-        out += (z @ basis) * np.float32(0.6 / math.sqrt(rank))
+        out += (z @ basis) * np.float32(spread / math.sqrt(rank))
         out /= np.linalg.norm(out, axis=1, keepdims=True)
     return x
 
@@ -347,16 +377,19 @@ def part_b(args) -> dict:
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     basis = rng.standard_normal((args.rank, d), dtype=np.float32) / np.float32(math.sqrt(d))
     print(f"\nPart B: generating {n:,} x {d} float32 ({n * d * 4 / 2**30:.2f} GiB) clustered unit vectors, "
-          f"{args.n_clusters} clusters, rank-{args.rank} spread, + {args.n_queries} held-out queries ...",
-          flush=True)
+          f"{args.n_clusters} clusters (separation {args.separation}, rank-{args.rank} spread {args.spread}, noise "
+          f"{args.noise}), + {args.n_queries} held-out queries ...", flush=True)
     t0 = time.perf_counter()
-    x = clustered_vectors(n, d, args.n_clusters, args.rank, rng, centers, basis)
+    x = clustered_vectors(n, d, args.n_clusters, args.rank, rng, centers, basis, args.separation, args.spread,
+                          args.noise)
     q = clustered_vectors(args.n_queries, d, args.n_clusters, args.rank, np.random.default_rng(args.seed + 1),
-                          centers, basis)
+                          centers, basis, args.separation, args.spread, args.noise)
     t_gen = time.perf_counter() - t0
     print(f"  generated in {t_gen:.1f} s", flush=True)
     rows, out = [], {"n_vectors": n, "dim": d, "n_queries": args.n_queries, "k": k,
-                     "n_clusters": args.n_clusters, "rank": args.rank, "generate_s": round(t_gen, 2),
+                     "n_clusters": args.n_clusters, "rank": args.rank,
+                     "separation": args.separation, "spread": args.spread, "noise": args.noise,
+                     "generate_s": round(t_gen, 2),
                      "faiss_threads": faiss.omp_get_max_threads(), "indexes": []}
 
     def add(name, idx, n_idx, params, build_s, tune_s, qps, rec, note=""):
@@ -393,7 +426,7 @@ def part_b(args) -> dict:
         tune_s = time.perf_counter() - t0
         qps, rec = measure(ivf, q, k, truth)
         add("ivf (tune_recall)", ivf, n, f"nlist {ivf.nlist}, nprobe {ivf.nprobe}", b, tune_s, qps, rec,
-            f"tune recall@10 on indexed points {info['recall_at_k']:.3f}")
+            f"tune_recall's estimate {info['recall_at_k']:.3f}")
         out["ivf_tune"] = info
         del ivf
         gc.collect()
@@ -431,10 +464,12 @@ def part_b(args) -> dict:
     del x
     gc.collect()
     out["part_seconds"] = round(time.perf_counter() - t_part, 1)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print_table(f"Part B: exact vs approximate search, {n:,} x {d} clustered unit vectors, {args.n_queries} "
                 f"held-out queries (one batched search), k={k}, faiss threads {faiss.omp_get_max_threads()}",
                 ["index", "vectors", "params", "build s", "tune s", "queries/s", "recall@10", "note"], rows)
-    print(f"  Part B took {out['part_seconds']:.0f} s (generation {t_gen:.0f} s)")
+    print(f"  Part B took {out['part_seconds']:.0f} s (generation {t_gen:.0f} s); peak RSS of this process so far "
+          f"{out['peak_rss_gib']:.1f} GiB")
     return out
 
 
@@ -449,13 +484,17 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backbone", default="lite0")
-    ap.add_argument("--repeats", type=int, default=3, help="Part A: timed runs of (a) and (b); median reported")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="Part A: timed runs of (a) and (b), alternated; the fastest of each is reported")
     ap.add_argument("--sweep-workers", default="", help="Part A diagnostic, e.g. 0,1,2: one scan per count")
     ap.add_argument("--n-vectors", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--n-queries", type=int, default=1000)
     ap.add_argument("--n-clusters", type=int, default=1000)
-    ap.add_argument("--rank", type=int, default=64, help="dimension of the within-cluster spread")
+    ap.add_argument("--rank", type=int, default=16, help="dimension of the within-cluster spread")
+    ap.add_argument("--separation", type=float, default=0.5, help="norm of a cluster centre")
+    ap.add_argument("--spread", type=float, default=1.5, help="norm of the low-rank spread around a centre")
+    ap.add_argument("--noise", type=float, default=0.5, help="norm of the isotropic noise")
     ap.add_argument("--hnsw-n", type=int, default=20_000,
                     help="vectors for the HNSW build (0 skips; >= --n-vectors builds on all)")
     ap.add_argument("--skip-ivf", action="store_true")
@@ -491,7 +530,7 @@ def main(argv=None) -> int:
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     result["loadavg_end"] = list(os.getloadavg())
     print(f"\ntotal {result['total_s']:.0f} s; load average (1/5/15 min) at start "
-          f"{info['loadavg_start']}, at end {result['loadavg_end']} (other processes share the cores)")
+          f"{[round(v, 2) for v in info['loadavg_start']]}, at end {[round(v, 2) for v in result['loadavg_end']]}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))

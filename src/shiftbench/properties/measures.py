@@ -32,6 +32,7 @@ Pipeline:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import cv2
@@ -54,11 +55,29 @@ def _grey(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
 
 
-def _percentiles(img: np.ndarray, qs: list[float]) -> np.ndarray:
-    """Percentiles (in [0, 1]) of the grey levels, from a 256-bin histogram (fast)."""
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    cdf = np.cumsum(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())
+def _histogram(img: np.ndarray) -> np.ndarray:
+    """256-bin histogram of the grey levels."""
+    return cv2.calcHist([cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)], [0], None, [256], [0, 256]).ravel()
+
+
+def _percentiles(hist: np.ndarray, qs: list[float]) -> np.ndarray:
+    """Percentiles (in [0, 1]) of the grey levels from their histogram (no sort)."""
+    cdf = np.cumsum(hist)
     return np.searchsorted(cdf, np.asarray(qs) / 100.0 * cdf[-1]) / 255.0
+
+
+# Least-squares plane over the 32x32 grid of cell centres (image width and height = 1).
+_CENTRES = (np.arange(32) + 0.5) / 32 - 0.5
+_PLANE_PINV = np.linalg.pinv(np.c_[np.tile(_CENTRES, 32), np.repeat(_CENTRES, 32), np.ones(32 * 32)])
+
+
+@functools.lru_cache(maxsize=16)
+def _window_and_mask(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window (h, w) and the mask of rfft2 bins above half the Nyquist frequency."""
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    fy = np.abs(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return win, np.maximum(fx, fy) > 0.25
 
 
 def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
@@ -71,20 +90,19 @@ def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
 @register
 def lighting(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
-    p = _percentiles(img, [5, 50, 95])
+    hist = _histogram(img)
+    p = _percentiles(hist, [5, 50, 95])
     low = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
-    c = (np.arange(32) + 0.5) / 32 - 0.5  # INTER_AREA cell centres, image width/height = 1
-    ys, xs = np.meshgrid(c, c, indexing="ij")
-    a = np.c_[xs.ravel(), ys.ravel(), np.ones(xs.size)]
-    (bx, by, _), *_ = np.linalg.lstsq(a, low.ravel(), rcond=None)
-    rgb = img.reshape(-1, 3).astype(np.float32).mean(0)
+    bx, by, _ = _PLANE_PINV @ low.ravel()
+    rgb = np.array(cv2.mean(img)[:3])
     total = float(rgb.sum())
     chroma = rgb / total - 1 / 3 if total > 1e-6 else np.zeros(3)
     grad = float(np.hypot(bx, by))
     direction = float(np.degrees(np.arctan2(by, bx)) % 360) if grad > 1e-6 else 0.0
-    return {"brightness": float(g.mean()), "brightness_p05": float(p[0]), "brightness_p50": float(p[1]),
-            "brightness_p95": float(p[2]), "contrast": float(g.std()),
-            "shadows_clipped": float((g <= 2 / 255).mean()), "highlights_clipped": float((g >= 253 / 255).mean()),
+    mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(g))
+    return {"brightness": mean, "brightness_p05": float(p[0]), "brightness_p50": float(p[1]),
+            "brightness_p95": float(p[2]), "contrast": std,
+            "shadows_clipped": float(hist[:3].sum() / g.size), "highlights_clipped": float(hist[253:].sum() / g.size),
             "illum_gradient": grad, "illum_direction": direction,
             "colour_cast": float(np.linalg.norm(chroma))}
 
@@ -93,13 +111,11 @@ def lighting(img: np.ndarray) -> dict[str, float]:
 def optics(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
     h, w = g.shape
-    n = g / max(float(g.std()), 1e-3)  # contrast-normalised: sharpness is not brightness
+    n = g / max(float(cv2.meanStdDev(g)[1][0, 0]), 1e-3)  # contrast-normalised: sharpness is not brightness
     sharp = float(cv2.Laplacian(n, cv2.CV_32F).var())
-    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)  # no wrap-around edges
+    win, high = _window_and_mask(h, w)  # the window removes the wrap-around edges
     spec = np.abs(np.fft.rfft2((n - n.mean(dtype=np.float64)) * win)) ** 2
-    fy = np.abs(np.fft.fftfreq(h))[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    hf = float(spec[np.maximum(fx, fy) > 0.25].sum() / max(spec.sum(), 1e-12))
+    hf = float(spec[high].sum() / max(spec.sum(), 1e-12))
     # Blur removes fine gradients along its direction; the scene's own orientation is present at
     # all scales: whiten the fine-scale structure tensor by the coarse-scale one.
     t_fine, t_coarse = _tensor(n), _tensor(cv2.GaussianBlur(n, (0, 0), 2.0))
@@ -153,11 +169,10 @@ def geometry(img: np.ndarray) -> dict[str, float]:
 
 @register
 def pipeline(img: np.ndarray) -> dict[str, float]:
-    f = img.reshape(-1, 3).astype(np.float32) / 255.0
-    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-    lo, hi = _percentiles(img, [0.5, 99.5])
-    return {"rb_balance": float(f[:, 0].mean() - f[:, 2].mean()),
-            "saturation": float(hsv[..., 1].mean() / 255.0), "dynamic_range": float(hi - lo)}
+    r, _, b, _ = cv2.mean(img)
+    saturation = cv2.mean(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))[1]
+    lo, hi = _percentiles(_histogram(img), [0.5, 99.5])
+    return {"rb_balance": (r - b) / 255.0, "saturation": saturation / 255.0, "dynamic_range": float(hi - lo)}
 
 
 def measure(img: np.ndarray) -> dict[str, float]:

@@ -87,7 +87,10 @@ def recall_at_k(index: faiss.Index, exact: faiss.Index, q: np.ndarray, k: int = 
     """
     extra = 0 if own_ids is None else 1
     _, truth = search(exact, q, k + extra)
-    _, got = search(index, q, k + extra)
+    return _recall(truth, search(index, q, k + extra)[1], k, own_ids)
+
+
+def _recall(truth: np.ndarray, got: np.ndarray, k: int, own_ids: np.ndarray | None) -> float:
     hits = total = 0
     for j, (a, b) in enumerate(zip(truth, got)):
         if own_ids is not None:
@@ -111,14 +114,15 @@ def tune_recall(index: faiss.Index, x: np.ndarray, *, target: float = 0.95, k: i
     rng = np.random.default_rng(seed)
     own = rng.choice(len(x), min(n_queries, len(x)), replace=False)
     q = x[own]
-    exact = faiss.IndexFlatL2(x.shape[1])
-    exact.add(np.ascontiguousarray(x, dtype=np.float32))
+    # Ground truth once, by brute force over the caller's array (no copy into an index).
+    _, truth = faiss.knn(np.ascontiguousarray(q, dtype=np.float32),
+                         np.ascontiguousarray(x, dtype=np.float32), k + 1)
     is_ivf = isinstance(index, faiss.IndexIVF)
     limit = index.nlist if is_ivf else 4096
     breadth, rec = (index.nprobe if is_ivf else index.hnsw.efSearch), 0.0
     while True:
         set_breadth(index, breadth)
-        rec = recall_at_k(index, exact, q, k, own_ids=own)
+        rec = _recall(truth, search(index, q, k + 1)[1], k, own)
         if rec >= target or breadth >= limit:
             break
         breadth = min(limit, breadth * 2)
