@@ -81,7 +81,8 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     except InputError:
         pass
     emb = embed_folder(root, paths, bb, Path(workspace) / "work" / "index", previous=previous,
-                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress)
+                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress,
+                       identity=identity)
     t_embed = time.perf_counter() - t0
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
@@ -184,7 +185,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     cache = _scan_cache(workspace, root)
     t1 = time.perf_counter()
     emb = embed_folder(root, paths, bb, cache, previous=_load_cached(cache, identity),
-                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress)
+                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress,
+                       identity=identity)
     t_embed = time.perf_counter() - t1
     _save_cached(cache, identity, emb)
 

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ class Bank:
     table: pd.DataFrame
     features: np.ndarray
     scorer: FusedKNNScorer
-    rows: np.ndarray = field(default=None)
+    rows: np.ndarray | None = None
 
     def __post_init__(self):
         if self.rows is None:

@@ -87,7 +87,8 @@ def _save_part(parts_dir: Path, rows: list[dict]) -> None:
 def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, work_dir: str | os.PathLike,
                  *, previous: Embeddings | None = None, batch_size: int = 32, num_workers: int | None = None,
                  measure: Callable[[np.ndarray], dict] | None = None,
-                 progress: Callable[[int, int], None] | None = None, flush_every: int = 256) -> Embeddings:
+                 progress: Callable[[int, int], None] | None = None, flush_every: int = 256,
+                 identity: dict | None = None) -> Embeddings:
     """Embed the images ``root/paths`` and return them in ``paths`` order.
 
     Parameters
@@ -98,6 +99,10 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
         Earlier results made with the same backbone, reused per unchanged file.
     progress
         Called as ``progress(done, total)`` after each batch.
+    identity
+        What saved parts must have been made with to be reused (default: the
+        backbone's identity and the measure function's name); include the
+        version of ``measure``'s definitions here.
     """
     root, parts_dir = Path(root), Path(work_dir) / "parts"
     size, mtime = _stat(root, paths)
@@ -107,8 +112,10 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
         for j, rec in enumerate(previous.table.to_dict("records")):
             known[(rec["path"], int(rec["size"]), int(rec["mtime_ns"]))] = {
                 **rec, "measures": {c: rec[c] for c in extra}, "features": previous.features[j]}
-    measure_id = None if measure is None else f"{measure.__module__}.{measure.__qualname__}"
-    for row in _load_parts(parts_dir, {**backbone.identity, "measure": measure_id}):
+    if identity is None:
+        measure_id = None if measure is None else f"{measure.__module__}.{measure.__qualname__}"
+        identity = {**backbone.identity, "measure": measure_id}
+    for row in _load_parts(parts_dir, identity):
         row["measures"] = json.loads(str(row["measures"]))
         known[(str(row["path"]), int(row["size"]), int(row["mtime_ns"]))] = row
     keys = [(p, int(s), int(m)) for p, s, m in zip(paths, size, mtime)]
