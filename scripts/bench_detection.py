@@ -28,7 +28,7 @@ import steel_bench  # noqa: E402
 
 import shiftbench  # noqa: E402
 from shiftbench.bank import load_bank  # noqa: E402
-from shiftbench.scoring import DEFAULT_K, FusedKNNScorer, KNNScorer  # noqa: E402
+from shiftbench.scoring import DEFAULT_K, FusedKNNScorer, KNNScorer, with_conditions  # noqa: E402
 
 FAMILIES = ["lighting", "angle", "resolution", "content"]
 
@@ -79,15 +79,20 @@ def main() -> None:
     truth = pd.read_csv(a.bench / "truth.csv").set_index("file")
     family = truth.loc[prod["path"], "family"].to_numpy()
     train = bank.features[bank.rows]
+    train_all = with_conditions(bank.features, bank.table, bank.meta["conditions"])[bank.rows]
+    prod_all = with_conditions(feats, prod, bank.meta["conditions"])
     d_pen = dict(bank.scorer.views)["penultimate"]  # the penultimate view comes first
     rows = []
     for k in [1, 5, 50]:  # the literature's baselines: penultimate layer alone, k = 1 and k = 50
         sc = KNNScorer(k=k).fit(train[:, :d_pen])
         s, _ = sc.score(feats[:, :d_pen])
         rows.append(_row(f"penultimate kNN k={k}", s, sc.calibration_, family))
+    embed_views = [v for v in bank.scorer.views if v[0] != "conditions"]
+    sc = FusedKNNScorer(embed_views, k=DEFAULT_K).fit(train)  # ablation: no conditions view
+    rows.append(_row(f"embedding views only k={DEFAULT_K}", sc.score(feats)[0], sc.calibration_, family))
     for k in [1, 3, 5]:  # shiftbench: all views, Fisher fusion
-        sc = FusedKNNScorer(bank.scorer.views, k=k).fit(train)
-        s, _, _ = sc.score(feats)
+        sc = FusedKNNScorer(bank.scorer.views, k=k, raw_views=bank.scorer.raw_views).fit(train_all)
+        s, _, _ = sc.score(prod_all)
         rows.append(_row(f"fused views k={k}" + (" (default)" if k == DEFAULT_K else ""), s,
                          sc.calibration_, family))
     table = pd.DataFrame(rows)

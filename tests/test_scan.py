@@ -66,7 +66,9 @@ def test_bank_contents(bank_workspace, synth):
     assert bank.table["label"].tolist() == [p.split("/")[0] for p in find_images(synth / "train")]
     assert bank.features.shape == (N_TRAIN, 1280 + 24 + 40 + 112)
     assert len(bank.scorer.calibration_.scores) == N_TRAIN
-    assert list(bank.scorer.scorers_) == ["penultimate", "stride4", "stride8", "stride16"]
+    assert list(bank.scorer.scorers_) == ["penultimate", "stride4", "stride8", "stride16", "conditions"]
+    assert bank.scorer.raw_views == ("conditions",)
+    assert not bank.scorer.scorers_["conditions"].normalize and bank.scorer.scorers_["penultimate"].normalize
 
 
 def test_images_csv_columns_and_semantics(scanned, synth):
@@ -435,15 +437,22 @@ def test_bank_of_another_version_refused(workspace):
 # ------------------------------------------------------------------ options
 
 
-def test_single_view_bank_scores_by_distance(tmp_path, synth, tiny_ts):
-    """Without early layers the fused score is a monotone function of the kNN distance."""
+def test_single_embedding_view_fused_with_conditions(tmp_path, synth, tiny_ts):
+    """Without early layers: penultimate + conditions views, the score is the sum of their -log p."""
+    from shiftbench.scoring.fused import _neglog_p
     result = shiftbench.scan(synth / "prod", workspace=tmp_path / "ws", reference=synth / "train",
                              backbone=str(tiny_ts), layers=False, k=2, out=tmp_path / "out", device="cpu",
                              num_workers=0)
     bank = load_bank(tmp_path / "ws")
     assert bank.meta["identity"]["views"] == [["penultimate", 128]] and bank.meta["k"] == 2
-    t = result.table.sort_values("knn_distance")
-    assert (np.diff(t["ood_score"].to_numpy()) >= -1e-9).all()
+    assert [v for v, _ in bank.scorer.views] == ["penultimate", "conditions"]
+    pen = bank.scorer.scorers_["penultimate"]
+    cond = bank.scorer.scorers_["conditions"]
+    from shiftbench.scoring import standardize
+    d_cond, _ = cond.score(standardize(result.table, bank.meta["conditions"]))
+    expected = (_neglog_p(pen.calibration_.scores, result.table["knn_distance"].to_numpy())
+                + _neglog_p(cond.calibration_.scores, d_cond))
+    np.testing.assert_allclose(result.table["ood_score"], expected, rtol=1e-5)
 
 
 def test_labels_from_csv_go_into_the_bank(tmp_path, synth, tiny_ts):

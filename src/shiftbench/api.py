@@ -26,7 +26,7 @@ from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
-from .scoring import DEFAULT_K, FusedKNNScorer
+from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
 from .scoring.drift import drift_table
 
 DEFAULT_WORKSPACE = ".shiftbench"
@@ -88,13 +88,17 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
     table = emb.table.copy()
     table.insert(3, "label", lab if lab is not None else [""] * len(paths))
-    scorer = FusedKNNScorer(bb.views, k=k, index=index_kind).fit(emb.features[emb.ok])
+    conditions = fit_standardizer(table)
+    scorer = FusedKNNScorer([*bb.views, ("conditions", len(conditions["columns"]))], k=k, index=index_kind,
+                            raw_views=("conditions",))
+    scorer.fit(with_conditions(emb.features, table, conditions)[emb.ok])
     meta = {
         "root": str(root), "created": _now(), "shiftbench": __version__,
         "backbone": {"name": str(Path(backbone).resolve()) if os.path.isfile(backbone) else backbone,
                      "weights": str(Path(weights).resolve()) if weights and weights != "none"
                      else weights, "num_classes": num_classes, "resize": resize, "layers": layers},
-        "identity": identity, "k": k, "index": scorer.index_info_,
+        "identity": identity, "k": k, "index": scorer.index_info_, "conditions": conditions,
+        "scorer": {"views": scorer.views, "raw_views": list(scorer.raw_views)},
         "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
                    "reused": emb.reused},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
@@ -190,7 +194,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     t_embed = time.perf_counter() - t1
     _save_cached(cache, identity, emb)
 
-    scores, nearest, distances = bank.scorer.score(emb.features)
+    scores, nearest, distances = bank.scorer.score(with_conditions(emb.features, emb.table,
+                                                                   bank.meta["conditions"]))
     cal = bank.scorer.calibration_
     p = cal.p_values(scores)
     is_ood = np.nan_to_num(p, nan=1.0) <= fpr

@@ -30,7 +30,7 @@ from .images import InputError
 from .scoring import FusedKNNScorer, KNNScorer
 from .search import load_index, save_index
 
-BANK_VERSION = 2
+BANK_VERSION = 3
 
 
 @dataclass
@@ -38,7 +38,8 @@ class Bank:
     """A loaded reference bank.
 
     ``table`` has one row per training file; ``features`` (N, D) aligned with it;
-    ``scorer`` is fitted on the readable rows, whose table positions are ``rows``
+    ``scorer`` is fitted on the readable rows of the features with the
+    conditions view appended (``meta["conditions"]`` standardises it), whose table positions are ``rows``
     (scorer id ``i`` is table row ``rows[i]``).
     """
 
@@ -97,12 +98,12 @@ def load_bank(workspace: str | os.PathLike) -> Bank:
     meta = json.loads((d / "bank.json").read_text())
     if meta.get("version") != BANK_VERSION:
         raise InputError(f"{d} was written by another shiftbench version; re-run 'shiftbench index'")
-    views = meta["identity"]["views"]
+    views, raw = meta["scorer"]["views"], tuple(meta["scorer"]["raw_views"])
     loo = np.load(d / "loo.npy")
     scorers = {name: KNNScorer.restore(load_index(d / f"index-{name}.faiss"), meta["index"][name],
-                                       loo[:, j], meta["k"])
+                                       loo[:, j], meta["k"], normalize=name not in raw)
                for j, (name, _) in enumerate(views)}
-    scorer = FusedKNNScorer(views, k=meta["k"]).restore(scorers)
+    scorer = FusedKNNScorer(views, k=meta["k"], raw_views=raw).restore(scorers)
     table = pd.read_parquet(d / "images.parquet")
     return Bank(meta=meta, table=table, features=np.load(d / "features.npy"), scorer=scorer)
 

@@ -51,6 +51,8 @@ class FusedKNNScorer:
         How the feature vector splits into views, in order (sizes sum to D).
     k, index
         Passed to each view's :class:`KNNScorer`.
+    raw_views : tuple of str
+        Views compared without L2 normalisation (standardised measurements).
 
     Attributes (after :meth:`fit` or :meth:`restore`)
     --------------------------------------------------
@@ -58,8 +60,10 @@ class FusedKNNScorer:
     calibration_ : :class:`Calibration` of the fused leave-one-out scores
     """
 
-    def __init__(self, views: list[tuple[str, int]], k: int = DEFAULT_K, index: str = "auto"):
+    def __init__(self, views: list[tuple[str, int]], k: int = DEFAULT_K, index: str = "auto",
+                 raw_views: tuple[str, ...] = ()):
         self.views, self.k, self.index_kind = [(str(n), int(d)) for n, d in views], k, index
+        self.raw_views = tuple(raw_views)
 
     def _slices(self):
         start = 0
@@ -69,8 +73,8 @@ class FusedKNNScorer:
 
     def fit(self, features: np.ndarray) -> "FusedKNNScorer":
         """Fit on (N, D) training features (no NaN rows)."""
-        self.scorers_ = {name: KNNScorer(self.k, self.index_kind).fit(features[:, sl])
-                         for name, sl in self._slices()}
+        self.scorers_ = {name: KNNScorer(self.k, self.index_kind, normalize=name not in self.raw_views)
+                         .fit(features[:, sl]) for name, sl in self._slices()}
         return self._calibrate()
 
     def restore(self, scorers: dict[str, KNNScorer]) -> "FusedKNNScorer":

@@ -66,6 +66,9 @@ class KNNScorer:
     ----------
     k : int
         Which neighbour's distance is the score.
+    normalize : bool
+        L2-normalise rows first (embeddings); False for already standardised
+        measurements, where the length carries the information.
     index : str
         faiss index kind (``auto``, ``flat``, ``ivf``, ``hnsw``); approximate
         kinds are tuned to recall@10 >= ``recall_target`` against exact search.
@@ -78,14 +81,19 @@ class KNNScorer:
     calibration_ : :class:`Calibration` from leave-one-out scores
     """
 
-    def __init__(self, k: int = DEFAULT_K, index: str = "auto", recall_target: float = 0.95):
+    def __init__(self, k: int = DEFAULT_K, index: str = "auto", recall_target: float = 0.95,
+                 normalize: bool = True):
         self.k, self.index_kind, self.recall_target = k, index, recall_target
+        self.normalize = normalize
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return l2_normalize(x) if self.normalize else np.ascontiguousarray(x, dtype=np.float32)
 
     def fit(self, features: np.ndarray) -> "KNNScorer":
         """Index (N, D) training features and calibrate by leave-one-out."""
         if len(features) < 2:
             raise ValueError("need at least 2 training images to calibrate")
-        x = l2_normalize(features)
+        x = self._prepare(features)
         self.index_ = build_index(x, self.index_kind)
         self.index_info_ = tune_recall(self.index_, x, target=self.recall_target)
         self.index_info_["n"] = len(x)
@@ -94,9 +102,9 @@ class KNNScorer:
         return self
 
     @classmethod
-    def restore(cls, index, index_info: dict, loo: np.ndarray, k: int) -> "KNNScorer":
+    def restore(cls, index, index_info: dict, loo: np.ndarray, k: int, normalize: bool = True) -> "KNNScorer":
         """A fitted scorer from a saved index and its leave-one-out scores (no refit)."""
-        self = cls(k=k, index=index_info.get("kind", "auto"))
+        self = cls(k=k, index=index_info.get("kind", "auto"), normalize=normalize)
         self.index_, self.index_info_ = index, index_info
         self.loo_ = np.asarray(loo, dtype=np.float32)
         self.calibration_ = Calibration(np.sort(self.loo_))
@@ -129,6 +137,6 @@ class KNNScorer:
         nearest = np.full(len(features), -1, dtype=np.int64)
         if valid.any():
             k = min(self.k, self.index_.ntotal)
-            dist, ids = search(self.index_, l2_normalize(features[valid]), k)
+            dist, ids = search(self.index_, self._prepare(features[valid]), k)
             scores[valid], nearest[valid] = dist[:, k - 1], ids[:, 0]
         return scores, nearest
