@@ -171,6 +171,10 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     workspace = Path(workspace)
     if not 0 < fpr < 1:
         raise InputError(f"--fpr must be between 0 and 1, got {fpr}")
+    root = Path(prod_dir).resolve()
+    paths = find_images(root)  # before indexing: a mistyped folder fails at once
+    if not paths:
+        raise InputError(f"no images found in {root}")
     if reference is not None:
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
@@ -179,10 +183,6 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
             raise InputError(f"{sorted(index_options)} only apply with --reference")
         bank = load_bank(workspace)
     t_index = time.perf_counter() - t0
-    root = Path(prod_dir).resolve()
-    paths = find_images(root)
-    if not paths:
-        raise InputError(f"no images found in {root}")
     bb = load_backbone(**bank.meta["backbone"], device=device)
     identity = _identity(bb)
     check_identity(bank.meta, identity)
