@@ -12,11 +12,11 @@ downloaded; the same seed gives the same files.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 CLASSES = ("scratch", "spot", "crack")
 
@@ -87,10 +87,7 @@ def make_dataset(out: str | Path, n_train: int = 60, n_prod: int = 40, size: int
         cv2.imwrite(str(out / "prod" / file), shift(render(rng, cls, size)))
         truth.append({"file": file, "family": family, "variant": name, "params": "", "source_file": "",
                       "label": cls})
-    with open(out / "prod_truth.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(truth[0]))
-        w.writeheader()
-        w.writerows(truth)
+    pd.DataFrame(truth).to_csv(out / "prod_truth.csv", index=False)
     return out
 
 

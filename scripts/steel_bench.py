@@ -19,7 +19,6 @@ format does not give the family away. Same seed, same benchmark.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 REFLECT = cv2.BORDER_REFLECT_101
 
@@ -158,10 +158,7 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
     for i in rng.choice(len(content), min(n_content, len(content)), replace=False):
         cls, f = content[i]
         put(load(f), "content", "x_sdd", {}, f, cls)
-    with open(out / "truth.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    pd.DataFrame(rows).to_csv(out / "truth.csv", index=False)
     return out
 
 
