@@ -24,7 +24,8 @@ from shiftbench.images import InputError, find_images
 
 # documented in api.scan's docstring
 COLUMNS = ["path", "status", "error", "ood_score", "p_value", "is_ood", "nearest_train", "knn_distance",
-           "cause", "cluster", "width", "height", "sha"]
+           "cause", "confidence", "share_lighting", "share_angle", "share_resolution", "share_pipeline", "cluster",
+           "width", "height", "sha"]
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -83,8 +84,11 @@ def test_images_csv_columns_and_semantics(scanned, synth):
     assert (csv["status"] == "ok").all() and (csv["error"] == "").all()
     assert set(csv["is_ood"]) <= {"true", "false"}
     flagged = csv["is_ood"] == "true"
-    assert (csv["cause"] == np.where(flagged, "unknown", "none")).all()
-    assert (csv["cluster"] == "-1").all()
+    assert (csv["cause"][~flagged] == "none").all() and (csv["cluster"][~flagged] == "-1").all()
+    assert (csv["confidence"][~flagged] == "").all()
+    causes = csv["cause"][flagged].str.split("+").explode()
+    assert set(causes) <= {"lighting", "angle", "resolution", "pipeline", "content"}
+    assert (csv["cluster"][flagged].astype(int) >= 0).all()
     assert (csv["width"] == "96").all() and (csv["height"] == "96").all()
     for path, sha in zip(csv["path"], csv["sha"]):
         assert sha == hashlib.blake2b((synth / "prod" / path).read_bytes(), digest_size=16).hexdigest()
@@ -113,6 +117,36 @@ def test_shifted_images_score_higher(scanned):
     assert dark["ood_score"].mean() > clean["ood_score"].mean()
     assert rotated["is_ood"].mean() >= 0.75
     assert clean["is_ood"].sum() <= 1  # a false alarm now and then is the 5% design
+
+
+def test_flagged_images_are_attributed_to_their_shift(scanned):
+    """The synthetic production set has darkened and rotated copies: attribution must name them."""
+    t = scanned[0].table
+    kind = t["path"].str.split("_").str[0]
+    first = t["cause"].str.split("+").str[0]
+    for k, cause in [("dark", "lighting"), ("rotated", "angle")]:
+        flagged = t[(kind == k) & t["is_ood"]]
+        # a tiny bank (24 images): most, not all, are explained
+        assert len(flagged) >= 3 and (first[flagged.index] == cause).mean() >= 0.7, flagged["cause"].tolist()
+        others = flagged.filter(like="share_").drop(columns=f"share_{cause}")
+        assert flagged[f"share_{cause}"].mean() > 2 * others.mean().max()
+    shares = t.filter(like="share_")[t["is_ood"]]
+    assert ((shares >= 0) & (shares <= 1)).all().all()
+
+
+def test_clusters_and_cards(scanned):
+    result, _ = scanned
+    t, cards = result.table, result.summary["clusters"]
+    flagged = t[t["is_ood"]]
+    assert sum(c["size"] for c in cards) == len(flagged)
+    assert sorted(c["cluster"] for c in cards) == sorted(flagged["cluster"].unique())
+    by_cause = {c["cause"]: c for c in cards}
+    assert {"lighting", "angle"} <= set(by_cause)
+    assert "below training" in by_cause["lighting"]["change"][0]  # darkened copies
+    assert "rotated" in by_cause["angle"]["change"][0]
+    for c in cards:
+        members = set(flagged["path"][flagged["cluster"] == c["cluster"]])
+        assert set(c["medoids"]) <= members and len(c["medoids"]) == min(3, c["size"])
 
 
 def test_summary_adds_up(scanned, synth):

@@ -22,12 +22,13 @@ from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.store import TABLE_COLUMNS
+from .explain import CAUSES, attribute, cluster_cards, cluster_flagged
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
 from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
-from .scoring.drift import drift_table
+from .scoring.drift import drift_table, robust_scale
 
 DEFAULT_WORKSPACE = ".shiftbench"
 Progress = Callable[[int, int], None]
@@ -142,8 +143,9 @@ def _default_out(workspace: Path) -> Path:
 
 
 def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, reference: str | Path | None = None,
-         out: str | Path | None = None, fpr: float = 0.05, device: str = "auto", batch_size: int = 32,
-         num_workers: int | None = None, progress: Progress | None = None, **index_options) -> ScanResult:
+         out: str | Path | None = None, fpr: float = 0.05, explain: bool = True, device: str = "auto",
+         batch_size: int = 32, num_workers: int | None = None, progress: Progress | None = None,
+         explain_progress: Progress | None = None, **index_options) -> ScanResult:
     """Score every image of ``prod_dir`` against the reference bank and write the results.
 
     Parameters
@@ -157,6 +159,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         Output folder; default ``WORKSPACE/scans/<timestamp>``.
     fpr
         Target false-alarm rate on in-distribution images; sets the flag threshold.
+    explain
+        Attribute each flagged image to a cause by intervention and cluster them
+        (:mod:`shiftbench.explain`); needs the training images where the bank found them.
 
     Returns
     -------
@@ -194,8 +199,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     t_embed = time.perf_counter() - t1
     _save_cached(cache, identity, emb)
 
-    scores, nearest, distances = bank.scorer.score(with_conditions(emb.features, emb.table,
-                                                                   bank.meta["conditions"]))
+    feats = with_conditions(emb.features, emb.table, bank.meta["conditions"])
+    scores, nearest, distances = bank.scorer.score(feats)
     cal = bank.scorer.calibration_
     p = cal.p_values(scores)
     is_ood = np.nan_to_num(p, nan=1.0) <= fpr
@@ -206,12 +211,16 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "ood_score": scores, "p_value": p, "is_ood": is_ood,
         "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
         "knn_distance": distances["penultimate"],
-        "cause": np.where(is_ood, "unknown", "none"), "cluster": -1,
+        "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
+        **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
     })
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
     table = pd.concat([table, t[measures]], axis=1)
+    t2 = time.perf_counter()
+    cards = _explain(table, feats, root, bank, bb, explain_progress) if explain and is_ood.any() else []
+    t_explain = time.perf_counter() - t2
     tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
     drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], tested)
     out_dir = Path(out) if out is not None else _default_out(workspace)
@@ -226,7 +235,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "threshold": cal.threshold(fpr), "fpr_target": fpr,
         "calibration": cal.summary(fpr),
         "drift": drift.to_dict("records"),
-        "timings_s": {"index": round(t_index, 3), "embed": round(t_embed, 3),
+        "clusters": cards,
+        "timings_s": {"index": round(t_index, 3), "embed": round(t_embed, 3), "explain": round(t_explain, 3),
                       "total": round(time.perf_counter() - t0, 3),
                       "images_per_s": round(n / t_embed, 2) if t_embed > 0 else None},
         "unreadable": [{"path": a, "error": b} for a, b in
@@ -235,6 +245,32 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     write_table(out_dir / "images.csv", table)
     write_json(out_dir / "summary.json", summary)
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
+
+
+def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:
+    """Median and robust spread of every numeric measurement of the readable training images."""
+    ok = bank.table[bank.table["status"] == "ok"]
+    cols = [c for c in ok.columns if c not in TABLE_COLUMNS and pd.api.types.is_numeric_dtype(ok[c])]
+    return ({c: float(np.nanmedian(ok[c])) for c in cols},
+            {c: robust_scale(ok[c].dropna().to_numpy(float)) for c in cols})
+
+
+def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, progress) -> list[dict]:
+    """Fill cause, confidence, shares and cluster of the flagged rows in place; return the cluster cards."""
+    flagged = np.where(table["is_ood"].to_numpy())[0]
+    rows = table.iloc[flagged]
+    got = attribute(rows, feats[flagged], root, bank.meta["root"], bank.table["path"].to_numpy()[bank.rows],
+                    bank.scorer, bb, bank.meta["conditions"], progress=progress)
+    for col in got.columns:
+        if col not in table.columns:
+            table[col] = np.nan if pd.api.types.is_numeric_dtype(got[col]) else ""
+        table.loc[table.index[flagged], col] = got[col].to_numpy()
+    center, scale = _train_stats(bank)
+    scale["rotation_deg"] = 1.0
+    table.loc[table.index[flagged], "cluster"] = cluster_flagged(table.iloc[flagged], center, scale)
+    table["cluster"] = table["cluster"].astype(np.int64)
+    d = bank.scorer.views[0][1]
+    return cluster_cards(table.iloc[flagged], feats[flagged, :d], center)
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:

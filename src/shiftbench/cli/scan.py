@@ -67,6 +67,8 @@ def scan(
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder (default: WORKSPACE/scans/<timestamp>).")] = None,
     fpr: Annotated[float, typer.Option(help="Target false-alarm rate on in-distribution images.")] = 0.05,
+    explain: Annotated[bool, typer.Option(
+        "--explain/--no-explain", help="Attribute flagged images to causes and cluster them.")] = True,
     fail_on_shift: Annotated[Optional[float], typer.Option(
         help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
     backbone: Annotated[Optional[str], typer.Option(
@@ -103,7 +105,7 @@ def scan(
         from ..api import scan as run_scan
         with progress_bar("embedding", quiet) as progress:
             result = run_scan(prod_dir, workspace=workspace, reference=reference, out=out, fpr=fpr,
-                              device=device, batch_size=batch_size, num_workers=workers,
+                              explain=explain, device=device, batch_size=batch_size, num_workers=workers,
                               progress=progress, **index_options)
     s = result.summary
     c = s["counts"]
@@ -116,6 +118,12 @@ def scan(
         for d in drifted:
             info(f"  {d['measure']:<22} {d['train_median']:>9.4g} -> {d['prod_median']:<9.4g} "
                  f"({d['effect']:+.1f} spreads, q={d['q_value']:.1e})", quiet)
+    for card in s["clusters"]:
+        info(f"cluster {card['cluster']}: {card['size']} images, cause {card['cause']} "
+             f"(confidence {card['confidence']:.2f})", quiet)
+        for line in card["change"]:
+            info(f"    {line}", quiet)
+        info(f"    e.g. {', '.join(card['medoids'])}", quiet)
     typer.echo(str(result.out_dir))
     if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)

@@ -180,3 +180,28 @@ def _run(loader: DataLoader, backbone: Backbone) -> Iterator[EmbeddedBatch]:
         yield EmbeddedBatch(index=batch["index"], sha=batch["sha"], error=batch["error"],
                             width=np.array(batch["width"]), height=np.array(batch["height"]),
                             features=feats, logits=logits, measures=batch["measures"])
+
+
+def embed_arrays(images: list[np.ndarray], backbone: Backbone, *, batch_size: int = 32,
+                 measure: Callable[[np.ndarray], dict] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Embed in-memory RGB uint8 images (each (H, W, 3)) in the calling process.
+
+    For images made on the fly (attribution's transformed copies), where a
+    DataLoader's workers would cost more than they save.
+
+    Returns
+    -------
+    features : (N, D) float32
+    measures : list of N dicts (empty dicts without ``measure``)
+    """
+    dev = backbone.device
+    mean = torch.tensor(backbone.preprocess.mean, device=dev).view(1, 3, 1, 1) * 255
+    std = torch.tensor(backbone.preprocess.std, device=dev).view(1, 3, 1, 1) * 255
+    feats = np.empty((len(images), backbone.feature_dim), dtype=np.float32)
+    for lo in range(0, len(images), batch_size):
+        chunk = [resize_for_model(img, backbone.preprocess) for img in images[lo:lo + batch_size]]
+        x = torch.from_numpy(np.stack(chunk)).to(dev).permute(0, 3, 1, 2).float()
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        feats[lo:lo + len(chunk)] = backbone.embed(x)[0].cpu().numpy()
+    return feats, [measure(img) if measure else {} for img in images]
+

@@ -106,6 +106,19 @@ class FusedKNNScorer:
         scores[np.isnan(features).any(axis=1)] = np.nan
         return scores, nearest, distances
 
+    def score_with(self, features: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Fused (M,) scores of (M, D) features with (M, E, D) extra references per row.
+
+        See :meth:`KNNScorer.score_with`; fused exactly as :meth:`score`, so the
+        result compares with its scores.
+        """
+        scores = np.zeros(len(features))
+        for name, sl in self._slices():
+            sc = self.scorers_[name]
+            d = sc.score_with(features[:, sl], extra[:, :, sl])
+            scores += _neglog_p(sc.calibration_.scores, np.nan_to_num(d, nan=0.0))
+        return scores
+
     @property
     def index_info_(self) -> dict:
         return {name: sc.index_info_ for name, sc in self.scorers_.items()}

@@ -140,3 +140,22 @@ class KNNScorer:
             dist, ids = search(self.index_, self._prepare(features[valid]), k)
             scores[valid], nearest[valid] = dist[:, k - 1], ids[:, 0]
         return scores, nearest
+
+    def score_with(self, features: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        """Scores of (M, D) features against the training set plus per-row extra references.
+
+        ``extra`` is (M, E, D): row ``i`` is scored as if ``extra[i]`` had been
+        added to the training set (attribution adds transformed copies of an
+        image's neighbours and asks how much closer the image gets). Returns (M,).
+        """
+        features = np.asarray(features, dtype=np.float32)
+        m, e, d = extra.shape
+        k = min(self.k, self.index_.ntotal)
+        dist, _ = search(self.index_, self._prepare(features), k)
+        x = self._prepare(features)[:, None, :]
+        ref = self._prepare(extra.reshape(m * e, d)).reshape(m, e, d)
+        extra_d = np.sqrt(np.maximum(((ref - x) ** 2).sum(-1), 0.0))
+        extra_d = np.where(np.isnan(extra_d), np.inf, extra_d)
+        both = np.sort(np.concatenate([dist, extra_d], axis=1), axis=1)
+        return both[:, k - 1].astype(np.float32)
+

@@ -1,0 +1,6 @@
+"""Explain: attribution of flagged images to causes, and failure clusters (on arrays and tables)."""
+
+from .attribution import CAUSES, attribute, attribute_one
+from .clusters import cluster_cards, cluster_flagged, describe_change
+
+__all__ = ["CAUSES", "attribute", "attribute_one", "cluster_cards", "cluster_flagged", "describe_change"]

@@ -1,0 +1,143 @@
+"""Attribute each flagged image to a cause by intervention.
+
+For a flagged production image ``x`` with fused score ``s`` and each candidate
+cause ``c`` (lighting, angle, resolution, pipeline), the ``m`` nearest training
+images are given ``x``'s conditions of kind ``c`` (:mod:`.interventions`),
+embedded and measured like any image, and added to the reference set; ``x`` is
+scored again, giving ``s_c <= s``. The share of the distance that ``c``
+explains is::
+
+    share_c = (s - s_c) / (s - s_typical)      clipped to [0, 1]
+
+with ``s_typical`` the median score of training images (leave-one-out): 1 means
+that under ``c`` alone the training set would contain images as close to ``x``
+as training images are to each other. ``cause`` is the best-explaining cause
+when its share reaches ``MIN_SHARE`` (further causes that explain at least half
+as much are appended with ``+``), else ``content``: no condition change
+explains the image, so it shows something the training set does not.
+``confidence`` is how decisively that call was made: ``1 - second/best`` share for
+a condition cause, ``1 - best/MIN_SHARE`` for content.
+
+``MIN_SHARE`` and the number of neighbours were chosen on the steel benchmark
+(``scripts/bench_attribution.py``, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..embedding import Backbone, embed_arrays
+from ..images import read_image
+from ..properties import measure
+from ..scoring import FusedKNNScorer, standardize
+from ..search import search
+from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
+
+CAUSES = ("lighting", "angle", "resolution", "pipeline")
+MIN_SHARE = 0.15
+
+
+def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray],
+                     scale: dict[str, float]) -> tuple[dict[str, list[tuple[np.ndarray, str]]], float]:
+    """cause -> [(transformed neighbour, how)] for one production image, and its median rotation."""
+    out: dict[str, list] = {c: [] for c in CAUSES}
+    rotations = []
+    for n in neighbours:
+        out["lighting"].append((relight_like(n, x), "relit"))
+        warped, how, deg = warp_like(n, x)
+        out["angle"].append((warped, how))
+        rotations.append(deg)
+        out["resolution"].append(degrade_like(n, x_meas, scale))
+        out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
+    return out, float(np.median(rotations)) if rotations else float("nan")
+
+
+def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: float,
+                  neighbours: list[np.ndarray], scorer: FusedKNNScorer, backbone: Backbone,
+                  conditions: dict) -> dict:
+    """Shares explained by each cause for one image; see the module docstring.
+
+    Parameters
+    ----------
+    x : (H, W, 3) uint8 production image; ``x_features`` its (D,) features with
+        the conditions view; ``x_meas`` its measurements; ``x_score`` its fused score.
+    neighbours : its nearest training images, (H', W', 3) uint8 each.
+    conditions : the bank's condition standardiser.
+
+    Returns
+    -------
+    dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
+    e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
+    neighbours), ``cause``, ``confidence`` and ``residual_score``.
+    """
+    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions))
+    flat = [(c, img, how) for c, items in cands.items() for img, how in items]
+    feats, meas = embed_arrays([img for _, img, _ in flat], backbone, measure=measure)
+    table = pd.DataFrame(meas).assign(status="ok")
+    feats = np.hstack([feats, standardize(table, conditions)])
+    typical = float(np.median(scorer.calibration_.scores))
+    span = max(x_score - typical, 1e-9)
+    row: dict = {"rotation_deg": rotation}
+    residual = x_score
+    for c in CAUSES:
+        idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
+        if c == "pipeline":  # discrete faults: each tested on its own, the best kept
+            per = {}
+            for i in idx:
+                per.setdefault(flat[i][2], []).append(i)
+            scores = {how: scorer.score_with(x_features[None], feats[ii][None])[0] for how, ii in per.items()}
+            how = min(scores, key=scores.get)
+            s_c = scores[how]
+        else:
+            s_c = scorer.score_with(x_features[None], feats[idx][None])[0]
+            how = flat[idx[0]][2]
+        row[f"share_{c}"] = float(np.clip((x_score - s_c) / span, 0.0, 1.0))
+        row[f"how_{c}"] = how
+        residual = min(residual, s_c)
+    shares = {c: row[f"share_{c}"] for c in CAUSES}
+    ranked = sorted(shares, key=shares.get, reverse=True)
+    best = shares[ranked[0]]
+    if best >= MIN_SHARE:
+        row["cause"] = "+".join(c for c in ranked if shares[c] >= max(MIN_SHARE, 0.5 * best))
+        row["confidence"] = float(1.0 - shares[ranked[1]] / best)
+    else:
+        row["cause"] = "content"
+        row["confidence"] = float(1.0 - best / MIN_SHARE)
+    row["residual_score"] = float(residual)
+    return row
+
+
+def _spread(conditions: dict) -> dict[str, float]:
+    return dict(zip(conditions["columns"], conditions["scale"]))
+
+
+def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, train_root: str | Path,
+              train_paths: np.ndarray, scorer: FusedKNNScorer, backbone: Backbone, conditions: dict,
+              n_neighbours: int = 2, progress=None) -> pd.DataFrame:
+    """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
+
+    ``features`` (N, D) are their features with the conditions view;
+    ``train_paths`` the training path of each scorer row. Returns a frame indexed
+    like ``table`` with the columns of :func:`attribute_one`; rows whose image or
+    neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
+    """
+    first = scorer.views[0][0]
+    sl = slice(0, scorer.views[0][1])
+    _, nn = search(scorer.scorers_[first].index_, scorer.scorers_[first]._prepare(features[:, sl]), n_neighbours)
+    rows = []
+    for j, (i, r) in enumerate(table.iterrows()):
+        try:
+            x = read_image(Path(prod_root) / r["path"])
+            nbrs = [read_image(Path(train_root) / train_paths[t]) for t in nn[j] if t >= 0]
+        except Exception as e:  # moved or unreadable files: no attribution for this image
+            rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": f"cannot read: {e}"})
+            continue
+        x_meas = {c: r[c] for c in r.index if isinstance(r[c], (int, float, np.floating))}
+        rows.append(attribute_one(x, features[j], x_meas, float(r["ood_score"]), nbrs, scorer, backbone,
+                                  conditions))
+        if progress:
+            progress(j + 1, len(table))
+    return pd.DataFrame(rows, index=table.index)

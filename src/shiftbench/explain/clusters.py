@@ -1,0 +1,146 @@
+"""Failure clusters: group flagged images by cause, then by how the conditions changed.
+
+Images are first grouped by their attributed primary cause (the evidence that
+matters most to the engineer). A group splits further only where its own
+measurements show clearly separate modes (darker *and* brighter images; two
+rotation angles): k-means for k = 2..4 on the cause's measurements,
+standardised by the training set, kept only when the silhouette reaches
+``MIN_SILHOUETTE`` and no part is tiny. The number of clusters thus comes from
+the data. Each cluster gets a card: size, cause, the measured change in words
+and numbers, and its medoid images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.vq import kmeans2
+
+# Measurements that describe each cause's change (and split its group).
+CAUSE_MEASURES = {
+    "lighting": ("brightness_p50", "contrast", "illum_gradient"),
+    "resolution": ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy"),
+    "angle": ("rotation_deg",),
+    "pipeline": ("rb_balance", "brightness_p50", "orientation"),
+    "content": (),
+}
+MIN_SILHOUETTE = 0.7
+MIN_PART = 0.15  # of the group
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    ks = np.unique(labels)
+    a = np.array([d[i, labels == labels[i]].sum() / max((labels == labels[i]).sum() - 1, 1) for i in range(len(x))])
+    b = np.array([min(d[i, labels == k].mean() for k in ks if k != labels[i]) for i in range(len(x))])
+    return float(np.mean((b - a) / np.maximum(np.maximum(a, b), 1e-12)))
+
+
+def _split(x: np.ndarray) -> np.ndarray:
+    """Labels for one cause group: one cluster unless k-means finds well-separated modes."""
+    n = len(x)
+    best, best_sil = np.zeros(n, dtype=int), MIN_SILHOUETTE
+    if x.shape[1] == 0 or n < 6:
+        return best
+    for k in range(2, min(4, n // 3) + 1):
+        _, labels = kmeans2(x, k, minit="++", seed=0)
+        if np.bincount(labels, minlength=k).min() < max(2, MIN_PART * n):
+            continue
+        sil = _silhouette(x, labels)
+        if sil > best_sil:
+            best, best_sil = labels, sil
+    return best
+
+
+def cluster_flagged(table: pd.DataFrame, center: dict[str, float], scale: dict[str, float]) -> np.ndarray:
+    """Cluster id per row of ``table`` (flagged rows with ``cause`` and measurements).
+
+    ``center``/``scale``: training median and spread of each measurement (the
+    bank's standardiser), so distances are in training-spread units. Ids are
+    ordered by cluster size, largest first. Returns (N,) int64.
+    """
+    primary = table["cause"].astype(str).str.split("+").str[0].to_numpy()
+    raw = np.full(len(table), -1, dtype=np.int64)
+    groups = []
+    for cause in pd.unique(primary):
+        rows = np.where(primary == cause)[0]
+        cols = [c for c in CAUSE_MEASURES.get(cause, ()) if c in table.columns]
+        x = np.column_stack([(table[c].to_numpy(float)[rows] - center.get(c, 0.0)) / scale.get(c, 1.0)
+                             for c in cols]) if cols else np.zeros((len(rows), 0))
+        x = np.nan_to_num(x)
+        if cause == "angle" and cols:
+            x = x / 10.0  # rotation in degrees: modes closer than ~10 degrees are one camera move
+        for lab in np.unique(sub := _split(x)):
+            groups.append(rows[sub == lab])
+    for new_id, rows in enumerate(sorted(groups, key=len, reverse=True)):
+        raw[rows] = new_id
+    return raw
+
+
+def _pct(new: float, old: float) -> str:
+    if not np.isfinite(new) or not np.isfinite(old) or abs(old) < 1e-9:
+        return f"{new:.3g} (training {old:.3g})"
+    change = 100 * (new - old) / abs(old)
+    return f"{abs(change):.0f}% {'above' if change > 0 else 'below'} training ({new:.3g} vs {old:.3g})"
+
+
+def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float]) -> list[str]:
+    """The measured change of a cluster in plain words and numbers (medians over its members)."""
+    med = members.median(numeric_only=True)
+    out = []
+    if cause == "lighting":
+        out.append("median brightness " + _pct(med["brightness_p50"], center["brightness_p50"]))
+        out.append("contrast " + _pct(med["contrast"], center["contrast"]))
+        if med["illum_gradient"] > 2 * center["illum_gradient"] + 0.02:
+            out.append(f"uneven light: brightness changes by {med['illum_gradient']:.2f} across the image "
+                       f"(training {center['illum_gradient']:.2f})")
+    elif cause == "angle":
+        rot = members["rotation_deg"].to_numpy(float)
+        rot = rot[np.isfinite(rot)]
+        if len(rot):
+            lo, hi = np.percentile(rot, [10, 90])
+            out.append(f"rotated {lo:+.0f} to {hi:+.0f} degrees against the nearest training images "
+                       f"(median {np.median(rot):+.0f})")
+    elif cause == "resolution":
+        out.append("sharpness " + _pct(med["sharpness"], center["sharpness"]))
+        out.append("high-frequency energy " + _pct(med["hf_ratio"], center["hf_ratio"]))
+        if med["blockiness"] > center["blockiness"] + 0.15:
+            out.append(f"JPEG blocking {med['blockiness']:.2f} (training {center['blockiness']:.2f})")
+        if med["blur_anisotropy"] > center["blur_anisotropy"] + 0.15:
+            out.append(f"directional (motion) blur, anisotropy {med['blur_anisotropy']:.2f}")
+    elif cause == "pipeline" and "how_pipeline" in members:
+        out.append("matches a preprocessing fault: " + members["how_pipeline"].mode().iloc[0])
+    else:
+        out.append("no change of lighting, angle, optics or pipeline explains these images "
+                   f"(best explained share {members.filter(like='share_').max(axis=1).median():.2f}): "
+                   "new parts, defects or another line")
+    return out
+
+
+def medoids(features: np.ndarray, n: int = 3) -> np.ndarray:
+    """Rows of the ``n`` most central (N, D) feature vectors (smallest mean distance to the others)."""
+    d = np.sqrt(np.maximum(((features[:, None] - features[None]) ** 2).sum(-1), 0))
+    return np.argsort(d.mean(1))[:n]
+
+
+def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, float]) -> list[dict]:
+    """One card per cluster of ``table`` (rows with ``cluster`` >= 0), largest first.
+
+    ``features`` (N, D) aligned with ``table`` choose the medoids. A ``correct``
+    column (model-aware scans) adds the cluster's error rate.
+    """
+    cards = []
+    for cid in sorted(c for c in table["cluster"].unique() if c >= 0):
+        mask = (table["cluster"] == cid).to_numpy()
+        members = table[mask]
+        causes = members["cause"].astype(str).str.split("+").str[0].value_counts()
+        cause = str(causes.index[0])
+        card = {"cluster": int(cid), "size": int(mask.sum()), "cause": cause,
+                "causes": {str(k): int(v) for k, v in causes.items()},
+                "confidence": float(members["confidence"].median()),
+                "change": describe_change(members, cause, center),
+                "medoids": members["path"].to_numpy()[medoids(features[mask])].tolist()}
+        if "correct" in members and members["correct"].notna().any():
+            card["error_rate"] = float(1.0 - members["correct"].dropna().astype(float).mean())
+        cards.append(card)
+    return cards

@@ -1,0 +1,223 @@
+"""Interventions: give a training image the conditions measured on a production image.
+
+Attribution asks, for each suspected cause, "if the training set had been shot
+under *this* image's lighting (or angle, or optics, or pipeline), would the image
+still look out of distribution?". Each function here makes that counterfactual
+training image from a real one (``src``, a nearest training neighbour) and the
+production image (``ref``): pure functions of uint8 RGB arrays, OpenCV and numpy.
+
+The parameters of each change are *estimated from measurements* (histograms,
+gradient orientations, spectra), never chosen by the embedding distance they
+are later judged by, so an intervention cannot explain an image by search alone.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..properties.measures import optics
+
+REFLECT = cv2.BORDER_REFLECT_101
+
+
+# --- lighting -----------------------------------------------------------------
+
+def _illumination(img: np.ndarray) -> np.ndarray:
+    """Smooth illumination field (H, W) float32 with mean 1: quadratic surface fitted to 32x32 luma."""
+    h, w = img.shape[:2]
+    low = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+    u, v = np.meshgrid(np.linspace(-0.5, 0.5, 32), np.linspace(-0.5, 0.5, 32))
+    basis = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], -1).reshape(-1, 6)
+    coef, *_ = np.linalg.lstsq(basis, low.reshape(-1).astype(np.float64) + 1.0, rcond=None)
+    uu, vv = np.meshgrid(np.linspace(-0.5, 0.5, w), np.linspace(-0.5, 0.5, h))
+    full = np.stack([np.ones_like(uu), uu, vv, uu * uu, vv * vv, uu * vv], -1) @ coef
+    full = np.maximum(full, 1.0)
+    return (full / full.mean()).astype(np.float32)
+
+
+def _match_histogram(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Map each channel of ``src`` so that its histogram becomes that of ``ref`` (monotone LUTs)."""
+    out = np.empty_like(src)
+    for c in range(src.shape[2]):
+        s_hist = np.bincount(src[..., c].ravel(), minlength=256).cumsum() / src[..., c].size
+        r_hist = np.bincount(ref[..., c].ravel(), minlength=256).cumsum() / ref[..., c].size
+        lut = np.interp(s_hist, r_hist, np.arange(256))
+        out[..., c] = lut.round().clip(0, 255).astype(np.uint8)[src[..., c]]
+    return out
+
+
+def relight_like(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``src`` under the lighting of ``ref``: its illumination field, then its histogram per channel.
+
+    The field (low-order surface of the luma) carries uneven light; histogram
+    matching carries exposure, gamma, contrast and colour cast.
+    """
+    ratio = cv2.resize(_illumination(ref), (src.shape[1], src.shape[0])) / _illumination(src)
+    lit = np.clip(src.astype(np.float32) * ratio[..., None], 0, 255).astype(np.uint8)
+    return _match_histogram(lit, ref)
+
+
+# --- optics and resolution ------------------------------------------------------
+
+OPTICS_MATCHED = ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy", "noise")
+
+
+def _motion_kernel(length: int, angle_deg: float) -> np.ndarray:
+    k = np.zeros((length, length), np.float32)
+    k[length // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), -angle_deg, 1.0)
+    k = cv2.warpAffine(k, rot, (length, length))
+    return k / max(k.sum(), 1e-6)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else img
+
+
+def degradations(src: np.ndarray, blur_direction: float) -> dict[str, np.ndarray]:
+    """Candidate optical degradations of ``src``: blur, lower resolution, motion, compression."""
+    h, w = src.shape[:2]
+    out = {"none": src}
+    for s in (0.6, 0.9, 1.2, 1.6, 2.0, 2.6, 3.4, 4.5):
+        out[f"blur {s}"] = cv2.GaussianBlur(src, (0, 0), s)
+    for f in (0.2, 0.3, 0.4, 0.5, 0.65, 0.8):
+        small = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        out[f"downscale {f}"] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    for n in (5, 9, 13, 17):
+        out[f"motion {n}"] = cv2.filter2D(src, -1, _motion_kernel(n, blur_direction), borderType=REFLECT)
+    for q in (5, 10, 20, 40):
+        out[f"jpeg {q}"] = _jpeg(src, q)
+    return out
+
+
+def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float]) -> tuple[np.ndarray, str]:
+    """The degradation of ``src`` whose optics measurements come closest to ``ref_measures``.
+
+    ``scale`` gives each measurement's training spread (distances are in those
+    units). Noise is then topped up to the reference's level. Returns the image
+    and the name of the chosen degradation.
+    """
+    best, best_d, best_name = src, np.inf, "none"
+    for name, img in degradations(src, ref_measures.get("blur_direction", 0.0)).items():
+        m = optics(img)
+        d = sum(((m[c] - ref_measures[c]) / scale[c]) ** 2 for c in OPTICS_MATCHED
+                if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
+        if d < best_d:
+            best, best_d, best_name = img, d, name
+    have, want = optics(best)["noise"], ref_measures.get("noise", 0.0)
+    if np.isfinite(want) and want > 1.2 * have:
+        sigma = 255.0 * np.sqrt(want ** 2 - have ** 2)
+        noise = np.random.default_rng(0).normal(0, sigma, best.shape)
+        best = np.clip(best + noise, 0, 255).astype(np.uint8)
+        best_name += " + noise"
+    return best, best_name
+
+
+# --- geometry -------------------------------------------------------------------
+
+def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
+    """Histogram of gradient orientations mod 180 degrees, weighted by squared magnitude."""
+    g = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    ang = np.degrees(np.arctan2(gy, gx)) % 180.0
+    hist = np.bincount((ang * bins / 180).astype(int).ravel() % bins, weights=(gx * gx + gy * gy).ravel(),
+                       minlength=bins)
+    t = np.arange(-6, 7)
+    kernel = np.exp(-0.5 * (t / 2.0) ** 2)  # circular smoothing: 0 and 179 degrees are neighbours
+    hist = np.convolve(np.r_[hist[-6:], hist, hist[:6]], kernel / kernel.sum(), mode="valid")
+    return hist / max(hist.sum(), 1e-12)
+
+
+def rotation_between(src: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """In-plane rotation (degrees, counter-clockwise, in [-90, 90)) taking ``src``'s texture to ``ref``'s.
+
+    Circular cross-correlation of the two gradient-orientation histograms.
+    Returns the angle and a confidence in [0, 1]: how much the best alignment
+    beats the average one (0 for isotropic textures, where rotation is unseen).
+    """
+    a, b = _orientation_hist(src), _orientation_hist(ref)
+    corr = np.real(np.fft.ifft(np.conj(np.fft.fft(a)) * np.fft.fft(b)))
+    shift = int(np.argmax(corr))
+    conf = float((corr[shift] - corr.mean()) / max(corr[shift], 1e-12))
+    deg = float((shift + 90) % 180 - 90)  # histogram bins are 1 degree
+    return -deg, conf  # image y points down: a gradient turning by +t means a clockwise turn
+
+
+def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15) -> np.ndarray | None:
+    """Homography mapping ``src`` onto ``ref`` from ORB matches and RANSAC, or None.
+
+    None when the images share too few consistent features (textures, other
+    parts): then only the rotation estimate is available.
+    """
+    orb = cv2.ORB_create(nfeatures=800)
+    ga, gb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (src, ref))
+    ka, da = orb.detectAndCompute(ga, None)
+    kb, db = orb.detectAndCompute(gb, None)
+    if da is None or db is None or len(ka) < min_inliers or len(kb) < min_inliers:
+        return None
+    matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
+    if len(matches) < min_inliers:
+        return None
+    pa = np.float32([ka[m.queryIdx].pt for m in matches])
+    pb = np.float32([kb[m.trainIdx].pt for m in matches])
+    h, mask = cv2.findHomography(pa, pb, cv2.RANSAC, 4.0)
+    if h is None or mask.sum() < max(min_inliers, 0.3 * len(matches)):
+        return None
+    det = np.linalg.det(h[:2, :2])
+    return h if 0.25 < det < 4.0 else None
+
+
+def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45)) -> float:
+    """Magnification of ``ref`` relative to ``src`` from where their spectra's energy lies.
+
+    A closer camera moves all of a texture's frequencies down by the zoom
+    factor; the zoom whose rescaled ``src`` has the mean radial frequency of
+    ``ref`` is returned (1.0 when ``ref`` is not coarser).
+    """
+    def mean_freq(img):
+        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        g = (g - g.mean()) * np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
+        p = np.abs(np.fft.rfft2(g)) ** 2
+        fy = np.abs(np.fft.fftfreq(g.shape[0]))[:, None]
+        fx = np.fft.rfftfreq(g.shape[1])[None, :]
+        return float((np.hypot(fx, fy) * p).sum() / max(p.sum(), 1e-12))
+
+    target = mean_freq(ref)
+    return min(zooms, key=lambda z: abs(mean_freq(_zoom(src, z)) - target))
+
+
+def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), deg, z)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
+
+
+def warp_like(src: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, str, float]:
+    """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
+
+    Returns the warped image, a description and the in-plane rotation in degrees.
+    """
+    h, w = src.shape[:2]
+    ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)
+    hom = homography_between(src, ref)
+    if hom is not None:
+        deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
+        return cv2.warpPerspective(src, hom, (w, h), borderMode=REFLECT), f"homography, rotate {-deg:+.0f}", -deg
+    deg, conf = rotation_between(src, ref)
+    z = zoom_between(src, ref)
+    return _zoom(src, z, deg), f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}", deg
+
+
+# --- pipeline faults --------------------------------------------------------------
+
+def pipeline_faults(src: np.ndarray) -> dict[str, np.ndarray]:
+    """Common preprocessing faults applied to ``src``: channel order, inversion, orientation.
+
+    Channel swap only for colour images (it changes nothing in grey ones).
+    """
+    out = {"inverted": 255 - src, "rotated 90": np.ascontiguousarray(np.rot90(src))}
+    if np.abs(src[..., 0].astype(np.int16) - src[..., 2]).mean() > 2.0:
+        out["channels swapped"] = np.ascontiguousarray(src[..., ::-1])
+    return out

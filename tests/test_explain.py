@@ -1,0 +1,167 @@
+"""Attribution and clustering: interventions recover known changes; clusters follow causes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
+from shiftbench.explain.interventions import (degrade_like, pipeline_faults, relight_like, rotation_between,
+                                              warp_like, zoom_between)
+from shiftbench.properties import measure
+from shiftbench.scoring import FusedKNNScorer, KNNScorer
+
+
+def texture(seed: int, size: int = 160, angle: float = 30.0) -> np.ndarray:
+    """Oriented random texture (streaks along ``angle`` degrees), grey as RGB uint8."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(0, 1, (size * 2, size * 2)).astype(np.float32)
+    g = cv2.GaussianBlur(g, (0, 0), sigmaX=6, sigmaY=0.8)  # long streaks along x
+    m = cv2.getRotationMatrix2D((size, size), angle, 1.0)
+    g = cv2.warpAffine(g, m, (size * 2, size * 2), borderMode=cv2.BORDER_REFLECT_101)
+    g = g[size // 2:size // 2 + size, size // 2:size // 2 + size]
+    g = (g - g.mean()) / g.std() * 40 + 128
+    return np.repeat(np.clip(g, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def rotate(img: np.ndarray, deg: float, zoom: float = 1.0) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), deg, zoom)
+    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+
+
+# ------------------------------------------------------------------ interventions
+
+def test_relight_gives_the_reference_brightness_and_gradient():
+    src, other = texture(0), texture(1)
+    x = other.astype(np.float32) * 0.45  # darker ...
+    x *= np.linspace(0.7, 1.3, x.shape[1])[None, :, None]  # ... and lit from the right
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    out = measure(relight_like(src, x))
+    want, before = measure(x), measure(src)
+    assert abs(out["brightness"] - want["brightness"]) < 0.02 < abs(before["brightness"] - want["brightness"])
+    assert abs(out["illum_gradient"] - want["illum_gradient"]) < 0.35 * want["illum_gradient"]
+    assert abs(out["illum_direction"] - want["illum_direction"]) < 20
+
+
+@pytest.mark.parametrize("deg", [-25.0, 12.0, 30.0])
+def test_rotation_between_two_samples_of_a_texture(deg):
+    est, conf = rotation_between(texture(0), rotate(texture(1), deg))
+    assert abs(est - deg) < 4 and conf > 0.2
+
+
+def test_rotation_of_an_isotropic_texture_has_low_confidence():
+    rng = np.random.default_rng(0)
+    iso = [np.repeat(cv2.GaussianBlur(rng.integers(0, 255, (128, 128), dtype=np.uint8), (0, 0), 1.5)[..., None],
+                     3, 2) for _ in range(2)]
+    assert rotation_between(iso[0], rotate(iso[1], 20))[1] < 0.15 < rotation_between(texture(0), texture(1))[1]
+
+
+def test_zoom_between_finds_the_magnification():
+    assert zoom_between(texture(0, angle=0), rotate(texture(1, angle=0), 0, 1.3)) == pytest.approx(1.3, abs=0.16)
+    assert zoom_between(texture(0, angle=0), texture(1, angle=0)) == pytest.approx(1.0, abs=0.16)
+
+
+def test_warp_like_uses_a_homography_where_features_match():
+    rng = np.random.default_rng(3)
+    scene = np.zeros((200, 200, 3), np.uint8)
+    for _ in range(40):  # corners and blobs that ORB can match
+        x, y, r = rng.integers(10, 190, 2).tolist() + [int(rng.integers(4, 12))]
+        cv2.rectangle(scene, (x, y), (x + r, y + r), rng.integers(60, 255, 3).tolist(), -1)
+    warped, how, deg = warp_like(scene, rotate(scene, 15))
+    assert how.startswith("homography") and deg == pytest.approx(15, abs=2)
+
+
+def test_degrade_like_matches_the_blur():
+    sharp, blurred = texture(0, angle=60), cv2.GaussianBlur(texture(1, angle=60), (0, 0), 2.0)
+    ref = {**measure(blurred), "blur_direction": 0.0}
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    out, how = degrade_like(sharp, ref, scale)
+    assert how.split()[0] in ("blur", "downscale")
+    got = measure(out)["sharpness"]
+    assert abs(got - ref["sharpness"]) < 0.35 * ref["sharpness"] < abs(measure(sharp)["sharpness"] - ref["sharpness"])
+
+
+def test_degrade_like_finds_jpeg_blocking():
+    src = texture(0, angle=60)
+    ok, buf = cv2.imencode(".jpg", texture(1, angle=60), [cv2.IMWRITE_JPEG_QUALITY, 8])
+    ref = {**measure(cv2.imdecode(buf, cv2.IMREAD_COLOR)), "blur_direction": 0.0}
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.05, "blur_anisotropy": 0.1, "noise": 0.01}
+    assert degrade_like(src, ref, scale)[1].startswith("jpeg")
+
+
+def test_channel_swap_is_offered_only_for_colour_images():
+    grey = texture(0)
+    colour = grey.copy()
+    colour[..., 0] = 200
+    assert "channels swapped" not in pipeline_faults(grey)
+    assert np.array_equal(pipeline_faults(colour)["channels swapped"], colour[..., ::-1])
+
+
+# ------------------------------------------------------------------ scoring with extra references
+
+def test_score_with_an_exact_copy_as_reference_gives_distance_zero():
+    rng = np.random.default_rng(0)
+    train, x = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32) * 3
+    sc = KNNScorer(k=1).fit(train)
+    far = rng.normal(size=(3, 1, 8)).astype(np.float32) * 100
+    assert np.allclose(sc.score_with(x, x[:, None, :]), 0, atol=1e-3)
+    assert np.allclose(sc.score_with(x, far), sc.score(x)[0])  # a useless extra changes nothing
+    fused = FusedKNNScorer([("a", 5), ("b", 3)], k=1, raw_views=("b",)).fit(train)
+    s, _, _ = fused.score(x)
+    with_copy = fused.score_with(x, x[:, None, :])
+    assert (with_copy < s).all() and np.allclose(fused.score_with(x, far), s)
+
+
+# ------------------------------------------------------------------ clusters
+
+def _flagged(n_each: int = 12, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_each):
+        rows.append({"cause": "lighting", "brightness_p50": rng.normal(0.15, 0.02)})
+        rows.append({"cause": "lighting", "brightness_p50": rng.normal(0.85, 0.02)})
+        rows.append({"cause": "resolution+lighting", "sharpness": rng.normal(0.5, 0.05)})
+        rows.append({"cause": "content"})
+    t = pd.DataFrame(rows)
+    for c in ["brightness_p50", "contrast", "illum_gradient", "sharpness", "hf_ratio", "blockiness",
+              "blur_anisotropy"]:
+        t[c] = t.get(c, pd.Series(np.nan, index=t.index)).fillna(0.5)
+    t["contrast"], t["illum_gradient"] = 0.2, 0.01
+    return t.assign(path=[f"{i}.png" for i in range(len(t))], confidence=0.9, share_lighting=0.5)
+
+
+def test_clusters_follow_causes_and_split_clear_modes():
+    t = _flagged()
+    center = {"brightness_p50": 0.5, "contrast": 0.2, "illum_gradient": 0.01, "sharpness": 2.0, "hf_ratio": 0.1,
+              "blockiness": 1.0, "blur_anisotropy": 0.2}
+    scale = {c: 0.1 for c in center}
+    t["cluster"] = cluster_flagged(t, center, scale)
+    # dark and bright split; resolution and content one each; ids by size
+    assert t["cluster"].nunique() == 4
+    for cause in ["resolution+lighting", "content"]:
+        assert t.loc[t["cause"] == cause, "cluster"].nunique() == 1
+    dark = t["brightness_p50"] < 0.5
+    lit = t["cause"] == "lighting"
+    assert t.loc[lit & dark, "cluster"].nunique() == 1 and t.loc[lit & ~dark, "cluster"].nunique() == 1
+    assert t.loc[lit & dark, "cluster"].iloc[0] != t.loc[lit & ~dark, "cluster"].iloc[0]
+    cards = cluster_cards(t, np.random.default_rng(0).normal(size=(len(t), 4)), center)
+    assert [c["size"] for c in cards] == sorted((c["size"] for c in cards), reverse=True)
+    dark_card = next(c for c in cards if c["cause"] == "lighting" and "below" in c["change"][0])
+    assert dark_card["change"][0].startswith("median brightness 70% below training")
+    assert len(dark_card["medoids"]) == 3
+
+
+def test_a_unimodal_group_stays_one_cluster():
+    t = _flagged()
+    t = t[(t["cause"] != "lighting") | (t["brightness_p50"] < 0.5)]
+    center = {"brightness_p50": 0.5, "sharpness": 2.0}
+    assert cluster_flagged(t, center, {"brightness_p50": 0.1, "sharpness": 0.1}).max() == 2
+
+
+def test_describe_change_for_angle_and_content():
+    t = pd.DataFrame({"rotation_deg": [18.0, 22.0, 30.0, 25.0], "share_angle": 0.8})
+    assert "rotated +19 to +28 degrees" in describe_change(t, "angle", {})[0]
+    assert "new parts" in describe_change(t, "content", {})[0]
