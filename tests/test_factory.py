@@ -1,11 +1,10 @@
-"""The synthetic factory generator (datasets/factory.py): determinism, layout, truth, and that
+"""The synthetic factory generator (shiftbench.datasets.factory, CLI datasets/factory.py): determinism, layout, truth, and that
 each condition moves what it claims to move. Tiny sizes: the whole file runs in a few seconds."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import runpy
 import sys
@@ -16,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shiftbench.datasets import factory
+
 FACTORY_PY = Path(__file__).resolve().parents[1] / "datasets" / "factory.py"
-_spec = importlib.util.spec_from_file_location("shiftbench_datasets_factory", FACTORY_PY)
-factory = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(factory)
 
 SIZE = 64
 QUIET = factory.Conditions()  # ideal camera, no noise: two renders differ only where we changed something

@@ -166,7 +166,9 @@ def test_outputs_are_atomic(scanned):
     result, ws = scanned
     leftovers = [p for p in ws.parent.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".bank-")]
     assert leftovers == []
-    assert sorted(p.name for p in result.out_dir.iterdir()) == ["images.csv", "summary.json"]
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["embeddings.npy", "images.csv", "summary.json"]
+    emb = np.load(result.out_dir / "embeddings.npy")
+    assert emb.shape[0] == len(result.table) and emb.dtype == np.float32
 
 
 def test_outputs_have_normal_permissions(scanned):
@@ -222,14 +224,17 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout == f"{out}\n"
     assert "12 images:" in res.stderr and "flagged" in res.stderr
+    assert "cluster 0:" in res.stderr  # the cluster cards
     assert (out / "images.csv").is_file()
     # the shift gate: something is flagged, so any flagged share > 0 trips it
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate", "--device", "cpu",
-                 "--workers", "0", "--fail-on-shift", "0.0")
+                 "--workers", "0", "--fail-on-shift", "0.0", "--no-explain")
     assert res.exit_code == 1
     assert res.stdout == f"{tmp_path / 'gate'}\n" and "shift gate" in res.stderr
+    assert "cluster 0:" not in res.stderr
+    assert set(read_csv(tmp_path / "gate" / "images.csv")["cause"]) <= {"none", "unknown"}
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate2", "--device", "cpu",
-                 "--workers", "0", "--fail-on-shift", "1.0", "--quiet")
+                 "--workers", "0", "--fail-on-shift", "1.0", "--quiet", "--no-explain")
     assert res.exit_code == 0 and res.stderr == ""
 
 

@@ -4,17 +4,25 @@
     shiftbench.index("train_images/")
     result = shiftbench.scan("prod_images/")
     result.table[result.table.is_ood]
+    shiftbench.train("labelled_images/")  # a classifier checkpoint (shiftbench.training)
+    shiftbench.collect(result.out_dir, budget=50)  # what to collect and label (shiftbench.collection)
 
 The heavy modules (torch, faiss) load on first use, so ``import shiftbench``
 and ``shiftbench --help`` stay fast.
 """
 
 __version__ = "0.1.0"
-__all__ = ["index", "scan", "__version__"]
+__all__ = ["index", "scan", "train", "collect", "build_augmentation", "finetune", "__version__"]
 
 
 def __getattr__(name):
     if name in ("index", "scan", "ScanResult"):
         from . import api
         return getattr(api, name)
+    if name in ("train", "TrainResult", "finetune", "FinetuneResult"):
+        from . import training
+        return getattr(training, name)
+    if name in ("collect", "build_augmentation", "load_augmentation", "CollectResult"):
+        from . import collection
+        return getattr(collection, name)
     raise AttributeError(f"module 'shiftbench' has no attribute {name!r}")

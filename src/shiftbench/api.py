@@ -95,7 +95,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     scorer.fit(with_conditions(emb.features, table, conditions)[emb.ok])
     meta = {
         "root": str(root), "created": _now(), "shiftbench": __version__,
-        "backbone": {"name": str(Path(backbone).resolve()) if os.path.isfile(backbone) else backbone,
+        "backbone": {"name": str(Path(backbone).resolve()) if os.path.exists(backbone) else backbone,
                      "weights": str(Path(weights).resolve()) if weights and weights != "none"
                      else weights, "num_classes": num_classes, "resize": resize, "layers": layers},
         "identity": identity, "k": k, "index": scorer.index_info_, "conditions": conditions,
@@ -143,7 +143,8 @@ def _default_out(workspace: Path) -> Path:
 
 
 def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, reference: str | Path | None = None,
-         out: str | Path | None = None, fpr: float = 0.05, explain: bool = True, device: str = "auto",
+         out: str | Path | None = None, fpr: float = 0.05, explain: bool = True, model: str | Path | None = None,
+         labels: str | Path | None = None, device: str = "auto",
          batch_size: int = 32, num_workers: int | None = None, progress: Progress | None = None,
          explain_progress: Progress | None = None, **index_options) -> ScanResult:
     """Score every image of ``prod_dir`` against the reference bank and write the results.
@@ -162,6 +163,13 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     explain
         Attribute each flagged image to a cause by intervention and cluster them
         (:mod:`shiftbench.explain`); needs the training images where the bank found them.
+    model
+        A checkpoint from :func:`shiftbench.train`: adds its ``prediction`` and
+        ``confidence`` per image (softmax probability of the predicted class).
+    labels
+        CSV ``path,label`` for some production images: adds ``label`` and
+        ``correct`` (with ``model``), and each cluster card gets its error rate;
+        clusters are then numbered by harm (error rate x size).
 
     Returns
     -------
@@ -170,7 +178,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha, then
         the condition measurements of :mod:`shiftbench.properties`), ``summary``
         (with ``drift``: one two-sample test per measurement, training vs production),
-        and ``out_dir`` holding ``images.csv`` and ``summary.json``.
+        and ``out_dir`` holding ``images.csv``, ``summary.json`` and ``embeddings.npy``
+        ((N, D) float32 penultimate features in the rows' order, NaN rows for unreadable files).
     """
     t0 = time.perf_counter()
     workspace = Path(workspace)
@@ -218,6 +227,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
     table = pd.concat([table, t[measures]], axis=1)
+    _add_model_columns(table, root, paths, model, labels, device, batch_size, num_workers)
     t2 = time.perf_counter()
     cards = _explain(table, feats, root, bank, bb, explain_progress) if explain and is_ood.any() else []
     t_explain = time.perf_counter() - t2
@@ -227,6 +237,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     n, n_ok, n_flag = len(table), int(emb.ok.sum()), int(is_ood.sum())
     summary = {
         "shiftbench": __version__, "created": _now(), "prod_dir": str(root), "out_dir": str(out_dir),
+        "workspace": str(workspace.resolve()),
         "bank": {"root": bank.meta["root"], "images": bank.meta["counts"]["ok"], "k": bank.meta["k"],
                  "index": bank.meta["index"]},
         "backbone": bank.meta["identity"],
@@ -243,8 +254,26 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
                        zip(t["path"][~emb.ok][:100], t["error"][~emb.ok][:100])],
     }
     write_table(out_dir / "images.csv", table)
+    save_npy(out_dir / "embeddings.npy", emb.features[:, :bank.scorer.views[0][1]])  # for collect's diversity
     write_json(out_dir / "summary.json", summary)
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
+
+
+def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, device: str,
+                       batch_size: int, num_workers: int | None) -> None:
+    """``prediction``/``confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place)."""
+    if model is not None:
+        from .training import predict
+
+        pred = predict(model, [root / p for p in paths], device=device, batch_size=batch_size,
+                       num_workers=num_workers)
+        table["prediction"], table["model_confidence"] = pred["prediction"].to_numpy(), pred["confidence"].to_numpy()
+    if labels is not None:
+        known = labels_from_csv(labels, paths)
+        table["label"] = known
+        if model is not None:
+            has = (table["label"] != "") & (table["prediction"] != "")
+            table["correct"] = np.where(has, (table["prediction"] == table["label"]).astype(float), np.nan)
 
 
 def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:
@@ -270,7 +299,14 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     table.loc[table.index[flagged], "cluster"] = cluster_flagged(table.iloc[flagged], center, scale)
     table["cluster"] = table["cluster"].astype(np.int64)
     d = bank.scorer.views[0][1]
-    return cluster_cards(table.iloc[flagged], feats[flagged, :d], center)
+    cards = cluster_cards(table.iloc[flagged], feats[flagged, :d], center)
+    if any("error_rate" in c for c in cards):  # with labels: most harmful cluster first
+        cards.sort(key=lambda c: -c.get("error_rate", 0.0) * c["size"])
+        new_id = {c["cluster"]: i for i, c in enumerate(cards)}
+        table["cluster"] = table["cluster"].map(lambda c: new_id.get(c, -1)).astype(np.int64)
+        for i, c in enumerate(cards):
+            c["cluster"], c["harm"] = i, c.get("error_rate", 0.0) * c["size"]
+    return cards
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:

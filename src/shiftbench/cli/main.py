@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from . import collect as collect_cmds
+from . import demo as demo_cmds
+from . import finetune as finetune_cmds
 from . import scan as scan_cmds
+from . import train as train_cmds
 
 app = typer.Typer(
     name="shiftbench",
@@ -15,6 +19,10 @@ app = typer.Typer(
 )
 app.command("index")(scan_cmds.index)
 app.command("scan")(scan_cmds.scan)
+app.command("train")(train_cmds.train)
+app.command("collect")(collect_cmds.collect)
+app.command("finetune")(finetune_cmds.finetune)
+app.command("demo")(demo_cmds.demo)
 
 
 def _version(value: bool) -> None:

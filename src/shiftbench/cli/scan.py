@@ -14,7 +14,8 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding worker processes (default: cores/2).")]
-Backbone = Annotated[str, typer.Option(help="lite0, a torchvision model name, or a TorchScript file.")]
+Backbone = Annotated[str, typer.Option(
+    help="lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train`.")]
 Weights = Annotated[Optional[str], typer.Option(
     help="State dict (.pt/.pth/.safetensors) for the backbone; 'none' for random init.")]
 NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size of --weights (read from the file by default).")]
@@ -72,11 +73,16 @@ def scan(
     fail_on_shift: Annotated[Optional[float], typer.Option(
         help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
     backbone: Annotated[Optional[str], typer.Option(
-        help="With --reference: lite0, a torchvision model name, or a TorchScript file.")] = None,
+        help="With --reference: lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train`.")] = None,
     weights: Weights = None,
     num_classes: NumClasses = None,
     resize: Resize = None,
-    labels: Labels = None,
+    train_labels: Annotated[Optional[Path], typer.Option(
+        help="With --reference: CSV with path,label for the training images.")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        help="Checkpoint from `shiftbench train`: add its prediction and confidence per image.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        help="CSV with path,label for some production images: per-cluster error rate (with --model).")] = None,
     k: Annotated[Optional[int], typer.Option("-k", min=1, help="With --reference: see 'index -k'.")] = None,
     layers: Annotated[Optional[bool], typer.Option("--early-layers/--no-early-layers",
                                                    help="With --reference: see 'index'.")] = None,
@@ -96,16 +102,18 @@ def scan(
     # Bank options: only with --reference; otherwise the bank's own settings rule.
     index_options = {name: value for name, value in dict(
         backbone=backbone, weights=weights, num_classes=num_classes, resize=resize, layers=layers,
-        labels=labels, k=k, index_kind=index_kind).items() if value is not None}
+        labels=train_labels, k=k, index_kind=index_kind).items() if value is not None}
     if index_options and reference is None:
-        flags = ", ".join("--" + n.replace("_", "-").replace("index-kind", "index") for n in index_options)
+        flags = ", ".join("--" + n.replace("_", "-").replace("index-kind", "index").replace("labels", "train-labels")
+                          for n in index_options)
         raise fail(f"{flags}: bank options apply only with --reference; without it the bank's own "
                    f"backbone and settings are used")
     with user_errors():
         from ..api import scan as run_scan
         with progress_bar("embedding", quiet) as progress:
             result = run_scan(prod_dir, workspace=workspace, reference=reference, out=out, fpr=fpr,
-                              explain=explain, device=device, batch_size=batch_size, num_workers=workers,
+                              explain=explain, model=model, labels=labels, device=device,
+                              batch_size=batch_size, num_workers=workers,
                               progress=progress, **index_options)
     s = result.summary
     c = s["counts"]
@@ -119,8 +127,10 @@ def scan(
             info(f"  {d['measure']:<22} {d['train_median']:>9.4g} -> {d['prod_median']:<9.4g} "
                  f"({d['effect']:+.1f} spreads, q={d['q_value']:.1e})", quiet)
     for card in s["clusters"]:
+        err = (f", error rate {100 * card['error_rate']:.0f}% of {card['labelled']} labelled"
+               if "error_rate" in card else "")
         info(f"cluster {card['cluster']}: {card['size']} images, cause {card['cause']} "
-             f"(confidence {card['confidence']:.2f})", quiet)
+             f"(confidence {card['confidence']:.2f}){err}", quiet)
         for line in card["change"]:
             info(f"    {line}", quiet)
         info(f"    e.g. {', '.join(card['medoids'])}", quiet)

@@ -6,7 +6,10 @@ Three kinds, chosen by the ``name`` given to :func:`load_backbone`:
 * any torchvision classification model name (``"resnet50"``...): weights from
   ``weights=FILE``, else the torch hub cache, else a clear offline error;
   ``weights="none"`` gives a randomly initialised model (seed 0);
-* a path to a TorchScript file.
+* a path to a TorchScript file;
+* a shiftbench checkpoint (``shiftbench train``'s folder, or its ``model.json``):
+  the architecture rebuilt with the checkpoint's classes, its weights and its
+  recorded preprocessing; ``Backbone.classes`` names the logits.
 
 A state dict (``.pt``/``.pth``/``.safetensors``) of the user's own fine-tuned
 torchvision model is ``name=ARCH, weights=FILE``; its class count is read from the
@@ -29,6 +32,7 @@ benchmark (docs/benchmarks.md) fusing the views lifts the AUROC for lighting fro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +45,7 @@ from .lite0 import EfficientNetLite0, lite0_weights_path
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_POLICIES = ("squash", "pad", "crop")
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "shiftbench-checkpoint", 1
 
 
 class BackboneError(ValueError):
@@ -80,6 +85,7 @@ class Backbone:
     device: torch.device
     views: list[tuple[str, int]] = field(default_factory=list)
     _captured: dict = field(default_factory=dict, repr=False)
+    classes: list[str] | None = None  # names of the logits, for a shiftbench checkpoint
 
     @property
     def feature_dim(self) -> int:
@@ -208,6 +214,55 @@ def _torchvision(arch: str, weights: str | None, num_classes: int | None) -> tup
     return model.eval(), file_digest(weights), pre
 
 
+def build_arch(arch: str, num_classes: int) -> nn.Module:
+    """An untrained classifier: ``lite0`` or a torchvision name, ``num_classes`` outputs."""
+    if arch == "lite0":
+        return EfficientNetLite0(num_classes=num_classes)
+    import torchvision
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise BackboneError(f"unknown architecture {arch!r}")
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
+def checkpoint_meta(name: str | os.PathLike) -> tuple[Path, dict] | None:
+    """(folder, parsed ``model.json``) when ``name`` is a shiftbench checkpoint, else None."""
+    p = Path(name)
+    if p.is_dir():
+        if not (p / "model.json").is_file():
+            raise BackboneError(f"{p} is a folder but not a shiftbench checkpoint (no model.json)")
+        p = p / "model.json"
+    elif p.suffix != ".json" or not p.is_file():
+        return None
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"cannot read checkpoint {p}: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise BackboneError(f"{p} is not a shiftbench checkpoint (format is not {CHECKPOINT_FORMAT!r})")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise BackboneError(f"{p}: checkpoint version {meta.get('version')} is not supported "
+                            f"(this shiftbench reads version {CHECKPOINT_VERSION})")
+    return p.parent, meta
+
+
+def _checkpoint(folder: Path, meta: dict) -> tuple[nn.Module, str, Preprocess]:
+    """Model, weights id (digest of its safetensors) and preprocessing of a checkpoint."""
+    path = folder / "model.safetensors"
+    digest = file_digest(path) if path.is_file() else None
+    if digest is None or digest != meta.get("weights_sha256", digest):
+        # model.json is written last: a mismatch means a half-rewritten or mixed-up folder
+        raise BackboneError(f"{path} is missing or does not match {folder / 'model.json'}")
+    model = build_arch(meta["arch"], len(meta["classes"]))
+    try:
+        model.load_state_dict(load_state_dict(path))
+    except RuntimeError as e:
+        raise BackboneError(f"{path} does not fit {meta['arch']} with {len(meta['classes'])} classes: "
+                            f"{str(e).splitlines()[0]}") from e
+    p = meta["preprocess"]
+    pre = Preprocess(int(p["size"]), p["resize"], tuple(p["mean"]), tuple(p["std"]))
+    return model.eval(), f"checkpoint-{digest}", pre
+
+
 def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: int | None = None,
                   device: str = "auto", resize: str | None = None, layers: bool = True) -> Backbone:
     """Build a backbone ready for :meth:`Backbone.embed`.
@@ -215,7 +270,8 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
     Parameters
     ----------
     name : str
-        ``"lite0"``, a torchvision model name, or a TorchScript file path.
+        ``"lite0"``, a torchvision model name, a TorchScript file path, or a
+        shiftbench checkpoint (folder or its ``model.json``).
     weights : str, optional
         State dict file (``.pt``/``.pth``/``.safetensors``); ``"none"`` for random
         initialisation; default: the backbone's pretrained ImageNet weights.
@@ -229,7 +285,12 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
         Add the early-layer views (``stride4/8/16``) to the penultimate one.
     """
     dev = resolve_device(device)
-    if name == "lite0":
+    ckpt = checkpoint_meta(name) if name != "lite0" else None
+    if ckpt is not None:
+        if weights is not None:
+            raise BackboneError(f"{name} is a checkpoint with its own weights; drop --weights")
+        model, weights_id, pre = _checkpoint(*ckpt)
+    elif name == "lite0":
         model = EfficientNetLite0(num_classes=num_classes or 1000)
         if weights == "none":
             torch.manual_seed(0)
@@ -254,8 +315,10 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
     model = model.eval().to(dev)
     if not isinstance(model, torch.jit.ScriptModule):
         model = model.to(memory_format=torch.channels_last)
-    bb = Backbone(name=name if not os.path.isfile(name) else Path(name).name,
-                  model=model, preprocess=pre, weights_id=weights_id, device=dev)
+    display = f"checkpoint:{ckpt[1]['arch']}" if ckpt else \
+        Path(name).name if os.path.isfile(name) else name  # no folder: identity is path-independent
+    bb = Backbone(name=display, model=model, preprocess=pre, weights_id=weights_id, device=dev,
+                  classes=list(ckpt[1]["classes"]) if ckpt else None)
     scripted = isinstance(model, torch.jit.ScriptModule)
     found = None if scripted else _last_linear(model)
     if found is not None:

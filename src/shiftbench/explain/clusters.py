@@ -141,6 +141,7 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
                 "change": describe_change(members, cause, center),
                 "medoids": members["path"].to_numpy()[medoids(features[mask])].tolist()}
         if "correct" in members and members["correct"].notna().any():
-            card["error_rate"] = float(1.0 - members["correct"].dropna().astype(float).mean())
+            known = members["correct"].dropna().astype(float)
+            card["error_rate"], card["labelled"] = float(1.0 - known.mean()), int(len(known))
         cards.append(card)
     return cards

@@ -106,18 +106,20 @@ class FusedKNNScorer:
         scores[np.isnan(features).any(axis=1)] = np.nan
         return scores, nearest, distances
 
-    def score_with(self, features: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    def score_with(self, features: np.ndarray, extra: np.ndarray, per_view: bool = False):
         """Fused (M,) scores of (M, D) features with (M, E, D) extra references per row.
 
         See :meth:`KNNScorer.score_with`; fused exactly as :meth:`score`, so the
-        result compares with its scores.
+        result compares with its scores. ``per_view`` also returns each view's
+        evidence ``-log p`` (dict name -> (M,)).
         """
-        scores = np.zeros(len(features))
+        views = {}
         for name, sl in self._slices():
             sc = self.scorers_[name]
             d = sc.score_with(features[:, sl], extra[:, :, sl])
-            scores += _neglog_p(sc.calibration_.scores, np.nan_to_num(d, nan=0.0))
-        return scores
+            views[name] = _neglog_p(sc.calibration_.scores, np.nan_to_num(d, nan=0.0))
+        scores = sum(views.values())
+        return (scores, views) if per_view else scores
 
     @property
     def index_info_(self) -> dict:

@@ -1,0 +1,228 @@
+"""``collect``: from a scan to a collection plan, a labelling list and a matched augmentation.
+
+Output folder (default ``SCAN_DIR/collect``), written complete into a
+temporary sibling and then swapped in, so a reader or a crash never sees half
+of it:
+
+    plan.json / plan.md      per cluster: conditions to reproduce, images to collect and why
+    selection.csv            rank, path, cluster, cause, ood_score, reason, copy, source
+    to_label/                copies of the selected images + labels_template.csv (path,label)
+    augment.yaml / .md       albumentations pipeline matched to the shift, and where its ranges came from
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..fsutil import write_json, write_text
+from ..images import InputError
+from . import augment, plan as planmod
+from .scan_io import ScanOutputs, load_scan, training_reference
+from .select import allocate, cluster_weights, k_center_greedy, label_order, medoid, normalise
+
+
+@dataclass
+class CollectResult:
+    """What :func:`collect` produced: ``plan`` (one dict per cluster), ``selection`` (selection.csv)."""
+
+    plan: list[dict]
+    selection: pd.DataFrame
+    out_dir: Path
+    summary: dict | None = None  # the whole of plan.json
+
+
+def resolve_budget(budget: int | None, budget_fraction: float | None, n_readable: int) -> tuple[int, str]:
+    """The labelling budget and how it was given; :class:`InputError` when it is unusable."""
+    if (budget is None) == (budget_fraction is None):
+        raise InputError("give a budget: --budget N or --budget-fraction F (one of them)")
+    if budget is not None:
+        if isinstance(budget, bool) or not float(budget).is_integer() or budget <= 0:
+            raise InputError(f"--budget must be a positive whole number of images, got {budget}")
+        return int(budget), f"--budget {int(budget)}"
+    if not 0 < budget_fraction <= 1:
+        raise InputError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
+    n = max(1, math.ceil(budget_fraction * n_readable))
+    return n, f"--budget-fraction {budget_fraction:g} of {n_readable} readable production images, rounded up"
+
+
+def _groups(scan: ScanOutputs) -> list[dict]:
+    """One dict per cluster of flagged rows (cards from summary.json; flagged rows outside clusters grouped)."""
+    flagged = scan.flagged
+    cards = {int(c["cluster"]): c for c in scan.summary.get("clusters", [])}
+    out = []
+    for cid in sorted(flagged["cluster"].unique(), key=lambda c: (c < 0, c)):
+        members = flagged[flagged["cluster"] == cid]
+        card = cards.get(int(cid), {})
+        primary = card.get("cause") or members["cause"].str.split("+").str[0].mode().iloc[0]
+        if cid < 0 and primary not in planmod.PLAN_MEASURES and primary != "content":
+            primary = "unknown"
+        out.append({"cluster": int(cid), "rows": members.index.to_numpy(), "cause": str(primary),
+                    "card": card, "error_rate": card.get("error_rate")})
+    return out
+
+
+def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> list[tuple[int, str]]:
+    """(table row, reason) for ``k`` images of one cluster, medoid first, then k-center greedy."""
+    rows, cid, cause = group["rows"], group["cluster"], group["cause"]
+    paths = scan.table["path"].to_numpy()[rows]
+    emb = scan.embeddings[rows] if scan.embeddings is not None else None
+    usable = np.isfinite(emb).all(1) if emb is not None else np.zeros(len(rows), bool)
+    where = f"cluster {cid} ({cause}, {len(rows)} images)"
+    medoids = [p for p in group["card"].get("medoids", []) if p in set(paths)]
+    if usable.sum() >= 1:
+        idx = np.flatnonzero(usable)
+        x = normalise(emb[idx])
+        start = int(np.flatnonzero(paths[idx] == medoids[0])[0]) if medoids and medoids[0] in paths[idx] \
+            else medoid(x)
+        picks, gaps = k_center_greedy(x, k, start)
+        out = [(int(rows[idx[j]]), f"{where}: medoid, its most typical image" if not np.isfinite(g) else
+                f"{where}: farthest from the {n} already chosen (embedding distance {g:.3f})")
+               for n, (j, g) in enumerate(zip(picks, gaps))]
+        rest = np.flatnonzero(~usable)  # no embedding: after the covered ones
+        out += [(int(rows[j]), f"{where}: no embedding, in file order") for j in rest[:k - len(out)]]
+        return out
+    # No embeddings.npy (older scan): the card's medoids, then a seeded random sample.
+    order = [int(np.flatnonzero(paths == m)[0]) for m in medoids]
+    order += [int(j) for j in rng.permutation(len(rows)) if int(j) not in order]
+    return [(int(rows[j]), f"{where}: {'medoid' if j in order[:len(medoids)] else 'random (no embeddings.npy)'}")
+            for j in order[:k]]
+
+
+def _unique_name(rank: int, path: str) -> str:
+    flat = path.replace("\\", "/").strip("/").replace("/", "__")
+    return f"{rank:04d}_{flat}"
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the complete ``tmp`` folder (old one renamed aside, then removed)."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | None = None, seed: int = 0,
+            copy: bool = True, *, budget_fraction: float | None = None, p: float = 0.5) -> CollectResult:
+    """Plan data collection, pick the images to label first and build a matched augmentation.
+
+    Parameters
+    ----------
+    scan_dir : a folder written by :func:`shiftbench.scan`.
+    budget : number of images to label (also the number of new images the plan splits
+        across clusters). Alternatively ``budget_fraction`` of the readable production images.
+    out : output folder; default ``SCAN_DIR/collect`` (replaced as a whole).
+    seed : seeds the augmentation pipeline and, without embeddings, the sampling.
+    copy : copy the selected images into ``out/to_label``.
+    p : probability of each augmentation transform.
+
+    Returns
+    -------
+    CollectResult
+        ``plan``: one dict per cluster (cluster, cause, size, share_of_flagged, harm,
+        collect, label_now, conditions, numbers, action, representatives, to_label);
+        ``selection``: the rows of selection.csv; ``out_dir``.
+    """
+    scan = load_scan(scan_dir)
+    n_readable = int((scan.table["status"].astype(str) == "ok").sum())
+    budget, budget_source = resolve_budget(budget, budget_fraction, n_readable)
+    out_dir = Path(out) if out is not None else scan.scan_dir / "collect"
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                        and not (out_dir / "plan.json").is_file())):
+        raise InputError(f"{out_dir} exists and is not a collect output: choose another --out")
+    train, _, train_source = training_reference(scan.summary)
+    flagged = scan.flagged
+    groups = _groups(scan)
+    notes = []
+    if not groups:
+        notes.append("no image was flagged: nothing to collect or label")
+    sizes = [len(g["rows"]) for g in groups]
+    harm, rule = cluster_weights(sizes, [g["error_rate"] for g in groups])
+    n_label = min(budget, len(flagged))
+    if budget > len(flagged) and groups:
+        notes.append(f"budget {budget} is more than the {len(flagged)} flagged images: all of them are selected")
+    label_alloc = allocate(harm, n_label, minimum=1, caps=sizes)
+    # The floor takes at most half of the budget: the rest must follow harm.
+    floor = min(planmod.MIN_COLLECT, budget // max(2 * len(groups), 1))
+    collect_alloc = allocate(harm, budget, minimum=floor)
+    rng = np.random.default_rng(seed)
+    picks = [_pick(scan, g, int(k), rng) for g, k in zip(groups, label_alloc)]
+    ranked = [picks[c][j] + (groups[c],) for c, j in label_order(picks, [int(k) for k in label_alloc])]
+
+    rows = []
+    for rank, (i, reason, g) in enumerate(ranked, 1):
+        path = scan.table.at[i, "path"]
+        rows.append({"rank": rank, "path": path, "cluster": g["cluster"], "cause": scan.table.at[i, "cause"],
+                     "ood_score": float(scan.table.at[i, "ood_score"]), "reason": reason,
+                     "copy": f"to_label/{_unique_name(rank, path)}" if copy else "",
+                     "source": str(scan.prod_dir / path)})
+    selection = pd.DataFrame(rows, columns=["rank", "path", "cluster", "cause", "ood_score", "reason", "copy",
+                                            "source"])
+    clusters = []
+    total = max(sum(sizes), 1)
+    for g, h, n_col, n_lab in zip(groups, harm, collect_alloc, label_alloc):
+        members = scan.table.loc[g["rows"]]
+        reps = g["card"].get("medoids") or members["path"].head(3).tolist()
+        d = planmod.describe(members, g["cause"], train, int(n_col), reps)
+        entry = {"cluster": g["cluster"], "cause": g["cause"], "size": len(members),
+                 "share_of_flagged": len(members) / total, "harm": float(h), "collect": int(n_col),
+                 "label_now": int(n_lab), **d, "representatives": reps,
+                 "to_label": selection.loc[selection["cluster"] == g["cluster"], "path"].tolist()}
+        if g["error_rate"] is not None:
+            entry["error_rate"] = float(g["error_rate"])
+        clusters.append(entry)
+    rule_text = (f"{budget} images split across {len(groups)} clusters by {rule}: each cluster gets "
+                 f"{floor} first (min({planmod.MIN_COLLECT}, budget / (2 x clusters)), so that at least half "
+                 f"of the budget follows harm), "
+                 f"the rest in proportion to harm, rounded by largest remainder. The images to label now "
+                 f"follow the same rule (at least 1 per cluster when the budget allows, at most the cluster's size).")
+    causes_seen = sorted({c for cs in flagged["cause"].str.split("+") for c in cs if c not in ("none", "unknown")})
+    spec = augment.augmentation_spec(flagged, train, p)
+    summary = {"scan_dir": str(scan.scan_dir.resolve()), "prod_dir": str(scan.prod_dir), "out_dir": str(out_dir),
+               "readable": n_readable, "flagged": int(len(flagged)), "budget": budget,
+               "budget_source": budget_source, "selected": int(len(selection)), "rule": rule_text,
+               "training": train_source, "notes": notes, "clusters": clusters,
+               "augmentation": {"file": "augment.yaml", "causes_seen": causes_seen, "transforms": spec}}
+    _write(out_dir, summary, selection, spec, seed, causes_seen, train_source, scan, copy)
+    return CollectResult(plan=clusters, selection=selection, out_dir=out_dir, summary=summary)
+
+
+def _write(out_dir: Path, summary: dict, selection: pd.DataFrame, spec: list[dict], seed: int,
+           causes_seen: list[str], train_source: str, scan: ScanOutputs, copy: bool) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        if copy:
+            (tmp / "to_label").mkdir()
+            missing = []
+            for r in selection.itertuples():
+                try:
+                    shutil.copy2(r.source, tmp / r.copy)
+                except OSError:  # moved or deleted since the scan: keep the row, say so
+                    missing.append(r.path)
+            if missing:
+                summary["notes"].append(f"{len(missing)} selected files could not be copied (moved since the "
+                                        f"scan?): {', '.join(missing[:5])}")
+                selection.loc[selection["path"].isin(missing), "copy"] = ""
+            template = pd.DataFrame({"path": selection.loc[selection["copy"] != "", "copy"]
+                                     .str.removeprefix("to_label/"), "label": ""})
+            template.to_csv(tmp / "to_label" / "labels_template.csv", index=False)
+        else:
+            pd.DataFrame({"path": selection["path"], "label": ""}).to_csv(tmp / "labels_template.csv", index=False)
+        selection.to_csv(tmp / "selection.csv", index=False, float_format="%.6g")
+        augment.save_augmentation(augment.compose(spec, seed, p), tmp / "augment.yaml")
+        write_text(tmp / "augment.md", augment.render_markdown(spec, causes_seen, train_source))
+        write_json(tmp / "plan.json", summary)
+        write_text(tmp / "plan.md", planmod.render_markdown(summary))
+        _swap_in(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,363 @@
+"""Shift-matched augmentation: albumentations transforms whose ranges span what production shows.
+
+For each cause seen among the flagged images, the production measurements of
+the images attributed to it are set against the training medians and turned
+into transform parameters (:func:`augmentation_spec`, pure numpy; the
+``why`` of each entry says where its numbers came from). Ranges are the
+observed span with outliers dropped (:func:`.scan_io.span`). Each transform
+has probability ``p`` (0.5), so clean training images stay in the mix. No
+transform is added for a cause that was not seen, nor for ``content`` (new
+parts need labels, not augmentation).
+
+albumentations is imported inside the functions: importing it costs about a
+second and checks for updates unless ``NO_ALBUMENTATIONS_UPDATE`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..images import InputError
+from .scan_io import circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
+
+REFLECT_101 = 4  # cv2.BORDER_REFLECT_101: rotated training images get no black corners
+INTER_LINEAR, INTER_AREA = 1, 3
+MAX_ILLUMINATION = 0.2  # albumentations' largest Illumination intensity
+MIN_KIND_SHARE = 0.2  # a degradation kind must match at least this share of a cause's images
+
+
+def _r(x: float, nd: int = 3) -> float:
+    return float(round(float(x), nd))
+
+
+def _pair(lo: float, hi: float, nd: int = 3) -> list[float]:
+    return [_r(min(lo, hi), nd), _r(max(lo, hi), nd)]
+
+
+def _line_range(mean: float, half: float) -> list[float]:
+    """[lo, hi] within [0, 360] around the line direction ``mean`` (a line at a + 180 is the same line)."""
+    lo, hi = mean - half, mean + half
+    return _pair(lo, hi, 1) if lo >= 0 and hi <= 360 else _pair(lo + 180, hi + 180, 1)
+
+
+def _entry(cause: str, name: str, params: dict, why: str, p: float) -> dict:
+    return {"cause": cause, "name": name, "params": params, "p": p, "why": why}
+
+
+def _modes(rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """The rows split by failure cluster (one mode each: darker *and* brighter, +20 *and* -20 degrees)."""
+    if "cluster" not in rows or rows["cluster"].nunique() < 2:
+        return [rows]
+    return [g for _, g in rows.groupby("cluster", sort=True)]
+
+
+def _one_of(cause: str, children: list[dict], why: str, p: float) -> dict:
+    """One entry: the single child at probability ``p``, or OneOf weighted by the children's p."""
+    if len(children) == 1:
+        return {**children[0], "p": p, "why": why}
+    return {**_entry(cause, "OneOf", {}, why, p), "children": children}
+
+
+def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[list[dict], str]:
+    """RandomBrightnessContrast and RandomGamma for one lighting mode, each at ``weight / 2``."""
+    bt, ct, b50t = t.get("brightness"), t.get("contrast"), t.get("brightness_p50")
+    if not (bt and ct and b50t) or not {"brightness", "contrast", "brightness_p50"} <= set(rows.columns):
+        return [], ""
+    # RandomBrightnessContrast maps x to alpha*x + beta (beta in units of the maximum): an image at the
+    # training medians gets a production image's mean and contrast with alpha = contrast ratio and
+    # beta = mean - alpha * training mean. The ranges span those per-image pairs.
+    alpha = rows["contrast"].to_numpy(float) / ct
+    beta = rows["brightness"].to_numpy(float) - alpha * bt
+    a, b = span(alpha), span(beta)
+    b50 = np.clip(rows["brightness_p50"].to_numpy(float), 0.01, 0.99)
+    g = span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma = production's
+    if not (a and b and g):
+        return [], ""
+    rbc = _entry("lighting", "RandomBrightnessContrast", {
+        "brightness_limit": _pair(*b), "contrast_limit": _pair(a[0] - 1, a[1] - 1), "brightness_by_max": True},
+        "", _r(weight / 2))
+    gamma = _entry("lighting", "RandomGamma", {"gamma_limit": _pair(100 * g[0], 100 * g[1], 1)}, "", _r(weight / 2))
+    why = (f"{len(rows)} images with mean brightness {np.median(rows['brightness']):.3f} (training {bt:.3f}): "
+           f"contrast ratio {a[0]:.2f}..{a[1]:.2f} -> contrast_limit = ratio - 1, brightness_limit = mean - "
+           f"ratio x training mean; or RandomGamma = log(median brightness) / log(training median {b50t:.3f}) "
+           f"= {g[0]:.2f}..{g[1]:.2f} (x100)")
+    return [rbc, gamma], why
+
+
+def _lighting(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
+    out, children, whys = [], [], []
+    for mode in _modes(rows):
+        got, why = _exposure(mode, t, len(mode) / len(rows))
+        children += got
+        whys += [why] if why else []
+    if children:
+        out.append({**_entry("lighting", "OneOf", {}, "; ".join(whys), p), "children": children})
+    rel = relative_gradient(rows)
+    rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
+    if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
+        out.append(_side_light(rows, rel, rel_t, p))
+    return out
+
+
+def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> dict:
+    """Illumination entries for uneven light of relative gradient ``rel`` (per row).
+
+    Illumination 'linear' multiplies by 1-I..1+I across the image, so gradient =
+    2 * I * brightness. Training's own fields point anywhere and add to I in no
+    particular direction: they are not subtracted. albumentations 2.0.8 normalises
+    the field only at multiples of 45 degrees (elsewhere the mean brightness shifts
+    too), so directions are snapped to those; and it caps I at 0.2, so a stronger
+    field is the product of n copies: ((1+i)/(1-i))^n = (1+I)/(1-I), i = tanh(atanh(I)/n).
+    """
+    inten = span(np.clip(rel / 2, 0.01, 0.9))
+    mean, res = circular_mean(rows["illum_direction"]) if "illum_direction" in rows else (np.nan, 0.0)
+    # One side dominates: the measured direction (the brighter side) snapped to 45 degrees; else any side.
+    angles = [float(45 * round(mean / 45) % 360)] if res > 0.7 else [0.0, 90.0, 180.0, 270.0]
+    n = int(np.ceil(np.arctanh(inten[1]) / np.arctanh(MAX_ILLUMINATION)))
+    each = _pair(*(max(float(np.tanh(np.arctanh(v) / n)), 0.01) for v in inten), 4)
+    per_angle = []
+    for a in angles:
+        light = _entry("lighting", "Illumination", {"mode": "linear", "intensity_range": each,
+                                                    "effect_type": "brighten", "angle_range": [a, a]}, "", 1.0)
+        per_angle.append(light if n == 1 else {**_entry("lighting", "Sequential", {}, "", 1.0),
+                                               "children": [light] * n})
+    why = (f"uneven light: gradient / brightness {np.nanmedian(rel):.2f} (training {rel_t:.2f}) -> intensity I = "
+           f"gradient / (2 x brightness) = {inten[0]:.2f}..{inten[1]:.2f}; brighter side at {mean:.0f} degrees "
+           f"(resultant {res:.2f}; 0 = right, 90 = down) -> angle {', '.join(f'{a:.0f}' for a in angles)}"
+           + (f"; {n} chained copies of intensity tanh(atanh(I)/{n}) (one is capped at {MAX_ILLUMINATION})"
+              if n > 1 else ""))
+    return _one_of("lighting", per_angle, why, p)
+
+
+def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
+    children, whys = [], []
+    for mode in _modes(rows):
+        rot = span(mode["rotation_deg"]) if "rotation_deg" in mode else None
+        zoom = how_values(mode["how_angle"], "zoom") if "how_angle" in mode else np.array([np.nan])
+        z = span(zoom) if np.isfinite(zoom).any() and np.nanmedian(zoom) > 1.05 else None
+        if rot is None and z is None:
+            continue
+        rot = rot or (0.0, 0.0)
+        children.append(_entry("angle", "Affine", {
+            "rotate": _pair(np.floor(rot[0]), np.ceil(rot[1]), 1), "scale": _pair(*(z or (1.0, 1.0))),
+            "keep_ratio": True, "border_mode": REFLECT_101}, "", _r(len(mode) / len(rows))))
+        whys.append(f"{len(mode)} images rotated {rot[0]:+.1f}..{rot[1]:+.1f} degrees vs their nearest training "
+                    f"images, " + (f"magnified {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom"))
+    if not children:
+        return []
+    lo = min(c["params"]["rotate"][0] for c in children)
+    hi = max(c["params"]["rotate"][1] for c in children)
+    signs = "both signs seen" if lo < 0 < hi else "one sign seen"
+    # Perspective is not added: the scan estimates in-plane rotation and zoom, not tilt.
+    return [_one_of("angle", children, f"{'; '.join(whys)} ({signs}; one Affine per cluster, chosen by size)", p)]
+
+
+def _odd(n: float) -> int:
+    n = max(3, int(round(n)))
+    return n if n % 2 else n + 1
+
+
+def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
+    out, n = [], len(rows)
+    how = rows["how_resolution"] if "how_resolution" in rows else pd.Series([""] * n, index=rows.index)
+
+    def seen(kind: str) -> np.ndarray:
+        v = how_values(how, kind)
+        return v[np.isfinite(v)] if np.isfinite(v).sum() >= max(1, MIN_KIND_SHARE * n) else np.array([])
+
+    if len(v := seen("blur")):
+        s = span(v)
+        out.append(_entry("resolution", "GaussianBlur", {"sigma_limit": _pair(*s), "blur_limit": 0},
+                          f"{len(v)} images matched 'blur s': sigma {s[0]:g}..{s[1]:g}", p))
+    if len(v := seen("downscale")):
+        s = span(v)
+        out.append(_entry("resolution", "Downscale", {
+            "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
+            "interpolation_pair": {"downscale": INTER_AREA, "upscale": INTER_LINEAR}},
+            f"{len(v)} images matched 'downscale f' (lower effective resolution): factor {s[0]:g}..{s[1]:g}", p))
+    blk, blk_t = (float(np.nanmedian(rows["blockiness"])) if "blockiness" in rows else 1.0), t.get("blockiness", 1.0)
+    if len(v := seen("jpeg")) or blk > blk_t + 0.15:
+        s = span(v) if len(v) else (10.0, 40.0)
+        src = f"{len(v)} images matched 'jpeg q'" if len(v) else "no quality estimate: a generic low range"
+        out.append(_entry("resolution", "ImageCompression", {
+            "quality_range": [int(max(1, np.floor(s[0]))), int(min(100, np.ceil(s[1])))]},
+            f"JPEG blocking {blk:.2f} (training {blk_t:.2f}); {src}", p))
+    an, an_t = (float(np.nanmedian(rows["blur_anisotropy"])) if "blur_anisotropy" in rows else 0.0), \
+        t.get("blur_anisotropy", 0.0)
+    if len(v := seen("motion")) or an > an_t + 0.15:
+        s = span(v) if len(v) else (5.0, 13.0)
+        mean, res = circular_mean(rows["blur_direction"], 180.0) if "blur_direction" in rows else (np.nan, 0.0)
+        angles = _line_range(mean, 20.0) if res > 0.7 else [0.0, 180.0]
+        out.append(_entry("resolution", "MotionBlur", {
+            "blur_limit": [_odd(s[0]), _odd(s[1])], "angle_range": angles, "direction_range": [0.0, 0.0],
+            "allow_shifted": False},
+            f"motion blur: anisotropy {an:.2f} (training {an_t:.2f}), kernel from 'motion n' matches "
+            f"({len(v)} images), direction {mean:.0f} degrees (resultant {res:.2f})", p))
+    nt = t.get("noise")
+    if nt is not None and "noise" in rows and np.nanmedian(rows["noise"]) > 1.2 * nt + 1e-4:
+        # Only measured noise counts: attribution's '+ noise' tops up what its own blur removed.
+        nz = rows["noise"].to_numpy(float)
+        extra = np.sqrt(np.maximum(nz ** 2 - nt ** 2, 0.0))  # independent noise adds in variance
+        s = span(extra[extra > 0])
+        out.append(_entry("resolution", "GaussNoise", {
+            "std_range": _pair(max(s[0], 0.002), max(s[1], 0.002), 4), "per_channel": False},
+            f"noise sigma {np.nanmedian(nz):.4f} (training {nt:.4f}) -> std = sqrt(prod^2 - training^2), "
+            f"grey noise as the luma measurement sees it", p))
+    return out
+
+
+_FAULTS = {"channels swapped": "ChannelShuffle", "inverted": "InvertImg", "rotated 90": "RandomRotate90"}
+
+
+def _pipeline(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
+    out = []
+    if "how_pipeline" in rows:
+        counts = rows["how_pipeline"].astype(str).value_counts()
+        for fault, name in _FAULTS.items():
+            if counts.get(fault, 0) >= max(1, MIN_KIND_SHARE * len(rows)):
+                out.append(_entry("pipeline", name, {}, f"{counts[fault]} of {len(rows)} pipeline images match "
+                                  f"'{fault}'", p))
+    st = t.get("saturation")
+    if st is not None and "saturation" in rows and np.nanmedian(rows["saturation"]) < 0.02 < st:
+        out.append(_entry("pipeline", "ToGray", {"num_output_channels": 3},
+                          f"pipeline images have no colour (saturation {np.nanmedian(rows['saturation']):.3f}, "
+                          f"training {st:.3f})", p))
+    return out
+
+
+_BUILDERS = {"lighting": _lighting, "angle": _angle, "resolution": _resolution, "pipeline": _pipeline}
+
+
+def augmentation_spec(table: pd.DataFrame, train: dict[str, float], p: float = 0.5) -> list[dict]:
+    """Transform entries (cause, name, params, p, why[, children]) for the shift in ``table``.
+
+    ``table``: scan rows (all of images.csv or only the flagged ones; rows with
+    ``is_ood`` false are ignored); ``train``: training median per measurement.
+    """
+    if "is_ood" in table:
+        table = table[table["is_ood"].astype(str).str.lower().isin(("true", "1"))]
+    spec = []
+    for cause, build in _BUILDERS.items():
+        rows = table[has_cause(table["cause"], cause)] if "cause" in table else table.iloc[:0]
+        if len(rows):
+            spec += build(rows, train, p)
+    return spec
+
+
+def _instantiate(entry: dict):
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    cls = getattr(A, entry["name"])
+    if "children" in entry:
+        return cls([_instantiate(c) for c in entry["children"]], p=entry["p"])
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry["params"].items()}, p=entry["p"])
+
+
+def compose(spec: list[dict], seed: int | None = None, p: float = 0.5):
+    """The albumentations ``Compose`` of ``spec`` (empty when no shift was seen).
+
+    One cause per image, as on the line (a station has one problem): a ``OneOf``
+    over the causes, each a ``Sequential`` of its transforms, applied with
+    probability ``p``; the other images stay as they were, so the model keeps
+    seeing the training conditions.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    causes: dict[str, list] = {}
+    for e in spec:
+        causes.setdefault(e["cause"], []).append(_instantiate(e))
+    if not causes:
+        return A.Compose([], seed=seed)
+    return A.Compose([A.OneOf([A.Sequential(t, p=1.0) for t in causes.values()], p=p)], seed=seed)
+
+
+def build_augmentation(source, train: dict[str, float] | pd.DataFrame | None = None, *, p: float = 0.5,
+                       seed: int | None = None):
+    """Augmentation matched to a scan's shift, as an ``albumentations.Compose``.
+
+    Parameters
+    ----------
+    source : a scan folder, or a table of scan rows (``cause``, measurements, ``how_*``).
+    train : training medians per measurement, or the training table; default for a
+        scan folder: its bank (see :func:`.scan_io.training_reference`). Needed with a table.
+    p : probability that an image is augmented (by one cause's transforms; within a
+        cause each transform also applies with probability ``p``).
+    seed : seeds the Compose (reproducible augmentations).
+    """
+    from .scan_io import load_scan, training_reference
+    if isinstance(source, (str, os.PathLike)):
+        scan = load_scan(source)
+        table = scan.table
+        if train is None:
+            train = training_reference(scan.summary)[0]
+    else:
+        table = source
+    if train is None:
+        raise InputError("build_augmentation needs the training medians (train=...) with a table")
+    if isinstance(train, pd.DataFrame):
+        num = train.select_dtypes("number")
+        train = {c: float(np.nanmedian(num[c])) for c in num.columns if num[c].notna().any()}
+    return compose(augmentation_spec(table, train, p), seed, p)
+
+
+def load_augmentation(path: str | os.PathLike):
+    """The ``albumentations.Compose`` saved in ``augment.yaml`` (e.g. for fine-tuning)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    if not Path(path).is_file():
+        raise InputError(f"no augmentation file at {path}")
+    try:
+        return A.load(str(path), data_format="yaml")
+    except Exception as e:  # malformed YAML or unknown transform: one clear message
+        raise InputError(f"cannot load augmentation {path}: {e}") from e
+
+
+def save_augmentation(transform, path: str | os.PathLike) -> None:
+    """``A.save`` as YAML (callers write to a temporary path and rename)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    A.save(transform, str(path), data_format="yaml")
+
+
+def _call(e: dict) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in e["params"].items())
+    return f"{e['name']}({args}{', ' if args else ''}p={e['p']})"
+
+
+def _children_md(kids: list[dict], indent: str) -> list[str]:
+    out = []
+    if kids and all(k == kids[0] for k in kids) and len(kids) > 1:  # Sequential of n copies
+        return [f"{indent}- {len(kids)} x in a row: `{_call(kids[0])}`"]
+    for c in kids:
+        out.append(f"{indent}- one of: `{_call(c)}`")
+        out += _children_md(c.get("children", []), indent + "  ")
+    return out
+
+
+def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> str:
+    """augment.md: every transform, its parameters and where they came from."""
+    lines = ["# Shift-matched augmentation", "",
+             "`augment.yaml` is an albumentations 2 pipeline (`shiftbench.load_augmentation(path)` or "
+             "`albumentations.load(path, data_format='yaml')`). Its ranges span what the flagged production "
+             "images show (outliers dropped), measured against the training medians from " + source + ". "
+             "Each image gets, with probability p (0.5 by default), the transforms of one cause picked at random "
+             "(as on the line, one problem per station); the others stay as they were, so the model "
+             "keeps seeing the training conditions. Within a cause each transform applies with its p.", ""]
+    for e in spec:
+        lines.append(f"- **{e['cause']}**: `{_call(e)}`")
+        lines += _children_md(e.get("children", []), "  ")
+        lines.append(f"  - from: {e['why']}")
+    covered = {e["cause"] for e in spec}
+    for c in causes_seen:
+        if c not in covered:
+            why = ("new parts/defects need labels, not augmentation" if c == "content"
+                   else "no measured change large enough to turn into a range")
+            lines.append(f"- **{c}**: no transform ({why})")
+    if not spec:
+        lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
+    lines += ["", "Not covered: camera tilt (Perspective) - the scan estimates in-plane rotation and zoom only.", ""]
+    return "\n".join(lines)

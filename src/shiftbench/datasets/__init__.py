@@ -1,0 +1,1 @@
+"""Dataset generators the package itself needs (the demo's synthetic factory)."""

@@ -1,0 +1,462 @@
+"""shiftbench collect: k-center selection, budget split, plan numbers, matched augmentation, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import shiftbench
+from shiftbench.cli.main import app
+from shiftbench.collection import (allocate, augmentation_spec, build_augmentation, cluster_weights, collect,
+                                k_center_greedy, load_augmentation)
+from shiftbench.collection.scan_io import span
+from shiftbench.images import InputError
+from shiftbench.properties import measure
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# Training medians of the fake bank (every training row has these values, plus tiny jitter).
+TRAIN = dict(brightness=0.5, brightness_p50=0.5, contrast=0.1, illum_gradient=0.02, illum_direction=90.0,
+             sharpness=1.0, hf_ratio=0.01, blockiness=1.0, blur_anisotropy=0.05, blur_direction=0.0, noise=0.01,
+             saturation=0.3, rb_balance=0.0, colour_cast=0.0, width=48.0, height=48.0)
+ROTATIONS = [15.0, 18.0, 21.0, 24.0, 28.0]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _row(path: str, **kw) -> dict:
+    return {"path": path, "status": "ok", "error": "", "ood_score": 1.0, "p_value": 0.5, "is_ood": False,
+            "cause": "none", "confidence": np.nan, "cluster": -1, **TRAIN, "rotation_deg": np.nan,
+            "how_angle": "", "how_resolution": "", "how_pipeline": "", **kw}
+
+
+def make_scan(root: Path, rows: list[dict], cards: list[dict], seed: int = 0, bank: bool = True) -> Path:
+    """A scan folder written by hand: prod/ images, images.csv, summary.json, embeddings.npy, WS/bank."""
+    rng = np.random.default_rng(seed)
+    prod, scan, ws = root / "prod", root / "scan", root / "ws"
+    for d in (prod, scan, ws / "bank"):
+        d.mkdir(parents=True, exist_ok=True)
+    emb = np.zeros((len(rows), 16), np.float32)
+    for i, r in enumerate(rows):
+        (prod / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(prod / r["path"]), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        emb[i, 1 + (r["cluster"] % 15)] = 5.0  # one blob per cluster, spread within it
+        emb[i] += rng.normal(0, 0.3, 16)
+        r.setdefault("ood_score", 1.0)
+    t = pd.DataFrame(rows)
+    t["is_ood"] = np.where(t["is_ood"], "true", "false")
+    t.to_csv(scan / "images.csv", index=False)
+    np.save(scan / "embeddings.npy", emb)
+    summary = {"prod_dir": str(prod), "workspace": str(ws), "bank": {"root": str(root / "train")},
+               "clusters": cards, "counts": {"images": len(rows)},
+               "drift": [{"measure": k, "train_median": v} for k, v in TRAIN.items()]}
+    (scan / "summary.json").write_text(json.dumps(summary))
+    if bank:
+        n = 20
+        bt = pd.DataFrame({"path": [f"t{i}.png" for i in range(n)], "status": "ok",
+                           **{k: v + rng.normal(0, 1e-4, n) * (v != 0) for k, v in TRAIN.items()}})
+        bt.to_parquet(ws / "bank" / "images.parquet")
+    return scan
+
+
+def _card(cid: int, cause: str, rows: list[dict], error_rate: float | None = None) -> dict:
+    members = [r["path"] for r in rows if r["cluster"] == cid]
+    card = {"cluster": cid, "size": len(members), "cause": cause, "causes": {cause: len(members)},
+            "confidence": 0.9, "change": [], "medoids": members[:3]}
+    if error_rate is not None:
+        card["error_rate"] = error_rate
+    return card
+
+
+def standard_rows(rotations=ROTATIONS) -> list[dict]:
+    """6 clean, 8 darker (cluster 0), 5 rotated (cluster 1), 4 blurred (cluster 2), 1 unreadable."""
+    rows = [_row(f"clean/{i}.png") for i in range(6)]
+    for i, b in enumerate(np.linspace(0.22, 0.28, 8)):
+        rows.append(_row(f"dark/{i}.png", is_ood=True, cause="lighting", cluster=0, brightness=b,
+                         brightness_p50=b, contrast=0.05 + 0.002 * i, ood_score=10.0 + i))
+    for i, deg in enumerate(rotations):
+        rows.append(_row(f"rot/{i}.png", is_ood=True, cause="angle", cluster=1, rotation_deg=deg,
+                         how_angle=f"rotate {deg:+.0f} (conf 0.50) zoom 1.00", ood_score=8.0))
+    for i, how in enumerate(["blur 1.2", "blur 2.0", "blur 1.6 + noise", "jpeg 10"]):
+        rows.append(_row(f"blur/{i}.png", is_ood=True, cause="resolution", cluster=2, sharpness=0.3,
+                         hf_ratio=0.003, how_resolution=how, blockiness=1.3, ood_score=6.0))
+    rows.append(_row("broken.png", status="unreadable", ood_score=np.nan))
+    return rows
+
+
+@pytest.fixture
+def fake_scan(tmp_path) -> Path:
+    rows = standard_rows()
+    cards = [_card(0, "lighting", rows), _card(1, "angle", rows), _card(2, "resolution", rows)]
+    return make_scan(tmp_path, rows, cards)
+
+
+# ------------------------------------------------------------------ selection and budget
+
+
+def test_k_center_greedy_picks_one_per_blob_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 0.01, (10, 4)), rng.normal(0, 0.01, (7, 4)) + [5, 0, 0, 0]])
+    picks, gaps = k_center_greedy(x, 2)
+    assert {p < 10 for p in picks} == {True, False}  # one from each blob
+    assert picks[0] < 10  # the medoid of the data lies in the larger blob
+    assert np.isnan(gaps[0]) and gaps[1] > 4.0
+    again = k_center_greedy(x, 2)
+    assert again[0] == picks and again[1][1:] == gaps[1:]
+    all_picks, _ = k_center_greedy(x, 50)
+    assert sorted(all_picks) == list(range(17))  # capped at N, no repeats
+    assert k_center_greedy(x, 3, start=12)[0][0] == 12
+
+
+@pytest.mark.parametrize("weights,total,minimum,caps", [
+    ([13, 8, 5], 12, 1, None), ([13, 8, 5], 12, 1, [2, 100, 100]), ([1, 1, 1], 2, 1, None),
+    ([0, 0, 5], 9, 2, None), ([3, 1], 100, 0, [5, 4]), ([5, 3, 2, 1], 40, 10, None)])
+def test_allocate_sums_to_the_budget_and_follows_weights(weights, total, minimum, caps):
+    got = allocate(weights, total, minimum, caps)
+    assert got.sum() == min(total, sum(caps) if caps else total)
+    if caps:
+        assert (got <= np.asarray(caps)).all()
+    order = np.argsort(-np.asarray(weights), kind="stable")
+    open_ = [i for i in order if not caps or got[i] < caps[i]]
+    assert all(got[a] >= got[b] for a, b in zip(open_, open_[1:]))  # more harm, no fewer images
+    if total >= minimum * len(weights):
+        assert (got >= np.minimum(minimum, caps if caps else minimum)).all()
+
+
+def test_cluster_weights_use_error_rate_times_size_when_every_card_has_one():
+    w, rule = cluster_weights([10, 5], [0.1, 0.8])
+    assert list(w) == [1.0, 4.0] and "error rate x size" in rule
+    w, rule = cluster_weights([10, 5], [0.1, None])
+    assert list(w) == [10, 5] and "size" in rule
+
+
+def test_span_drops_one_wild_estimate_but_keeps_the_spread():
+    assert span([15, 18, 21, 24, 28]) == (15, 28)
+    assert span([22, 22, 21.5, 22, 23, 27.5, 30, 4]) == (21.5, 30)
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def test_collect_writes_plan_selection_copies_and_augmentation(fake_scan):
+    res = collect(fake_scan, budget=7)
+    out = fake_scan / "collect"
+    assert res.out_dir == out
+    for name in ("plan.json", "plan.md", "selection.csv", "augment.yaml", "augment.md", "to_label"):
+        assert (out / name).exists(), name
+    sel = pd.read_csv(out / "selection.csv", keep_default_na=False)
+    assert list(sel.columns[:6]) == ["rank", "path", "cluster", "cause", "ood_score", "reason"]
+    assert sel["rank"].tolist() == list(range(1, 8)) and sel["path"].is_unique
+    prod = Path(json.loads((fake_scan / "summary.json").read_text())["prod_dir"])
+    for r in sel.itertuples():  # manifest paths resolve, copies are the same bytes
+        assert (prod / r.path).is_file() and Path(r.source) == prod / r.path
+        assert (out / r.copy).read_bytes() == (prod / r.path).read_bytes()
+    template = pd.read_csv(out / "to_label" / "labels_template.csv", keep_default_na=False)
+    assert list(template.columns) == ["path", "label"] and (template["label"] == "").all()
+    assert sorted(template["path"]) == sorted(p.name for p in (out / "to_label").glob("*.png"))
+    # budget split by size (8, 5, 4 flagged) with at least one each; medoid first in each cluster
+    per = sel.groupby("cluster").size().to_dict()
+    assert sum(per.values()) == 7 and per[0] >= per[1] >= per[2] >= 1
+    assert [c["label_now"] for c in res.plan] == [per[0], per[1], per[2]]
+    firsts = sel.groupby("cluster").head(1)
+    assert firsts["reason"].str.contains("medoid").all()
+    assert set(firsts["path"]) == {"dark/0.png", "rot/0.png", "blur/0.png"}  # the cards' medoids
+    plan = json.loads((out / "plan.json").read_text())
+    assert [c["cluster"] for c in plan["clusters"]] == [0, 1, 2]
+    assert sum(c["collect"] for c in plan["clusters"]) == 7 and "harm = size" in plan["rule"]
+    assert "Cluster 0: lighting" in (out / "plan.md").read_text()
+    assert not [p for p in fake_scan.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_selection_spreads_over_the_cluster(tmp_path):
+    rows = [_row(f"a/{i}.png", is_ood=True, cause="content", cluster=0) for i in range(12)]
+    scan = make_scan(tmp_path, rows, [_card(0, "content", rows)])
+    emb = np.zeros((12, 3), np.float32)
+    emb[:, 0] = 1.0
+    emb[8:, 1] = 1.0  # two modes inside the cluster: rows 0-7 and 8-11
+    np.save(scan / "embeddings.npy", emb)
+    sel = collect(scan, budget=2).selection
+    assert sel["path"].tolist()[0] == "a/0.png" and sel["path"].tolist()[1].startswith("a/")
+    assert int(sel["path"].tolist()[1][2:-4]) >= 8  # the second pick comes from the other mode
+
+
+def test_error_rates_steer_the_budget(tmp_path):
+    rows = standard_rows()
+    cards = [_card(0, "lighting", rows, 0.05), _card(1, "angle", rows, 0.9), _card(2, "resolution", rows, 0.5)]
+    res = collect(make_scan(tmp_path, rows, cards), budget=9)
+    by = {c["cluster"]: c for c in res.plan}
+    assert by[1]["label_now"] > by[0]["label_now"]  # 0.9 x 5 > 0.05 x 8
+    assert by[1]["harm"] == pytest.approx(4.5) and by[1]["error_rate"] == 0.9
+    assert "error rate x size" in res.summary["rule"]
+
+
+def test_scan_without_explanations_is_one_unattributed_group(tmp_path):
+    rows = [_row(f"u/{i}.png", is_ood=True, cause="unknown") for i in range(5)] + [_row("ok.png")]
+    res = collect(make_scan(tmp_path, rows, []), budget=3)
+    (entry,) = res.plan
+    assert entry["cluster"] == -1 and entry["cause"] == "unknown" and entry["label_now"] == 3
+    assert entry["action"].startswith("Label 3 images (not attributed to a cause")
+    assert res.summary["augmentation"]["transforms"] == []
+
+
+def test_budget_above_flagged_takes_all_and_says_so(fake_scan):
+    res = collect(fake_scan, budget=100, copy=False)
+    assert len(res.selection) == 17 and any("all of them are selected" in n for n in res.summary["notes"])
+    assert not (res.out_dir / "to_label").exists() and (res.out_dir / "labels_template.csv").is_file()
+
+
+def test_budget_fraction_of_readable_images(fake_scan):
+    res = collect(fake_scan, budget_fraction=0.2)
+    assert res.summary["budget"] == 5 and len(res.selection) == 5  # ceil(0.2 x 23 readable)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(budget=0), "positive"), (dict(budget=-3), "positive"), (dict(), "give a budget"),
+    (dict(budget=3, budget_fraction=0.1), "give a budget"), (dict(budget_fraction=1.5), "(0, 1]")])
+def test_bad_budgets_are_input_errors(fake_scan, kwargs, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        collect(fake_scan, **kwargs)
+
+
+def test_missing_scan_and_foreign_out_folder_are_refused(tmp_path, fake_scan):
+    with pytest.raises(InputError, match="not a scan folder"):
+        collect(tmp_path / "nowhere", budget=3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images.csv"):
+        collect(tmp_path / "empty", budget=3)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("do not delete")
+    with pytest.raises(InputError, match="not a collect output"):
+        collect(fake_scan, budget=3, out=mine)
+    assert (mine / "thesis.txt").is_file()
+
+
+def test_rerun_replaces_the_output_folder(fake_scan):
+    collect(fake_scan, budget=10)
+    res = collect(fake_scan, budget=2)
+    assert len(list((res.out_dir / "to_label").glob("*.png"))) == 2
+
+
+def test_without_bank_or_embeddings(tmp_path):
+    rows = standard_rows()
+    scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows), _card(1, "angle", rows),
+                                      _card(2, "resolution", rows)], bank=False)
+    (scan / "embeddings.npy").unlink()
+    a, b = collect(scan, budget=6, seed=3), collect(scan, budget=6, seed=3)
+    assert a.selection["path"].tolist() == b.selection["path"].tolist()  # seeded
+    assert "summary.json" in a.summary["training"]
+    assert a.plan[0]["numbers"]["brightness_p50"]["training"] == 0.5
+
+
+# ------------------------------------------------------------------ plan numbers
+
+
+def test_plan_states_the_measured_change(fake_scan):
+    res = collect(fake_scan, budget=30)
+    light, angle, blur = res.plan
+    med = float(np.median(np.linspace(0.22, 0.28, 8)))
+    assert light["numbers"]["brightness_p50"]["production"] == pytest.approx(med)
+    assert light["numbers"]["brightness_p50"]["training"] == pytest.approx(0.5, abs=1e-3)
+    assert light["conditions"][0].startswith(f"median brightness {med:.2f} (training 0.50, 50% lower")
+    assert light["action"].startswith(f"Add {light['collect']} images under the new lighting")
+    assert "camera rotated +15..+28 degrees" in angle["conditions"][0]
+    assert angle["numbers"]["rotation_deg"]["production"] == 21.0
+    assert "sharpness 0.3 (training 1, 70% lower)" in blur["conditions"][0]
+    assert any("JPEG blocking 1.30" in c for c in blur["conditions"])
+    assert light["representatives"] == ["dark/0.png", "dark/1.png", "dark/2.png"]
+    assert res.summary["clusters"][0]["collect"] >= res.summary["clusters"][2]["collect"]
+
+
+def test_side_light_is_described_with_its_direction(tmp_path):
+    rows = [_row(f"s/{i}.png", is_ood=True, cause="lighting", cluster=0, brightness=0.3, brightness_p50=0.3,
+                 illum_gradient=0.3, illum_direction=d) for i, d in enumerate([350, 355, 0, 5, 10])]
+    res = collect(make_scan(tmp_path, rows, [_card(0, "lighting", rows)]), budget=3)
+    assert any(c.startswith("light falling off towards the left: brightness changes by 100%")
+               for c in res.plan[0]["conditions"])
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def _flatten(compose) -> list:
+    out = []
+    for t in compose.transforms:
+        out += [t, *_flatten(t)] if hasattr(t, "transforms") else [t]
+    return out
+
+
+def _of(compose, name: str) -> list:
+    return [t for t in _flatten(compose) if type(t).__name__ == name]
+
+
+def test_augmentation_round_trips_and_covers_the_shift(fake_scan):
+    import albumentations as A
+    collect(fake_scan, budget=3)
+    path = fake_scan / "collect" / "augment.yaml"
+    loaded = load_augmentation(path)
+    built = build_augmentation(fake_scan, seed=0)
+    assert A.to_dict(loaded) == A.to_dict(built)
+    (affine,) = _of(loaded, "Affine")
+    lo, hi = affine.rotate
+    assert lo <= 15 and hi >= 28 and lo > 0  # one sign seen: no negative rotations
+    (blur,) = _of(loaded, "GaussianBlur")
+    assert blur.sigma_limit[0] <= 1.2 and blur.sigma_limit[1] >= 2.0
+    assert _of(loaded, "ImageCompression")[0].quality_range[0] <= 10
+    assert not _of(loaded, "GaussNoise")  # '+ noise' alone is not measured noise
+    assert all(t.p == 0.5 for t in loaded.transforms)
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for _ in range(5):
+        out = loaded(image=img)["image"]
+        assert out.shape == img.shape and out.dtype == np.uint8
+    md = (fake_scan / "collect" / "augment.md").read_text()
+    assert "rotated +15.0..+28.0 degrees" in md and "sigma 1.2..2" in md
+
+
+def test_both_rotation_signs_give_both_ranges(tmp_path):
+    rows = standard_rows(rotations=[15, 20, 28, -16, -22])
+    rows[-6]["cluster"] = rows[-7]["cluster"] = 3  # the negative ones form their own cluster
+    cards = [_card(c, cause, rows) for c, cause in [(0, "lighting"), (1, "angle"), (3, "angle"), (2, "resolution")]]
+    aug = build_augmentation(make_scan(tmp_path, rows, cards))
+    ranges = sorted(tuple(t.rotate) for t in _of(aug, "Affine"))
+    assert ranges == [(-22.0, -16.0), (15.0, 28.0)]
+
+
+def test_lighting_ranges_reproduce_production_brightness():
+    import albumentations as A
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", brightness=b, brightness_p50=b, contrast=c)
+                         for i, (b, c) in enumerate([(0.2, 0.04), (0.25, 0.05), (0.3, 0.06)])])
+    (entry,) = augmentation_spec(rows, TRAIN)
+    rbc = A.RandomBrightnessContrast(**{k: tuple(v) if isinstance(v, list) else v
+                                        for k, v in entry["children"][0]["params"].items()}, p=1)
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(127.5, 25.5, (64, 64, 3)), 0, 255).astype(np.uint8)  # mean 0.5, contrast 0.1
+    means = [rbc(image=img)["image"].mean() / 255 for _ in range(200)]
+    assert 0.17 < min(means) < 0.23 and 0.27 < max(means) < 0.33
+    g = entry["children"][1]["params"]["gamma_limit"]
+    assert g == pytest.approx([100 * np.log(0.3) / np.log(0.5), 100 * np.log(0.2) / np.log(0.5)], abs=0.1)
+
+
+def test_side_light_augmentation_matches_direction_and_strength():
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", brightness=0.3, brightness_p50=0.3,
+                              illum_gradient=0.3, illum_direction=d) for i, d in enumerate([350, 0, 10])])
+    spec = augmentation_spec(rows, TRAIN)
+    light = [e for e in spec if e["name"] in ("Illumination", "Sequential")]
+    assert len(light) == 1
+    from shiftbench.collection.augment import compose
+    seq = compose(light)
+    for t in _flatten(seq):
+        t.p = 1.0
+    flat = np.full((96, 96, 3), 120, np.uint8)
+    m = measure(seq(image=flat)["image"])
+    assert m["illum_gradient"] / m["brightness"] == pytest.approx(1.0, rel=0.15)  # production: 0.3 / 0.3
+    assert m["brightness"] == pytest.approx(120 / 255, rel=0.1)  # the field moves light, not the exposure
+    assert min(m["illum_direction"], 360 - m["illum_direction"]) < 5  # brighter to the right, as measured
+
+
+def test_measured_noise_gives_matching_gauss_noise():
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", noise=n) for i, n in enumerate([0.03, 0.05])])
+    (noise,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "GaussNoise"]
+    lo, hi = noise["params"]["std_range"]
+    assert lo == pytest.approx(np.sqrt(0.03 ** 2 - 0.01 ** 2), abs=1e-3)  # noise adds in variance
+    assert hi == pytest.approx(np.sqrt(0.05 ** 2 - 0.01 ** 2), abs=1e-3)
+
+
+def test_no_augmentation_for_causes_not_seen(tmp_path):
+    rows = [_row(f"c/{i}.png", is_ood=True, cause="content", cluster=0) for i in range(4)] + \
+           [_row(f"ok/{i}.png") for i in range(3)]
+    scan = make_scan(tmp_path, rows, [_card(0, "content", rows)])
+    res = collect(scan, budget=2)
+    assert res.summary["augmentation"]["transforms"] == []
+    assert load_augmentation(res.out_dir / "augment.yaml").transforms == []
+    assert "content**: no transform" in (res.out_dir / "augment.md").read_text()
+    assert res.plan[0]["action"].startswith("New parts/defects: label them")
+    only_light = pd.DataFrame(standard_rows()[:14])
+    names = {e["name"] for e in augmentation_spec(only_light, TRAIN)}
+    assert names == {"OneOf"}  # brightness/gamma only: no Affine, no blur, no pipeline faults
+
+
+def test_pipeline_faults_map_to_their_transforms():
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="pipeline", how_pipeline="channels swapped")
+                         for i in range(4)] + [_row("x", is_ood=True, cause="pipeline", how_pipeline="inverted")])
+    names = [e["name"] for e in augmentation_spec(rows, TRAIN)]
+    assert names == ["ChannelShuffle", "InvertImg"]
+
+
+@pytest.mark.filterwarnings("ignore:Transform NoSuchTransform:UserWarning")
+def test_load_augmentation_errors(tmp_path):
+    with pytest.raises(InputError, match="no augmentation file"):
+        load_augmentation(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("transform: {__class_fullname__: NoSuchTransform}\n")
+    with pytest.raises(InputError, match="cannot load augmentation"):
+        load_augmentation(tmp_path / "bad.yaml")
+
+
+# ------------------------------------------------------------------ API surface and CLI
+
+
+def test_package_exports(fake_scan):
+    res = shiftbench.collect(fake_scan, budget=2, out=fake_scan / "o")
+    assert isinstance(res, shiftbench.CollectResult) and len(res.selection) == 2
+    assert shiftbench.build_augmentation is build_augmentation
+
+
+def test_cli_prints_the_folder_and_the_plan(fake_scan, tmp_path):
+    out = tmp_path / "c"
+    res = invoke("collect", fake_scan, "--budget", 4, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert res.stdout == f"{out}\n"
+    assert "cluster 0 (lighting, 8 images)" in res.stderr
+    assert "augmentation: lighting: RandomBrightnessContrast, RandomGamma; angle: Affine; resolution:" in res.stderr
+    res = invoke("collect", fake_scan, "--budget-fraction", "0.1", "--out", out, "--json", "--no-copy", "-q")
+    assert res.exit_code == 0 and res.stderr == ""
+    plan = json.loads(res.stdout)
+    assert plan["budget"] == 3 and len(plan["clusters"]) == 3 and not (out / "to_label").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "0"], "positive"), ([], "give a budget"), (["--budget", "2", "--budget-fraction", "0.1"], "one of"),
+    (["--budget-fraction", "2"], "(0, 1]"), ("missing", "not a scan folder")])
+def test_cli_bad_input_exits_2(fake_scan, tmp_path, args, message):
+    target = tmp_path / "nowhere" if args == "missing" else fake_scan
+    res = invoke("collect", target, *(["--budget", "3"] if args == "missing" else args))
+    assert res.exit_code == 2, res.output
+    assert res.stdout == "" and res.stderr.startswith("shiftbench: error: ") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_help_imports_neither_albumentations_nor_pandas():
+    code = ("import sys; from shiftbench.cli.main import app; "
+            "bad = {'torch', 'albumentations', 'pandas'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ a real scan
+
+
+def test_on_a_real_scan(tmp_path, synth):
+    from conftest import save_torchscript
+    ts = save_torchscript(tmp_path / "tiny.ts")
+    result = shiftbench.scan(synth / "prod", workspace=tmp_path / "ws", reference=synth / "train",
+                             backbone=str(ts), out=tmp_path / "scan", device="cpu", num_workers=0)
+    flagged = int(result.table["is_ood"].sum())
+    assert flagged > 0 and result.summary["clusters"]
+    res = collect(result.out_dir, budget=4)
+    assert len(res.selection) == min(4, flagged)
+    assert {c["cluster"] for c in res.plan} == set(result.table.loc[result.table.is_ood, "cluster"])
+    for r in res.selection.itertuples():
+        assert (res.out_dir / r.copy).is_file() and Path(r.source).is_file()
+    aug = load_augmentation(res.out_dir / "augment.yaml")
+    img = cv2.imread(str(synth / "prod" / res.selection["path"].iloc[0]))[..., ::-1].copy()
+    assert aug(image=img)["image"].shape == img.shape
