@@ -165,3 +165,9 @@ def test_describe_change_for_angle_and_content():
     t = pd.DataFrame({"rotation_deg": [18.0, 22.0, 30.0, 25.0], "share_angle": 0.8})
     assert "rotated +19 to +28 degrees" in describe_change(t, "angle", {})[0]
     assert "new parts" in describe_change(t, "content", {})[0]
+
+
+def test_describe_change_for_rotations_both_ways():
+    t = pd.DataFrame({"rotation_deg": [18.0, -22.0, 30.0, -25.0, 20.0, -28.0]})
+    line = describe_change(t, "angle", {})[0]
+    assert "both ways" in line and "50% counter-clockwise" in line and "median 24" in line

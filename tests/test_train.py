@@ -266,3 +266,45 @@ def test_trains_on_cuda(toy, tmp_path):
     x = model_input(toy, ["circle/00.png", "square/03.png"], bb)
     with torch.inference_mode():
         torch.testing.assert_close(bb.embed(x)[1], res.model.float().cpu()(x), rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ model-aware scans
+
+
+def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path):
+    """--model adds predictions; --labels adds correctness, per-cluster error rates and harm order."""
+    prod = tmp_path / "prod"
+    prod.mkdir()
+    rows = []
+    for cls in CLASSES:
+        for i, p in enumerate(sorted((toy / cls).glob("*.png"))[:4]):
+            img = cv2.imread(str(p))
+            cv2.imwrite(str(prod / f"{cls}_{i}.png"), img)
+            cv2.imwrite(str(prod / f"{cls}_{i}_inv.png"), 255 - img)  # a pipeline fault the model never saw
+            rows += [(f"{cls}_{i}.png", cls), (f"{cls}_{i}_inv.png", cls)]
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame(rows[:-2], columns=["path", "label"]).to_csv(labels, index=False)  # two left unlabelled
+    res = shiftbench.scan(prod, reference=toy, backbone=str(trained.checkpoint), model=trained.checkpoint,
+                          labels=labels, workspace=tmp_path / "ws", out=tmp_path / "out", device="cpu",
+                          num_workers=0)
+    t = res.table.set_index("path")
+    expected = predict(trained.checkpoint, prod, device="cpu").set_index("path")
+    assert (t["prediction"] == expected.loc[t.index, "prediction"]).all()
+    np.testing.assert_allclose(t["model_confidence"], expected.loc[t.index, "confidence"], rtol=1e-5)
+    assert (t["label"] != "").sum() == len(rows) - 2
+    known = t["label"] != ""
+    assert (t.loc[known, "correct"] == (t.loc[known, "prediction"] == t.loc[known, "label"])).all()
+    assert t.loc[~known, "correct"].isna().all()
+    cards = res.summary["clusters"]
+    assert cards, "inverted copies must be flagged and clustered"
+    inv = t[t.index.str.endswith("_inv.png") & t["is_ood"]]
+    # relighting explains part of an inversion too: pipeline must be named, mostly first
+    assert len(inv) >= 6 and inv["cause"].str.contains("pipeline").mean() >= 0.8, inv["cause"]
+    assert (inv["cause"].str.split("+").str[0] == "pipeline").mean() >= 0.6, inv["cause"]
+    assert set(inv["how_pipeline"]) >= {"inverted"}
+    for c in cards:
+        members = t[(t["cluster"] == c["cluster"]) & known]
+        if len(members):
+            assert c["error_rate"] == pytest.approx(1 - members["correct"].mean())
+    harms = [c["harm"] for c in cards]
+    assert harms == sorted(harms, reverse=True) and [c["cluster"] for c in cards] == list(range(len(cards)))

@@ -34,18 +34,30 @@ def user_errors() -> Iterator[None]:
 @contextmanager
 def progress_bar(description: str, quiet: bool):
     """Yield a ``progress(done, total)`` callback drawing a rich bar on stderr."""
+    with progress_bars(quiet, description) as (update,):
+        yield update
+
+
+@contextmanager
+def progress_bars(quiet: bool, *descriptions: str):
+    """One ``progress(done, total)`` callback per phase, each its own bar (None when not a TTY)."""
     if quiet or not sys.stderr.isatty():
-        yield None
+        yield (None,) * len(descriptions)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
+        def callback(description: str):
+            task = None
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-        yield update
+            def update(done: int, total: int) -> None:
+                nonlocal task
+                if task is None:  # a phase's bar appears when the phase starts
+                    task = bar.add_task(description, total=total)
+                bar.update(task, completed=done, total=total)
+            return update
+        yield tuple(callback(d) for d in descriptions)
 
 
 def info(message: str, quiet: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import EXIT_SHIFT, fail, info, progress_bar, user_errors
+from .common import EXIT_SHIFT, fail, info, progress_bar, progress_bars, user_errors
 
 Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Folder holding the bank and scans.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
@@ -110,11 +110,11 @@ def scan(
                    f"backbone and settings are used")
     with user_errors():
         from ..api import scan as run_scan
-        with progress_bar("embedding", quiet) as progress:
+        with progress_bars(quiet, "embedding", "explaining flagged images") as (progress, explaining):
             result = run_scan(prod_dir, workspace=workspace, reference=reference, out=out, fpr=fpr,
                               explain=explain, model=model, labels=labels, device=device,
                               batch_size=batch_size, num_workers=workers,
-                              progress=progress, **index_options)
+                              progress=progress, explain_progress=explaining, **index_options)
     s = result.summary
     c = s["counts"]
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "

@@ -191,12 +191,12 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
                "budget_source": budget_source, "selected": int(len(selection)), "rule": rule_text,
                "training": train_source, "notes": notes, "clusters": clusters,
                "augmentation": {"file": "augment.yaml", "causes_seen": causes_seen, "transforms": spec}}
-    _write(out_dir, summary, selection, spec, seed, causes_seen, train_source, scan, copy)
+    _write(out_dir, summary, selection, spec, seed, causes_seen, train_source, scan, copy, p)
     return CollectResult(plan=clusters, selection=selection, out_dir=out_dir, summary=summary)
 
 
 def _write(out_dir: Path, summary: dict, selection: pd.DataFrame, spec: list[dict], seed: int,
-           causes_seen: list[str], train_source: str, scan: ScanOutputs, copy: bool) -> None:
+           causes_seen: list[str], train_source: str, scan: ScanOutputs, copy: bool, p: float) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     tmp.chmod(0o755)

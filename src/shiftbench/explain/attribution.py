@@ -45,13 +45,14 @@ def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray],
     """cause -> [(transformed neighbour, how)] for one production image, and its median rotation."""
     out: dict[str, list] = {c: [] for c in CAUSES}
     rotations = []
-    for n in neighbours:
+    for i, n in enumerate(neighbours):
         out["lighting"].append((relight_like(n, x), "relit"))
         warped, how, deg = warp_like(n, x)
         out["angle"].append((warped, how))
         rotations.append(deg)
         out["resolution"].append(degrade_like(n, x_meas, scale))
-        out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
+        if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
+            out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 

@@ -97,7 +97,11 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
     elif cause == "angle":
         rot = members["rotation_deg"].to_numpy(float)
         rot = rot[np.isfinite(rot)]
-        if len(rot):
+        if len(rot) and min((rot > 0).mean(), (rot < 0).mean()) >= 0.25:  # turned both ways
+            lo, hi = np.percentile(np.abs(rot), [10, 90])
+            out.append(f"rotated {lo:.0f} to {hi:.0f} degrees both ways against the nearest training images "
+                       f"({100 * (rot > 0).mean():.0f}% counter-clockwise; median {np.median(np.abs(rot)):.0f})")
+        elif len(rot):
             lo, hi = np.percentile(rot, [10, 90])
             out.append(f"rotated {lo:+.0f} to {hi:+.0f} degrees against the nearest training images "
                        f"(median {np.median(rot):+.0f})")

@@ -101,8 +101,9 @@ def gate(original: dict, production: dict, max_regression: float) -> dict:
     drop = 100 * (original["before"]["correct"] - original["after"]["correct"]) / original["n"]
     improved, within = pa > pb, drop <= max_regression + 1e-9
     why = [f"production accuracy {pb:.3f} -> {pa:.3f} ({'improved' if improved else 'did not improve'})",
-           f"original validation accuracy {ob:.3f} -> {oa:.3f}, a drop of {drop:+.1f} points "
-           f"({'within' if within else 'beyond'} the {max_regression:g} allowed)"]
+           f"original validation accuracy {ob:.3f} -> {oa:.3f}, "
+           + (f"a drop of {drop:.1f} points" if drop > 0 else f"no drop ({-drop:+.1f} points)")
+           + f" ({'within' if within else 'beyond'} the {max_regression:g} allowed)"]
     return {"promoted": bool(improved and within),
             "rule": f"production accuracy after > before, and original validation accuracy drops by at most "
                     f"{max_regression:g} percentage point{'' if max_regression == 1 else 's'}",
