@@ -232,7 +232,11 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.exit_code == 1
     assert res.stdout == f"{tmp_path / 'gate'}\n" and "shift gate" in res.stderr
     assert "cluster 0:" not in res.stderr
-    assert set(read_csv(tmp_path / "gate" / "images.csv")["cause"]) <= {"none", "unknown"}
+    unexplained = read_csv(tmp_path / "gate" / "images.csv")
+    assert set(unexplained["cause"]) <= {"none", "unknown"}
+    # the same columns as an explained scan, empty
+    assert list(unexplained.columns) == list(read_csv(out / "images.csv").columns)
+    assert (unexplained["how_angle"] == "").all() and (unexplained["rotation_deg"] == "").all()
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate2", "--device", "cpu",
                  "--workers", "0", "--fail-on-shift", "1.0", "--quiet", "--no-explain")
     assert res.exit_code == 0 and res.stderr == ""
