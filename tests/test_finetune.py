@@ -216,6 +216,9 @@ def test_gate_rule_edges():
     assert card.gate(block(9, 8), block(5, 6), 10.0)["promoted"]  # a drop of exactly the tolerance passes
     refused = card.gate(block(9, 8), block(5, 6), 9.9)
     assert not refused["promoted"] and refused["original_drop_points"] == 10.0
+    perfect = card.gate(block(9, 9), block(10, 10), 1.0)  # nothing to improve on: say what to do
+    assert not perfect["promoted"] and "label more images" in perfect["reason"]
+    assert "label more" not in card.gate(block(9, 9), block(5, 6), 1.0)["reason"]
 
 
 def test_clusters_matched_by_content_then_unique_name():

@@ -104,6 +104,9 @@ def gate(original: dict, production: dict, max_regression: float) -> dict:
            f"original validation accuracy {ob:.3f} -> {oa:.3f}, "
            + (f"a drop of {drop:.1f} points" if drop > 0 else f"no drop ({-drop:+.1f} points)")
            + f" ({'within' if within else 'beyond'} the {max_regression:g} allowed)"]
+    if pb >= 1.0:  # nothing left to improve on: the rule cannot pass, say why and what to do
+        why.append("the held-out production images were all correct before fine-tuning: label more "
+                   "images (or raise --holdout) so that an improvement can be measured")
     return {"promoted": bool(improved and within),
             "rule": f"production accuracy after > before, and original validation accuracy drops by at most "
                     f"{max_regression:g} percentage point{'' if max_regression == 1 else 's'}",
