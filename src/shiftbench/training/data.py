@@ -85,17 +85,18 @@ def _load_one(path: Path, pre: Preprocess, max_pixels: int) -> tuple[np.ndarray 
 
 def load_labeled(root: str | os.PathLike, pre: Preprocess, *, labels: str | os.PathLike | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, num_workers: int | None = None,
-                 progress=None) -> LabeledImages:
+                 progress=None, min_classes: int = 2) -> LabeledImages:
     """Find, label, decode and resize the images under ``root``.
 
     Labels come from ``labels`` (CSV with ``path,label``) or from class
     sub-folders (``root/<class>/...``). Unreadable and unlabelled files are
-    listed in ``skipped`` with the reason and left out.
+    listed in ``skipped`` with the reason and left out. ``min_classes``: 2 to
+    train a classifier; 1 for new images added to one (a batch may show one kind).
 
     Raises
     ------
     InputError
-        No images, no labels, or fewer than two classes with readable images.
+        No images, no labels, or fewer than ``min_classes`` classes with readable images.
     """
     root = Path(root).resolve()
     paths = find_images(root)
@@ -121,8 +122,9 @@ def load_labeled(root: str | os.PathLike, pre: Preprocess, *, labels: str | os.P
                 sha.append(digest)
                 keep.append(i)
     classes = sorted({names[i] for i in keep})
-    if len(classes) < 2:
-        raise InputError(f"{root}: need readable images of at least 2 classes, found {classes or 'none'}")
+    if len(classes) < min_classes:
+        raise InputError(f"{root}: need readable labelled images of at least {min_classes} "
+                         f"class{'es' if min_classes > 1 else ''}, found {classes or 'none'}")
     y = np.array([classes.index(names[i]) for i in keep], dtype=np.int64)
     return LabeledImages(np.stack(pixels), y, classes, [paths[i] for i in keep], sha, str(root), skipped)
 

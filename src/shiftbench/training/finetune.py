@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,11 +40,11 @@ from torch import nn
 from .. import __version__
 from ..embedding.backbones import Preprocess, checkpoint_meta, resolve_device
 from ..fsutil import write_json, write_text
-from ..images import DEFAULT_MAX_PIXELS, InputError, find_images, labels_from_csv, labels_from_folders
+from ..images import DEFAULT_MAX_PIXELS, InputError
 from . import card
 from .api import _describe
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import LabeledImages, _load_one, load_labeled, stratified_split
+from .data import LabeledImages, load_labeled, stratified_split
 from .fit import DEFAULT_LR, _autocast, _Inputs, fit
 from .model import TRAINABLE, build_classifier, load_source
 
@@ -273,25 +272,12 @@ def _original_source(meta: dict, train_dir, train_labels) -> tuple[Path, Path | 
 
 
 def _load_new(root: Path, pre: Preprocess, labels, max_pixels: int, num_workers: int | None) -> LabeledImages:
-    """As :func:`~shiftbench.training.data.load_labeled`, except that one class is enough
-    (a batch of production images may show a single kind of part)."""
-    paths = find_images(root)
-    if not paths:
-        raise InputError(f"--new: no images found in {root}")
-    names = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
-    if names is None:
-        raise InputError(f"--new {root}: put the images in one sub-folder per class, or give --new-labels CSV")
-    with ThreadPoolExecutor(num_workers or min(8, os.cpu_count() or 2)) as pool:
-        loaded = list(pool.map(lambda p: _load_one(root / p, pre, max_pixels), paths))
-    keep = [i for i, (img, _, _) in enumerate(loaded) if img is not None and names[i]]
-    skipped = [{"path": str(root / p), "error": loaded[i][2] if names[i] else "no label"}
-               for i, p in enumerate(paths) if not (loaded[i][0] is not None and names[i])]
-    if not keep:
-        raise InputError(f"--new {root}: no readable labelled images")
-    classes = sorted({names[i] for i in keep})
-    return LabeledImages(np.stack([loaded[i][0] for i in keep]),
-                         np.array([classes.index(names[i]) for i in keep], dtype=np.int64), classes,
-                         [paths[i] for i in keep], [loaded[i][1] for i in keep], str(root), skipped)
+    """The newly labelled images (one class is enough); errors name the --new option."""
+    try:
+        return load_labeled(root, pre, labels=labels, max_pixels=max_pixels, num_workers=num_workers,
+                            min_classes=1)
+    except InputError as e:
+        raise InputError(f"--new: {e}") from None
 
 
 def _onto(data: LabeledImages, classes: list[str], where: str) -> LabeledImages:
