@@ -114,9 +114,9 @@ def run(a: argparse.Namespace) -> dict:
     old = json.loads(cache.read_text()) if cache.is_file() and not a.rebuild else {}
 
     def timed(name: str, done: bool, fn):
-        if done and name in old:
-            timings[name] = old[name]
-            print(f"[{name}] reused from an earlier run ({old[name]:.0f} s then)", file=sys.stderr, flush=True)
+        if done:  # output already there: reuse it (its time as measured then, when known)
+            timings[name] = old.get(name, float("nan"))
+            print(f"[{name}] reused from an earlier run ({timings[name]:.0f} s then)", file=sys.stderr, flush=True)
             return None
         print(f"[{name}] ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
