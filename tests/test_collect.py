@@ -310,9 +310,10 @@ def test_augmentation_round_trips_and_covers_the_shift(fake_scan):
     assert A.to_dict(loaded) == A.to_dict(built)
     (affine,) = _of(loaded, "Affine")
     lo, hi = affine.rotate
-    assert lo <= 15 and hi >= 28 and lo > 0  # one sign seen: no negative rotations
+    # the central 80% of the measured rotations (15..28): one sign seen, no negative rotations
+    assert 15 <= lo <= 17 and 26 <= hi <= 28 and lo > 0
     (blur,) = _of(loaded, "GaussianBlur")
-    assert blur.sigma_limit[0] <= 1.2 and blur.sigma_limit[1] >= 2.0
+    assert 1.2 <= blur.sigma_limit[0] < blur.sigma_limit[1] <= 2.0
     assert _of(loaded, "ImageCompression")[0].quality_range[0] <= 10
     assert not _of(loaded, "GaussNoise")  # '+ noise' alone is not measured noise
     assert all(t.p == 0.5 for t in loaded.transforms)
@@ -321,7 +322,7 @@ def test_augmentation_round_trips_and_covers_the_shift(fake_scan):
         out = loaded(image=img)["image"]
         assert out.shape == img.shape and out.dtype == np.uint8
     md = (fake_scan / "collect" / "augment.md").read_text()
-    assert "rotated +15.0..+28.0 degrees" in md and "sigma 1.2..2" in md
+    assert "rotated +" in md and "sigma 1." in md
 
 
 def test_both_rotation_signs_give_both_ranges(tmp_path):
@@ -330,7 +331,9 @@ def test_both_rotation_signs_give_both_ranges(tmp_path):
     cards = [_card(c, cause, rows) for c, cause in [(0, "lighting"), (1, "angle"), (3, "angle"), (2, "resolution")]]
     aug = build_augmentation(make_scan(tmp_path, rows, cards))
     ranges = sorted(tuple(t.rotate) for t in _of(aug, "Affine"))
-    assert ranges == [(-22.0, -16.0), (15.0, 28.0)]
+    # each within its cluster's rotations (the central part of them)
+    (nlo, nhi), (plo, phi) = ranges
+    assert -22 <= nlo < nhi <= -16 and 15 <= plo < phi <= 28 and (plo, phi) != (15, 28)
 
 
 def test_lighting_ranges_reproduce_production_brightness():
@@ -343,9 +346,10 @@ def test_lighting_ranges_reproduce_production_brightness():
     rng = np.random.default_rng(0)
     img = np.clip(rng.normal(127.5, 25.5, (64, 64, 3)), 0, 255).astype(np.uint8)  # mean 0.5, contrast 0.1
     means = [rbc(image=img)["image"].mean() / 255 for _ in range(200)]
-    assert 0.17 < min(means) < 0.23 and 0.27 < max(means) < 0.33
+    assert 0.18 < min(means) < 0.24 and 0.26 < max(means) < 0.32  # the central 80% of 0.2..0.3
     g = entry["children"][1]["params"]["gamma_limit"]
-    assert g == pytest.approx([100 * np.log(0.3) / np.log(0.5), 100 * np.log(0.2) / np.log(0.5)], abs=0.1)
+    gammas = np.percentile([100 * np.log(b) / np.log(0.5) for b in (0.2, 0.25, 0.3)], [10, 90])
+    assert g == pytest.approx(sorted(gammas), abs=0.2)
 
 
 def test_side_light_augmentation_matches_direction_and_strength():
@@ -366,11 +370,18 @@ def test_side_light_augmentation_matches_direction_and_strength():
 
 
 def test_measured_noise_gives_matching_gauss_noise():
-    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", noise=n) for i, n in enumerate([0.03, 0.05])])
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", noise=n)
+                         for i, n in enumerate([0.03, 0.04, 0.05])])
     (noise,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "GaussNoise"]
     lo, hi = noise["params"]["std_range"]
-    assert lo == pytest.approx(np.sqrt(0.03 ** 2 - 0.01 ** 2), abs=1e-3)  # noise adds in variance
-    assert hi == pytest.approx(np.sqrt(0.05 ** 2 - 0.01 ** 2), abs=1e-3)
+    extra = np.sqrt(np.array([0.03, 0.04, 0.05]) ** 2 - 0.01 ** 2)  # noise adds in variance
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(extra, [10, 90])), abs=1e-3)
+
+
+def test_a_cause_seen_on_two_images_gets_no_transforms():
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="pipeline", how_pipeline="inverted") for i in range(2)]
+                        + [_row(f"r{i}", is_ood=True, cause="resolution", noise=0.04) for i in range(3)])
+    assert {e["cause"] for e in augmentation_spec(rows, TRAIN)} == {"resolution"}
 
 
 def test_no_augmentation_for_causes_not_seen(tmp_path):

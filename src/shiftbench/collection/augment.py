@@ -24,9 +24,20 @@ import pandas as pd
 from ..images import InputError
 from .scan_io import circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
 
+
+def _span(values):
+    """Augmentation ranges: the 10th-90th percentiles of the estimates (outliers dropped first).
+
+    Central, not min..max: misattributed images have wild estimates (on the steel
+    benchmark min..max reached gamma 0.01-6.4 and rotations of +-75 degrees), and
+    training on them hurts more than missing the extremes of the true shift.
+    """
+    return span(values, 10.0, 90.0)
+
 REFLECT_101 = 4  # cv2.BORDER_REFLECT_101: rotated training images get no black corners
 INTER_LINEAR, INTER_AREA = 1, 3
 MAX_ILLUMINATION = 0.2  # albumentations' largest Illumination intensity
+MIN_CAUSE_IMAGES, MIN_CAUSE_SHARE = 3, 0.05  # a cause seen on fewer flagged images gets no transforms
 MIN_KIND_SHARE = 0.2  # a degradation kind must match at least this share of a cause's images
 
 
@@ -72,9 +83,9 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
     # beta = mean - alpha * training mean. The ranges span those per-image pairs.
     alpha = rows["contrast"].to_numpy(float) / ct
     beta = rows["brightness"].to_numpy(float) - alpha * bt
-    a, b = span(alpha), span(beta)
+    a, b = _span(alpha), _span(beta)
     b50 = np.clip(rows["brightness_p50"].to_numpy(float), 0.01, 0.99)
-    g = span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma = production's
+    g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma = production's
     if not (a and b and g):
         return [], ""
     rbc = _entry("lighting", "RandomBrightnessContrast", {
@@ -113,7 +124,7 @@ def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> 
     too), so directions are snapped to those; and it caps I at 0.2, so a stronger
     field is the product of n copies: ((1+i)/(1-i))^n = (1+I)/(1-I), i = tanh(atanh(I)/n).
     """
-    inten = span(np.clip(rel / 2, 0.01, 0.9))
+    inten = _span(np.clip(rel / 2, 0.01, 0.9))
     mean, res = circular_mean(rows["illum_direction"]) if "illum_direction" in rows else (np.nan, 0.0)
     # One side dominates: the measured direction (the brighter side) snapped to 45 degrees; else any side.
     angles = [float(45 * round(mean / 45) % 360)] if res > 0.7 else [0.0, 90.0, 180.0, 270.0]
@@ -136,9 +147,9 @@ def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> 
 def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     children, whys = [], []
     for mode in _modes(rows):
-        rot = span(mode["rotation_deg"]) if "rotation_deg" in mode else None
+        rot = _span(mode["rotation_deg"]) if "rotation_deg" in mode else None
         zoom = how_values(mode["how_angle"], "zoom") if "how_angle" in mode else np.array([np.nan])
-        z = span(zoom) if np.isfinite(zoom).any() and np.nanmedian(zoom) > 1.05 else None
+        z = _span(zoom) if np.isfinite(zoom).any() and np.nanmedian(zoom) > 1.05 else None
         if rot is None and z is None:
             continue
         rot = rot or (0.0, 0.0)
@@ -170,18 +181,18 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
         return v[np.isfinite(v)] if np.isfinite(v).sum() >= max(1, MIN_KIND_SHARE * n) else np.array([])
 
     if len(v := seen("blur")):
-        s = span(v)
+        s = _span(v)
         out.append(_entry("resolution", "GaussianBlur", {"sigma_limit": _pair(*s), "blur_limit": 0},
                           f"{len(v)} images matched 'blur s': sigma {s[0]:g}..{s[1]:g}", p))
     if len(v := seen("downscale")):
-        s = span(v)
+        s = _span(v)
         out.append(_entry("resolution", "Downscale", {
             "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
             "interpolation_pair": {"downscale": INTER_AREA, "upscale": INTER_LINEAR}},
             f"{len(v)} images matched 'downscale f' (lower effective resolution): factor {s[0]:g}..{s[1]:g}", p))
     blk, blk_t = (float(np.nanmedian(rows["blockiness"])) if "blockiness" in rows else 1.0), t.get("blockiness", 1.0)
     if len(v := seen("jpeg")) or blk > blk_t + 0.15:
-        s = span(v) if len(v) else (10.0, 40.0)
+        s = _span(v) if len(v) else (10.0, 40.0)
         src = f"{len(v)} images matched 'jpeg q'" if len(v) else "no quality estimate: a generic low range"
         out.append(_entry("resolution", "ImageCompression", {
             "quality_range": [int(max(1, np.floor(s[0]))), int(min(100, np.ceil(s[1])))]},
@@ -189,7 +200,7 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
     an, an_t = (float(np.nanmedian(rows["blur_anisotropy"])) if "blur_anisotropy" in rows else 0.0), \
         t.get("blur_anisotropy", 0.0)
     if len(v := seen("motion")) or an > an_t + 0.15:
-        s = span(v) if len(v) else (5.0, 13.0)
+        s = _span(v) if len(v) else (5.0, 13.0)
         mean, res = circular_mean(rows["blur_direction"], 180.0) if "blur_direction" in rows else (np.nan, 0.0)
         angles = _line_range(mean, 20.0) if res > 0.7 else [0.0, 180.0]
         out.append(_entry("resolution", "MotionBlur", {
@@ -202,7 +213,7 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
         # Only measured noise counts: attribution's '+ noise' tops up what its own blur removed.
         nz = rows["noise"].to_numpy(float)
         extra = np.sqrt(np.maximum(nz ** 2 - nt ** 2, 0.0))  # independent noise adds in variance
-        s = span(extra[extra > 0])
+        s = _span(extra[extra > 0])
         out.append(_entry("resolution", "GaussNoise", {
             "std_range": _pair(max(s[0], 0.002), max(s[1], 0.002), 4), "per_channel": False},
             f"noise sigma {np.nanmedian(nz):.4f} (training {nt:.4f}) -> std = sqrt(prod^2 - training^2), "
@@ -243,7 +254,8 @@ def augmentation_spec(table: pd.DataFrame, train: dict[str, float], p: float = 0
     spec = []
     for cause, build in _BUILDERS.items():
         rows = table[has_cause(table["cause"], cause)] if "cause" in table else table.iloc[:0]
-        if len(rows):
+        # a cause seen on a handful of images is more likely a wrong call than a shift to train for
+        if len(rows) >= max(MIN_CAUSE_IMAGES, MIN_CAUSE_SHARE * len(table)):
             spec += build(rows, train, p)
     return spec
 
@@ -342,8 +354,9 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
     """augment.md: every transform, its parameters and where they came from."""
     lines = ["# Shift-matched augmentation", "",
              "`augment.yaml` is an albumentations 2 pipeline (`shiftbench.load_augmentation(path)` or "
-             "`albumentations.load(path, data_format='yaml')`). Its ranges span what the flagged production "
-             "images show (outliers dropped), measured against the training medians from " + source + ". "
+             "`albumentations.load(path, data_format='yaml')`). Its ranges span the central 80% "
+             "(10th-90th percentiles) of what the flagged production images show, measured against "
+             "the training medians from " + source + ". "
              "Each image gets, with probability p (0.5 by default), the transforms of one cause picked at random "
              "(as on the line, one problem per station); the others stay as they were, so the model "
              "keeps seeing the training conditions. Within a cause each transform applies with its p.", ""]
