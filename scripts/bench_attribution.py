@@ -19,7 +19,6 @@ with the same flags, so only the causes differ. Needs ``pip install .[bench]``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -60,18 +59,10 @@ def score(score_py: Path, bench: Path, scan_dir: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", type=Path, default=Path("/tmp/steel_bench"))
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rebuild", action="store_true")
+    ap = steel_bench.bench_parser(__doc__)
     ap.add_argument("--no-baseline", action="store_true", help="skip the cleanvision baseline")
-    ap.add_argument("--json", type=Path, help="write all figures here")
     a = ap.parse_args()
-    if not (a.data / "neu_det").is_dir():
-        raise SystemExit(f"no steel data at {a.data}")
-    if a.rebuild or not (a.bench / "truth.csv").is_file():
-        steel_bench.build(a.data, a.bench, a.seed)
+    steel_bench.ensure_built(a)
     ws, out = a.bench / "ws", a.bench / "scan"
     shiftbench.index(a.bench / "train", workspace=ws)
     t0 = time.perf_counter()

@@ -12,7 +12,6 @@ k = 50) and the fused score at other k, to show how the default was chosen. Need
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -50,17 +49,9 @@ def _row(name: str, s: np.ndarray, cal, family: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", type=Path, default=Path("/tmp/steel_bench"))
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--json", type=Path)
+    ap = steel_bench.bench_parser(__doc__)
     a = ap.parse_args()
-    if not (a.data / "neu_det").is_dir():
-        raise SystemExit(f"no steel data at {a.data}")
-    if a.rebuild or not (a.bench / "truth.csv").is_file():
-        steel_bench.build(a.data, a.bench, a.seed)
+    steel_bench.ensure_built(a)
     ws, out = a.bench / "ws", a.bench / "scan"
     t0 = time.perf_counter()
     shiftbench.index(a.bench / "train", workspace=ws)

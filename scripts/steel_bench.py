@@ -162,6 +162,26 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
     return out
 
 
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every steel benchmark script shares: --bench, --data, --seed, --rebuild, --json."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", type=Path, default=Path("/tmp/steel_bench"))
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--json", type=Path, help="write all figures here")
+    return ap
+
+
+def ensure_built(a: argparse.Namespace) -> Path:
+    """Build the benchmark of ``a`` (parsed :func:`bench_parser` options) unless it exists."""
+    if not (a.data / "neu_det").is_dir():
+        raise SystemExit(f"no steel data at {a.data} (see ../shared/data/README.md)")
+    if a.rebuild or not (a.bench / "truth.csv").is_file():
+        build(a.data, a.bench, a.seed)
+    return a.bench
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
