@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..search import search
 from .knn import DEFAULT_K, Calibration, KNNScorer
 
 
@@ -120,6 +121,11 @@ class FusedKNNScorer:
             views[name] = _neglog_p(sc.calibration_.scores, np.nan_to_num(d, nan=0.0))
         scores = sum(views.values())
         return (scores, views) if per_view else scores
+
+    def nearest(self, features: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """The ``k`` nearest training rows of (M, D) features in each view: name -> (M, k) int64, -1 if none."""
+        return {name: search(self.scorers_[name].index_, self.scorers_[name]._prepare(features[:, sl]), k)[1]
+                for name, sl in self._slices()}
 
     @property
     def index_info_(self) -> dict:
