@@ -271,8 +271,12 @@ def test_trains_on_cuda(toy, tmp_path):
 # ------------------------------------------------------------------ model-aware scans
 
 
-def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path):
-    """--model adds predictions; --labels adds correctness, per-cluster error rates and harm order."""
+def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path, monkeypatch):
+    """--model adds predictions; --labels adds correctness, per-cluster error rates and harm order.
+
+    The bank's backbone is the model: its predictions come from the logits of the
+    embedding pass, with no second pass over the images (training.predict unused).
+    """
     prod = tmp_path / "prod"
     prod.mkdir()
     rows = []
@@ -284,9 +288,14 @@ def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path):
             rows += [(f"{cls}_{i}.png", cls), (f"{cls}_{i}_inv.png", cls)]
     labels = tmp_path / "labels.csv"
     pd.DataFrame(rows[:-2], columns=["path", "label"]).to_csv(labels, index=False)  # two left unlabelled
+    def second_pass(*args, **kwargs):
+        raise AssertionError("scan --model ran a second forward pass")
+
+    monkeypatch.setattr(shiftbench.training, "predict", second_pass)
     res = shiftbench.scan(prod, reference=toy, backbone=str(trained.checkpoint), model=trained.checkpoint,
                           labels=labels, workspace=tmp_path / "ws", out=tmp_path / "out", device="cpu",
                           num_workers=0)
+    monkeypatch.undo()
     t = res.table.set_index("path")
     expected = predict(trained.checkpoint, prod, device="cpu").set_index("path")
     assert (t["prediction"] == expected.loc[t.index, "prediction"]).all()

@@ -123,7 +123,8 @@ def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
     try:
         if json.loads((cache / "identity.json").read_text()) != identity:
             return None
-        return Embeddings(pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy"))
+        logits = np.load(cache / "logits.npy") if (cache / "logits.npy").is_file() else None
+        return Embeddings(pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy"), logits)
     except (OSError, ValueError):
         return None
 
@@ -131,6 +132,10 @@ def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
 def _save_cached(cache: Path, identity: dict, emb: Embeddings) -> None:
     write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
     save_npy(cache / "features.npy", emb.features)
+    if emb.logits is not None:
+        save_npy(cache / "logits.npy", emb.logits)
+    else:
+        (cache / "logits.npy").unlink(missing_ok=True)
     write_json(cache / "identity.json", identity)
 
 
@@ -229,7 +234,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     table = pd.concat([table, t[measures]], axis=1)
     # attribution details: the same columns whether or not anything was flagged or explained
     table = table.assign(rotation_deg=np.nan, residual_score=np.nan, **{f"how_{c}": "" for c in CAUSES})
-    _add_model_columns(table, root, paths, model, labels, device, batch_size, num_workers)
+    _add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
     cards = _explain(table, feats, root, bank, bb, explain_progress) if explain and is_ood.any() else []
     t_explain = time.perf_counter() - t2
@@ -261,15 +266,26 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
 
 
-def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, device: str,
-                       batch_size: int, num_workers: int | None) -> None:
-    """``prediction``/``confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place)."""
-    if model is not None:
-        from .training import predict
+def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, bb, logits,
+                       device: str, batch_size: int, num_workers: int | None) -> None:
+    """``prediction``/``confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place).
 
-        pred = predict(model, [root / p for p in paths], device=device, batch_size=batch_size,
-                       num_workers=num_workers)
-        table["prediction"], table["model_confidence"] = pred["prediction"].to_numpy(), pred["confidence"].to_numpy()
+    When the bank's backbone is the model itself (the usual case: the bank lives in
+    the deployed model's feature space), the logits of the embedding pass are used
+    instead of a second pass over the images.
+    """
+    if model is not None:
+        from .training import classify, predict
+
+        mb = load_backbone(str(model), device="cpu", layers=False) if logits is not None else None
+        if mb is not None and mb.classes and mb.identity["weights"] == bb.identity["weights"] \
+                and mb.preprocess == bb.preprocess and logits.shape[1] == len(mb.classes):
+            pred, conf = classify(logits, mb.classes)
+        else:
+            got = predict(model, [root / p for p in paths], device=device, batch_size=batch_size,
+                          num_workers=num_workers)
+            pred, conf = got["prediction"].to_numpy(), got["confidence"].to_numpy()
+        table["prediction"], table["model_confidence"] = pred, conf
     if labels is not None:
         known = labels_from_csv(labels, paths)
         table["label"] = known

@@ -37,11 +37,14 @@ class Embeddings:
 
     ``table`` has one row per file with :data:`TABLE_COLUMNS` (``status`` is
     ``ok`` or ``unreadable``) plus one column per measurement; ``features`` is
-    (N, D) float32, aligned with ``table``, NaN rows where unreadable.
+    (N, D) float32, aligned with ``table``, NaN rows where unreadable; ``logits``
+    (N, C) float32 likewise when the backbone is a classifier with named classes
+    (a shiftbench checkpoint) and every row has them, else None.
     """
 
     table: pd.DataFrame
     features: np.ndarray
+    logits: np.ndarray | None = None
     reused: int = 0  # rows taken from earlier results instead of being embedded
 
     @property
@@ -111,7 +114,8 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
         extra = [c for c in previous.table.columns if c not in TABLE_COLUMNS]
         for j, rec in enumerate(previous.table.to_dict("records")):
             known[(rec["path"], int(rec["size"]), int(rec["mtime_ns"]))] = {
-                **rec, "measures": {c: rec[c] for c in extra}, "features": previous.features[j]}
+                **rec, "measures": {c: rec[c] for c in extra}, "features": previous.features[j],
+                **({"logits": previous.logits[j]} if previous.logits is not None else {})}
     if identity is None:
         measure_id = None if measure is None else f"{measure.__module__}.{measure.__qualname__}"
         identity = {**backbone.identity, "measure": measure_id}
@@ -132,6 +136,9 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
                    "error": batch.error[j], "sha": batch.sha[j], "size": size[i], "mtime_ns": mtime[i],
                    "width": batch.width[j], "height": batch.height[j], "features": batch.features[j],
                    "measures": json.dumps(batch.measures[j])}
+            if backbone.classes is not None:  # a classifier: keep its logits (scan --model reuses them)
+                row["logits"] = batch.logits[j] if batch.logits is not None \
+                    else np.full(len(backbone.classes), np.nan, np.float32)
             pending.append(row)
             known[keys[i]] = {**row, "measures": batch.measures[j]}
         done += len(batch.index)
@@ -157,4 +164,6 @@ def _assemble(rows: list[dict], dim: int) -> Embeddings:
     if any(measures):
         table = pd.concat([table, pd.DataFrame(measures, index=table.index)], axis=1)
     feats = np.stack([r["features"] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return Embeddings(table=table, features=feats)
+    logits = np.stack([r["logits"] for r in rows]).astype(np.float32) \
+        if rows and all("logits" in r for r in rows) else None
+    return Embeddings(table=table, features=feats, logits=logits)

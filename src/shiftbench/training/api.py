@@ -177,14 +177,23 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike | Iterable[
         absolute = [os.path.abspath(p) for p in shown]
         root = Path(os.path.commonpath([os.path.dirname(a) for a in absolute])) if absolute else Path(".")
         paths = [os.path.relpath(a, root) for a in absolute]
-    pred, conf, errors = [""] * len(paths), np.full(len(paths), np.nan), [""] * len(paths)
+    logits = np.full((len(paths), len(bb.classes)), np.nan, np.float32)
+    errors = [""] * len(paths)
     for batch in embed_files(root, paths, bb, batch_size=batch_size, num_workers=num_workers):
         for j, i in enumerate(batch.index):
             errors[i] = batch.error[j]
-            if batch.logits is None or np.isnan(batch.logits[j]).any():
-                continue
-            z = batch.logits[j].astype(np.float64)
-            p = np.exp(z - z.max())
-            p /= p.sum()
-            pred[i], conf[i] = bb.classes[int(p.argmax())], float(p.max())
+            if batch.logits is not None:
+                logits[i] = batch.logits[j]
+    pred, conf = classify(logits, bb.classes)
     return pd.DataFrame({"path": shown, "prediction": pred, "confidence": conf, "error": errors})
+
+
+def classify(logits: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) logits -> (N,) predicted class names ('' for NaN rows) and softmax confidences (NaN)."""
+    ok = np.isfinite(logits).all(axis=1)
+    z = np.where(ok[:, None], logits, 0.0).astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    pred = np.where(ok, np.asarray(classes, dtype=object)[p.argmax(axis=1)], "")
+    conf = np.where(ok, p.max(axis=1), np.nan)
+    return pred.astype(str), conf
