@@ -62,7 +62,8 @@ def test_torchvision_random_init_penultimate_view_from_code():
     # seeded: the same random model every time
     torch.manual_seed(0)
     ref_sd = torchvision.models.mobilenet_v3_small().state_dict()
-    assert all(torch.equal(v, ref_sd[k]) for k, v in bb.model.state_dict().items())
+    unfolded = load_backbone("mobilenet_v3_small", weights="none", device="cpu", layers=False, fuse=False)
+    assert all(torch.equal(v, ref_sd[k]) for k, v in unfolded.model.state_dict().items())
 
 
 def test_early_layer_views_are_pooled_stage_outputs(resnet7, tmp_path):
@@ -227,3 +228,62 @@ def test_cuda_features_match_cpu(lite0):
     # TF32/cuDNN differ from oneDNN by rounding only
     np.testing.assert_allclose(f_gpu.cpu().numpy(), f_cpu.numpy(), rtol=2e-2, atol=2e-2)
     assert (l_gpu.argmax(1).cpu() == l_cpu.argmax(1)).all()
+
+
+# ------------------------------------------------------------------ BatchNorm folding
+
+
+def _count_bn(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_batchnorm_folding_keeps_the_outputs(resnet7):
+    """Every conv+BN pair of resnet18 and lite0 is folded; features and logits stay the same."""
+    from shiftbench.embedding.backbones import fuse_batchnorm
+    from shiftbench.embedding.lite0 import EfficientNetLite0
+
+    torch.manual_seed(0)
+    lite = EfficientNetLite0(num_classes=5).eval()
+    with torch.no_grad():
+        for m in lite.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    for model in (resnet7[0], lite):
+        folded = fuse_batchnorm(model, 64)
+        assert folded is not model and _count_bn(model) > 0 and _count_bn(folded) == 0
+        x = _x(seed=3)
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_folding_refused_when_the_conv_output_is_used_twice():
+    """A conv whose output also bypasses its BN cannot be folded: the model comes back as it was."""
+    from shiftbench.embedding.backbones import fuse_batchnorm
+
+    class Bypass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return (self.bn(y) + y).mean((2, 3))
+
+    model = Bypass().eval()
+    with torch.no_grad():
+        model.bn.running_mean.fill_(0.5)
+    assert fuse_batchnorm(model, 16) is model and _count_bn(model) == 1
+
+
+def test_loaded_backbones_are_folded_and_training_sources_are_not(resnet7, tmp_path):
+    from shiftbench.training import load_source
+
+    path = tmp_path / "r7.pt"
+    torch.save(resnet7[0].state_dict(), path)
+    bb = load_backbone("resnet18", weights=str(path), device="cpu")
+    assert _count_bn(bb.model) == 0
+    feats, logits = bb.embed(resnet7[1].contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(logits, resnet7[3], rtol=1e-4, atol=1e-4)
+    src = load_source("resnet18", str(path))
+    assert any(k.endswith("running_var") for k in src.state)
