@@ -132,6 +132,11 @@ def test_flagged_images_are_attributed_to_their_shift(scanned):
         assert flagged[f"share_{cause}"].mean() > 2 * others.mean().max()
     shares = t.filter(like="share_")[t["is_ood"]]
     assert ((shares >= 0) & (shares <= 1)).all().all()
+    # the residual is the score under the best change: never above the score, so its p-value is not lower
+    f = t[t["is_ood"]]
+    assert (f["residual_score"] <= f["ood_score"] + 1e-9).all() and (f["residual_p"] >= f["p_value"]).all()
+    assert (f["residual_p"] > f["p_value"]).any()  # (24 training images: p-values come in steps of 0.04)
+    assert t.loc[~t["is_ood"], "residual_p"].isna().all()
 
 
 def test_clusters_and_cards(scanned):

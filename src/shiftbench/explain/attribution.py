@@ -49,7 +49,9 @@ def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray],
         warped, how, deg = warp_like(n, x)
         out["angle"].append((warped, how))
         rotations.append(deg)
-        out["resolution"].append(degrade_like(n, x_meas, scale))
+        degraded, how = degrade_like(n, x_meas, scale)
+        if degraded is not n:  # the unchanged neighbour is in the bank already: it cannot lower the score
+            out["resolution"].append((degraded, how))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
     return out, float(np.median(rotations)) if rotations else float("nan")
@@ -71,7 +73,9 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     -------
     dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
     e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
-    neighbours), ``cause``, ``confidence`` and ``residual_score``.
+    neighbours), ``cause``, ``confidence``, ``residual_score`` (the score under the
+    best-explaining change) and ``residual_p`` (its conformal p-value: at least the
+    scan's ``fpr`` when that change alone makes the image look in-distribution).
     """
     cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions))
     flat = [(c, img, how) for c, items in cands.items() for img, how in items]
@@ -91,9 +95,11 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
             scores = {how: scorer.score_with(x_features[None], feats[ii][None])[0] for how, ii in per.items()}
             how = min(scores, key=scores.get)
             s_c = scores[how]
-        else:
+        elif idx:
             s_c = scorer.score_with(x_features[None], feats[idx][None])[0]
             how = flat[idx[0]][2]
+        else:  # no neighbour needed a change of this kind to look like x
+            s_c, how = x_score, "none"
         row[f"share_{c}"] = float(np.clip((x_score - s_c) / span, 0.0, 1.0))
         row[f"how_{c}"] = how
         residual = min(residual, s_c)
@@ -107,6 +113,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
         row["cause"] = "content"
         row["confidence"] = float(1.0 - best / MIN_SHARE)
     row["residual_score"] = float(residual)
+    row["residual_p"] = float(scorer.calibration_.p_values(np.array([residual]))[0])
     return row
 
 
