@@ -201,6 +201,47 @@ def test_error_rates_steer_the_budget(tmp_path):
     assert "error rate x size" in res.summary["rule"]
 
 
+def test_model_confidence_steers_budget_and_picks(tmp_path):
+    """A model-aware scan without labels: harm = (1 - confidence) x size, the least sure images first."""
+    rows = standard_rows()
+    conf = {0: 0.99, 1: 0.6, 2: 0.9}
+    for i, r in enumerate(rows):
+        r["model_confidence"] = conf.get(r["cluster"], 0.999) if r["status"] == "ok" else np.nan
+    rows[8]["model_confidence"] = 0.4  # one doubtful image among the dark ones (dark/2.png)
+    cards = [_card(0, "lighting", rows), _card(1, "angle", rows), _card(2, "resolution", rows)]
+    res = collect(make_scan(tmp_path, rows, cards), budget=7)
+    by = {c["cluster"]: c for c in res.plan}
+    mean0 = np.mean([1 - r["model_confidence"] for r in rows if r["cluster"] == 0])
+    assert by[0]["harm"] == pytest.approx(8 * mean0) and by[1]["harm"] == pytest.approx(5 * 0.4)
+    assert by[1]["label_now"] > by[2]["label_now"]
+    assert "estimated error rate x size" in res.summary["rule"]
+    assert by[0]["to_label"][0] == "dark/2.png"  # the doubtful one, not the medoid
+    sel = res.selection.set_index("path")
+    assert "model confidence 0.40" in sel.loc["dark/2.png", "reason"]
+
+
+def test_uncertainty_weighted_k_center_prefers_doubtful_images_among_new_looking_ones():
+    x = np.array([[0.0, 0], [0, 0.1], [1, 0], [1, 0.1], [0, 1]])
+    w = np.array([0.1, 0.9, 0.05, 0.8, 0.001])
+    picks, _ = k_center_greedy(x, 3, weights=w)
+    assert picks[0] == 1 and picks[1] == 3  # the far, sure row 4 waits: distance x weight is small
+    assert sorted(k_center_greedy(x, 5, weights=w)[0]) == [0, 1, 2, 3, 4]
+
+
+def test_content_clusters_get_a_triage_quota_while_condition_clusters_exist(tmp_path):
+    rows = standard_rows()
+    rows += [_row(f"new/{i}.png", is_ood=True, cause="content", cluster=3) for i in range(30)]
+    cards = [_card(3, "content", rows), _card(0, "lighting", rows), _card(1, "angle", rows),
+             _card(2, "resolution", rows)]
+    res = collect(make_scan(tmp_path, rows, cards), budget=12)
+    by = {c["cluster"]: c for c in res.plan}
+    assert by[3]["label_now"] == 3 and sum(c["label_now"] for c in res.plan) == 12
+    assert "at most 3 from a content cluster" in res.summary["rule"]
+    only = [r for r in rows if r["cluster"] in (3, -1)]
+    alone = collect(make_scan(tmp_path / "alone", only, [_card(3, "content", only)]), budget=12)
+    assert alone.plan[0]["label_now"] == 12  # nothing else to spend the budget on
+
+
 def test_scan_without_explanations_is_one_unattributed_group(tmp_path):
     rows = [_row(f"u/{i}.png", is_ood=True, cause="unknown") for i in range(5)] + [_row("ok.png")]
     res = collect(make_scan(tmp_path, rows, []), budget=3)

@@ -63,13 +63,26 @@ def _groups(scan: ScanOutputs) -> list[dict]:
         primary = card.get("cause") or members["cause"].str.split("+").str[0].mode().iloc[0]
         if cid < 0 and primary not in planmod.PLAN_MEASURES and primary != "content":
             primary = "unknown"
+        conf = members["model_confidence"].to_numpy(float) if "model_confidence" in members else None
+        explained = members["residual_p"].to_numpy(float) if "residual_p" in members else np.ones(len(members))
         out.append({"cluster": int(cid), "rows": members.index.to_numpy(), "cause": str(primary),
-                    "card": card, "error_rate": card.get("error_rate")})
+                    "card": card, "error_rate": card.get("error_rate"),
+                    "uncertainty": None if conf is None or not np.isfinite(conf).any() else 1.0 - conf,
+                    "explained": np.nan_to_num(explained, nan=1.0)})
     return out
 
 
 def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> list[tuple[int, str]]:
-    """(table row, reason) for ``k`` images of one cluster, medoid first, then k-center greedy."""
+    """(table row, reason) for ``k`` images of one cluster: k-center greedy on the embeddings.
+
+    Starts from the medoid; in a model-aware scan, from the image with the largest
+    uncertainty x ``residual_p``, and each candidate's distance is weighed by it. The
+    model's doubt alone would pick out-of-class images first (new content that the
+    attribution filed under a condition: they cannot be labelled with the model's
+    classes); ``residual_p`` (how in-distribution the image looks once its
+    best-explaining condition change is applied) keeps the labels on images that the
+    condition change makes hard, which labels plus matched augmentation can fix.
+    """
     rows, cid, cause = group["rows"], group["cluster"], group["cause"]
     paths = scan.table["path"].to_numpy()[rows]
     emb = scan.embeddings[rows] if scan.embeddings is not None else None
@@ -79,12 +92,20 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
     if usable.sum() >= 1:
         idx = np.flatnonzero(usable)
         x = normalise(emb[idx])
-        start = int(np.flatnonzero(paths[idx] == medoids[0])[0]) if medoids and medoids[0] in paths[idx] \
-            else medoid(x)
-        picks, gaps = k_center_greedy(x, k, start)
-        out = [(int(rows[idx[j]]), f"{where}: medoid, its most typical image" if not np.isfinite(g) else
-                f"{where}: farthest from the {n} already chosen (embedding distance {g:.3f})")
-               for n, (j, g) in enumerate(zip(picks, gaps))]
+        unc = group["uncertainty"]
+        if unc is not None:
+            u = np.nan_to_num(unc[idx], nan=0.0)
+            picks, gaps = k_center_greedy(x, k, weights=u * group["explained"][idx])
+            out = [(int(rows[idx[j]]), f"{where}: model confidence {1 - u[j]:.2f}" + (
+                "" if not np.isfinite(g) else f", embedding distance {g:.3f} from the {n} already chosen"))
+                for n, (j, g) in enumerate(zip(picks, gaps))]
+        else:
+            start = int(np.flatnonzero(paths[idx] == medoids[0])[0]) \
+                if medoids and medoids[0] in paths[idx] else medoid(x)
+            picks, gaps = k_center_greedy(x, k, start)
+            out = [(int(rows[idx[j]]), f"{where}: medoid, its most typical image" if not np.isfinite(g) else
+                    f"{where}: farthest from the {n} already chosen (embedding distance {g:.3f})")
+                   for n, (j, g) in enumerate(zip(picks, gaps))]
         rest = np.flatnonzero(~usable)  # no embedding: after the covered ones
         out += [(int(rows[j]), f"{where}: no embedding, in file order") for j in rest[:k - len(out)]]
         return out
@@ -93,6 +114,22 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
     order += [int(j) for j in rng.permutation(len(rows)) if int(j) not in order]
     return [(int(rows[j]), f"{where}: {'medoid' if j in order[:len(medoids)] else 'random (no embeddings.npy)'}")
             for j in order[:k]]
+
+
+CONTENT_TRIAGE = 3  # images to label now from a content cluster, when condition clusters exist
+
+
+def _label_caps(groups: list[dict], sizes: list[int]) -> list[int]:
+    """How many images each cluster may get of the labelling budget: its size, and for new
+    content only ``CONTENT_TRIAGE`` while clusters with a condition cause exist.
+
+    Labels help most where the model meets known parts under new conditions: they
+    train it together with the matched augmentation. New content first needs a
+    decision (new classes? another product?); a few labelled examples settle that.
+    """
+    conditions = any(g["cause"] not in ("content", "unknown") for g in groups)
+    return [min(n, CONTENT_TRIAGE) if conditions and g["cause"] == "content" else n
+            for g, n in zip(groups, sizes)]
 
 
 def _unique_name(rank: int, path: str) -> str:
@@ -145,11 +182,13 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     if not groups:
         notes.append("no image was flagged: nothing to collect or label")
     sizes = [len(g["rows"]) for g in groups]
-    harm, rule = cluster_weights(sizes, [g["error_rate"] for g in groups])
+    harm, rule = cluster_weights(sizes, [g["error_rate"] for g in groups],
+                                 [None if g["uncertainty"] is None else float(np.nanmean(g["uncertainty"]))
+                                  for g in groups])
     n_label = min(budget, len(flagged))
     if budget > len(flagged) and groups:
         notes.append(f"budget {budget} is more than the {len(flagged)} flagged images: all of them are selected")
-    label_alloc = allocate(harm, n_label, minimum=1, caps=sizes)
+    label_alloc = allocate(harm, n_label, minimum=1, caps=_label_caps(groups, sizes))
     # The floor takes at most half of the budget: the rest must follow harm.
     floor = min(planmod.MIN_COLLECT, budget // max(2 * len(groups), 1))
     collect_alloc = allocate(harm, budget, minimum=floor)
@@ -179,11 +218,14 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
         if g["error_rate"] is not None:
             entry["error_rate"] = float(g["error_rate"])
         clusters.append(entry)
+    triage = (f"; at most {CONTENT_TRIAGE} from a content cluster while condition clusters exist"
+              if any(g["cause"] == "content" for g in groups) else "")
     rule_text = (f"{budget} images split across {len(groups)} clusters by {rule}: each cluster gets "
                  f"{floor} first (min({planmod.MIN_COLLECT}, budget / (2 x clusters)), so that at least half "
                  f"of the budget follows harm), "
                  f"the rest in proportion to harm, rounded by largest remainder. The images to label now "
-                 f"follow the same rule (at least 1 per cluster when the budget allows, at most the cluster's size).")
+                 f"follow the same rule (at least 1 per cluster when the budget allows, at most the cluster's size"
+                 f"{triage}).")
     causes_seen = sorted({c for cs in flagged["cause"].str.split("+") for c in cs if c not in ("none", "unknown")})
     spec = augment.augmentation_spec(flagged, train, p)
     summary = {"scan_dir": str(scan.scan_dir.resolve()), "prod_dir": str(scan.prod_dir), "out_dir": str(out_dir),

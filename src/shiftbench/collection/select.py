@@ -26,14 +26,20 @@ def medoid(x: np.ndarray) -> int:
     return int(np.argmin(d.mean(1)))
 
 
-def k_center_greedy(x: np.ndarray, k: int, start: int | None = None) -> tuple[list[int], list[float]]:
+def k_center_greedy(x: np.ndarray, k: int, start: int | None = None,
+                    weights: np.ndarray | None = None) -> tuple[list[int], list[float]]:
     """Pick ``k`` rows of (N, D) ``x`` that cover it: each next pick is the farthest from those chosen.
 
     Parameters
     ----------
     x : (N, D) features (normalise them first for cosine-like distances).
     k : how many to pick (at most N).
-    start : first pick; default the medoid.
+    start : first pick; default the medoid (with ``weights``: the heaviest row).
+    weights : optional (N,) non-negative worth of each row, e.g. the model's
+        uncertainty ``1 - confidence``: the next pick maximises distance x weight,
+        so that among equally new-looking images the ones the model is least
+        sure of come first (uncertainty and diversity together, as in BADGE-like
+        active learning).
 
     Returns
     -------
@@ -46,32 +52,37 @@ def k_center_greedy(x: np.ndarray, k: int, start: int | None = None) -> tuple[li
     k = min(int(k), n)
     if k <= 0:
         return [], []
-    first = medoid(x) if start is None else int(start)
+    w = np.ones(n) if weights is None else np.maximum(np.nan_to_num(np.asarray(weights, float)), 1e-6)
+    first = int(start) if start is not None else (medoid(x) if weights is None else int(np.argmax(w)))
     picks, gaps = [first], [float("nan")]
     nearest = np.sqrt(((x - x[first]) ** 2).sum(1))
     while len(picks) < k:
         nearest[picks] = -1.0  # never re-pick (duplicates have distance 0, still > -1)
-        j = int(np.argmax(nearest))
+        j = int(np.argmax(nearest * w))
         picks.append(j)
         gaps.append(float(nearest[j]))
         nearest = np.minimum(nearest, np.sqrt(((x - x[j]) ** 2).sum(1)))
     return picks, gaps
 
 
-def cluster_weights(sizes, error_rates) -> tuple[np.ndarray, str]:
+def cluster_weights(sizes, error_rates, uncertainty=None) -> tuple[np.ndarray, str]:
     """Harm per cluster and the rule used, in words.
 
     Harm is the expected number of misclassified images, ``error_rate x size``,
-    when every cluster has an error rate (model-aware scans); otherwise the
-    cluster's size, i.e. its share of the flagged images.
+    when every cluster has an error rate (labelled production images); else the
+    model's own estimate of it, ``mean(1 - confidence) x size``, when every cluster
+    has one (``uncertainty``: model-aware scans); otherwise the cluster's size.
     """
     sizes = np.asarray(sizes, dtype=float)
-    rates = np.asarray([np.nan if r is None else r for r in error_rates], dtype=float)
-    if len(rates) and np.isfinite(rates).all():
-        w = rates * sizes
-        if w.sum() > 0:
-            return w, "harm = error rate x size (expected misclassified images per cluster)"
-    return sizes, "harm = size (share of the flagged images; the scan has no error rates)"
+    for rates, rule in ((error_rates, "harm = error rate x size (expected misclassified images per cluster)"),
+                        (uncertainty, "harm = estimated error rate x size (the model's mean 1 - confidence "
+                                      "per cluster; no labels)")):
+        if rates is None:
+            continue
+        r = np.asarray([np.nan if v is None else v for v in rates], dtype=float)
+        if len(r) and np.isfinite(r).all() and (r * sizes).sum() > 0:
+            return r * sizes, rule
+    return sizes, "harm = size (share of the flagged images; the scan has no error rates or predictions)"
 
 
 def allocate(weights, total: int, minimum: int = 0, caps=None) -> np.ndarray:
