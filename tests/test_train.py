@@ -295,6 +295,9 @@ def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path, monke
     res = shiftbench.scan(prod, reference=toy, backbone=str(trained.checkpoint), model=trained.checkpoint,
                           labels=labels, workspace=tmp_path / "ws", out=tmp_path / "out", device="cpu",
                           num_workers=0)
+    again = shiftbench.scan(prod, model=trained.checkpoint, workspace=tmp_path / "ws", out=tmp_path / "out2",
+                            device="cpu", num_workers=0, explain=False)  # embeddings and logits from the cache
+    assert (again.table["prediction"] == res.table["prediction"]).all()
     monkeypatch.undo()
     t = res.table.set_index("path")
     expected = predict(trained.checkpoint, prod, device="cpu").set_index("path")
