@@ -239,7 +239,7 @@ def _count_bn(model: nn.Module) -> int:
 
 def test_batchnorm_folding_keeps_the_outputs(resnet7):
     """Every conv+BN pair of resnet18 and lite0 is folded; features and logits stay the same."""
-    from shiftbench.embedding.backbones import fuse_batchnorm
+    from shiftbench.embedding.fold import fuse_batchnorm
     from shiftbench.embedding.lite0 import EfficientNetLite0
 
     torch.manual_seed(0)
@@ -259,7 +259,7 @@ def test_batchnorm_folding_keeps_the_outputs(resnet7):
 
 def test_batchnorm_folding_refused_when_the_conv_output_is_used_twice():
     """A conv whose output also bypasses its BN cannot be folded: the model comes back as it was."""
-    from shiftbench.embedding.backbones import fuse_batchnorm
+    from shiftbench.embedding.fold import fuse_batchnorm
 
     class Bypass(nn.Module):
         def __init__(self):
