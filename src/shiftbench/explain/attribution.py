@@ -1,8 +1,9 @@
 """Attribute each flagged image to a cause by intervention.
 
 For a flagged production image ``x`` with fused score ``s`` and each candidate
-cause ``c`` (lighting, angle, resolution, pipeline), the ``m`` nearest training
-images are given ``x``'s conditions of kind ``c`` (:mod:`.interventions`),
+cause ``c`` (lighting, angle, resolution, pipeline), its nearest training images
+(the ``n_neighbours`` nearest in the penultimate view and the nearest in each
+early-layer view: :func:`_neighbours`) are given ``x``'s conditions of kind ``c`` (:mod:`.interventions`),
 embedded and measured like any image, and added to the reference set; ``x`` is
 scored again, giving ``s_c <= s``. The share of the distance that ``c``
 explains is::
@@ -143,7 +144,9 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
 
     ``features`` (N, D) are their features with the conditions view;
-    ``train_paths`` the training path of each scorer row. Returns a frame indexed
+    ``train_paths`` the training path of each scorer row; ``n_neighbours`` the
+    nearest training images taken from the penultimate view (one more from each
+    early-layer view). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     """
