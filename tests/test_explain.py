@@ -11,6 +11,7 @@ from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe
 from shiftbench.explain.interventions import (degrade_like, pipeline_faults, relight_like, rotation_between,
                                               warp_like, zoom_between)
 from shiftbench.properties import measure
+from shiftbench.properties.measures import optics
 from shiftbench.scoring import FusedKNNScorer, KNNScorer
 
 
@@ -90,6 +91,25 @@ def test_degrade_like_finds_jpeg_blocking():
     ref = {**measure(cv2.imdecode(buf, cv2.IMREAD_COLOR)), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.05, "blur_anisotropy": 0.1, "noise": 0.01}
     assert degrade_like(src, ref, scale)[1].startswith("jpeg")
+
+
+def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
+    """A training image's candidate optics are measured once, and the choice does not change."""
+    import shiftbench.explain.interventions as iv
+
+    sharp, blurred = texture(0, angle=60), cv2.GaussianBlur(texture(1, angle=60), (0, 0), 2.0)
+    ref = {**measure(blurred), "blur_direction": 30.0}
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    plain = degrade_like(sharp, ref, scale)
+    known: dict = {}
+    first = degrade_like(sharp, ref, scale, known)
+    calls = []
+    monkeypatch.setattr(iv, "optics", lambda img: calls.append(1) or optics(img))
+    second = degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale, known)
+    assert first[1] == plain[1] and np.array_equal(first[0], plain[0])
+    assert not any(k.startswith("motion") for k in known) and "none" in known
+    assert len(calls) == sum(k.startswith("motion") for k in iv.degradations(sharp, 0.0)) + 1  # + the noise check
+    assert second[1] == degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale)[1]
 
 
 def test_channel_swap_is_offered_only_for_colour_images():

@@ -40,17 +40,18 @@ CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
 
 
-def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray],
-                     scale: dict[str, float]) -> tuple[dict[str, list[tuple[np.ndarray, str]]], float]:
+def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray], scale: dict[str, float],
+                     optics_known: list[dict] | None = None) -> tuple[dict[str, list[tuple[np.ndarray, str]]], float]:
     """cause -> [(transformed neighbour, how)] for one production image, and its median rotation."""
     out: dict[str, list] = {c: [] for c in CAUSES}
     rotations = []
+    known = optics_known or [None] * len(neighbours)
     for i, n in enumerate(neighbours):
         out["lighting"].append((relight_like(n, x), "relit"))
         warped, how, deg = warp_like(n, x)
         out["angle"].append((warped, how))
         rotations.append(deg)
-        degraded, how = degrade_like(n, x_meas, scale)
+        degraded, how = degrade_like(n, x_meas, scale, known[i])
         if degraded is not n:  # the unchanged neighbour is in the bank already: it cannot lower the score
             out["resolution"].append((degraded, how))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
@@ -60,7 +61,7 @@ def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray],
 
 def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: float,
                   neighbours: list[np.ndarray], scorer: FusedKNNScorer, backbone: Backbone,
-                  conditions: dict) -> dict:
+                  conditions: dict, optics_known: list[dict] | None = None) -> dict:
     """Shares explained by each cause for one image; see the module docstring.
 
     Parameters
@@ -69,6 +70,8 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
         the conditions view; ``x_meas`` its measurements; ``x_score`` its fused score.
     neighbours : its nearest training images, (H', W', 3) uint8 each.
     conditions : the bank's condition standardiser.
+    optics_known : optional, one dict per neighbour kept across calls (see
+        :func:`~.interventions.degrade_like`).
 
     Returns
     -------
@@ -78,7 +81,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     best-explaining change) and ``residual_p`` (its conformal p-value: at least the
     scan's ``fpr`` when that change alone makes the image look in-distribution).
     """
-    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions))
+    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
     flat = [(c, img, how) for c, items in cands.items() for img, how in items]
     feats, meas = embed_arrays([img for _, img, _ in flat], backbone, measure=measure)
     table = pd.DataFrame(meas).assign(status="ok")
@@ -151,6 +154,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     """
     nn = _neighbours(scorer, features, n_neighbours)
+    optics_known: dict[int, dict] = {}  # training row -> optics of its degradations (small dicts)
     rows = []
     for j, (i, r) in enumerate(table.iterrows()):
         try:
@@ -161,7 +165,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
             continue
         x_meas = {c: r[c] for c in r.index if isinstance(r[c], (int, float, np.floating))}
         rows.append(attribute_one(x, features[j], x_meas, float(r["ood_score"]), nbrs, scorer, backbone,
-                                  conditions))
+                                  conditions, [optics_known.setdefault(t, {}) for t in nn[j]]))
         if progress:
             progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)

@@ -92,16 +92,23 @@ def degradations(src: np.ndarray, blur_direction: float) -> dict[str, np.ndarray
     return out
 
 
-def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float]) -> tuple[np.ndarray, str]:
+def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
+                 known: dict[str, dict] | None = None) -> tuple[np.ndarray, str]:
     """The degradation of ``src`` whose optics measurements come closest to ``ref_measures``.
 
     ``scale`` gives each measurement's training spread (distances are in those
     units). Noise is then topped up to the reference's level. Returns the image
-    and the name of the chosen degradation.
+    and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
+    calls, filled with the optics of its candidates that do not depend on the
+    reference (all but motion blur), so that a training image that neighbours many
+    flagged images is measured once.
     """
     best, best_d, best_name = src, np.inf, "none"
     for name, img in degradations(src, ref_measures.get("blur_direction", 0.0)).items():
-        m = optics(img)
+        cacheable = known is not None and not name.startswith("motion")
+        m = known[name] if cacheable and name in known else optics(img)
+        if cacheable:
+            known[name] = m
         d = sum(((m[c] - ref_measures[c]) / scale[c]) ** 2 for c in OPTICS_MATCHED
                 if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
         if d < best_d:
