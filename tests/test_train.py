@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -251,6 +252,27 @@ def test_cli_bad_input_exits_2(case, toy, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith("shiftbench: error:") and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_cli_predict_writes_the_api_table(trained, toy, tmp_path):
+    """'shiftbench predict' prints (or writes) what training.predict returns; unreadable files stay rows."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(toy / "circle", folder / "circle")
+    (folder / "broken.png").write_bytes(b"not an image")
+    expected = predict(trained.checkpoint, folder, device="cpu")
+    res = invoke("predict", trained.checkpoint, folder, "--device", "cpu", "--workers", 0)
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(io.StringIO(res.stdout), keep_default_na=False)
+    assert got["path"].tolist() == expected["path"].tolist()
+    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    assert got.set_index("path").loc["broken.png", "error"] != ""
+    out = tmp_path / "pred.csv"
+    res = invoke("predict", trained.checkpoint, folder, "--out", out, "--device", "cpu", "--workers", 0)
+    assert res.exit_code == 0 and res.stdout.strip() == str(out)
+    assert pd.read_csv(out, keep_default_na=False)["prediction"].tolist() == expected["prediction"].tolist()
+    for bad in ([toy, folder], [trained.checkpoint, tmp_path / "nowhere"]):
+        res = invoke("predict", *bad, "--device", "cpu")
+        assert res.exit_code == 2 and res.stderr.startswith("shiftbench: error:"), res.output
 
 
 def test_help_does_not_import_torch():

@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("index")(scan_cmds.index)
 app.command("scan")(scan_cmds.scan)
 app.command("train")(train_cmds.train)
+app.command("predict")(train_cmds.predict)
 app.command("collect")(collect_cmds.collect)
 app.command("finetune")(finetune_cmds.finetune)
 app.command("demo")(demo_cmds.demo)

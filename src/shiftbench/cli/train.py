@@ -71,3 +71,31 @@ def train(
                                                        "metrics", "lineage", "skipped")}}))
     else:
         typer.echo(str(result.checkpoint))
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder written by 'shiftbench train'.")],
+    images: Annotated[Path, typer.Argument(help="An image folder (searched recursively) or one image.")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Write the CSV here (atomically) instead of standard output.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Image decoding workers.")] = None,
+) -> None:
+    """Classify images with a checkpoint: CSV path,prediction,confidence,error.
+
+    Unreadable images get an empty prediction and the reason in 'error'; the exit
+    status is still 0 (2 for a bad checkpoint or folder).
+    """
+    with user_errors():
+        from ..fsutil import write_text
+        from ..training import predict as run_predict
+        if not images.exists():
+            raise FileNotFoundError(f"no such file or folder: {images}")
+        table = run_predict(checkpoint, images, device=device, batch_size=batch_size, num_workers=workers)
+        text = table.to_csv(index=False, float_format="%.6g")
+        if out is not None:
+            write_text(out, text)
+            typer.echo(str(out))
+        else:
+            typer.echo(text, nl=False)
