@@ -21,6 +21,7 @@ import pandas as pd
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
+from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
 from .explain import CAUSES, attribute, cluster_cards, cluster_flagged
 from .fsutil import save_npy, write_json, write_with
@@ -277,10 +278,8 @@ def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model,
     if model is not None:
         from .training import classify, predict
 
-        mb = load_backbone(str(model), device="cpu", layers=False) if logits is not None else None
-        if mb is not None and mb.classes and mb.identity["weights"] == bb.identity["weights"] \
-                and mb.preprocess == bb.preprocess and logits.shape[1] == len(mb.classes):
-            pred, conf = classify(logits, mb.classes)
+        if logits is not None and _is_backbone(model, bb):
+            pred, conf = classify(logits, bb.classes)
         else:
             got = predict(model, [root / p for p in paths], device=device, batch_size=batch_size,
                           num_workers=num_workers)
@@ -292,6 +291,14 @@ def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model,
         if model is not None:
             has = (table["label"] != "") & (table["prediction"] != "")
             table["correct"] = np.where(has, (table["prediction"] == table["label"]).astype(float), np.nan)
+
+
+def _is_backbone(model, bb) -> bool:
+    """Whether checkpoint ``model`` is backbone ``bb`` (same weights, classes and preprocessing)."""
+    ck = checkpoint_meta(model)
+    if ck is None or bb.classes != list(ck[1]["classes"]):
+        return False
+    return checkpoint_header(*ck) == (bb.weights_id, bb.preprocess)
 
 
 def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:

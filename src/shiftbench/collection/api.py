@@ -92,20 +92,19 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
     if usable.sum() >= 1:
         idx = np.flatnonzero(usable)
         x = normalise(emb[idx])
-        unc = group["uncertainty"]
-        if unc is not None:
-            u = np.nan_to_num(unc[idx], nan=0.0)
-            picks, gaps = k_center_greedy(x, k, weights=u * group["explained"][idx])
-            out = [(int(rows[idx[j]]), f"{where}: model confidence {1 - u[j]:.2f}" + (
-                "" if not np.isfinite(g) else f", embedding distance {g:.3f} from the {n} already chosen"))
-                for n, (j, g) in enumerate(zip(picks, gaps))]
-        else:
+        u = None if group["uncertainty"] is None else np.nan_to_num(group["uncertainty"][idx], nan=0.0)
+        if u is None:
             start = int(np.flatnonzero(paths[idx] == medoids[0])[0]) \
                 if medoids and medoids[0] in paths[idx] else medoid(x)
             picks, gaps = k_center_greedy(x, k, start)
-            out = [(int(rows[idx[j]]), f"{where}: medoid, its most typical image" if not np.isfinite(g) else
-                    f"{where}: farthest from the {n} already chosen (embedding distance {g:.3f})")
-                   for n, (j, g) in enumerate(zip(picks, gaps))]
+        else:
+            picks, gaps = k_center_greedy(x, k, weights=u * group["explained"][idx])
+        out = []
+        for n, (j, g) in enumerate(zip(picks, gaps)):
+            doubt = "" if u is None else f"model confidence {1 - u[j]:.2f}, "
+            how = (f"farthest from the {n} already chosen (embedding distance {g:.3f})" if np.isfinite(g)
+                   else "medoid, its most typical image" if u is None else "the most doubtful explained image")
+            out.append((int(rows[idx[j]]), f"{where}: {doubt}{how}"))
         rest = np.flatnonzero(~usable)  # no embedding: after the covered ones
         out += [(int(rows[j]), f"{where}: no embedding, in file order") for j in rest[:k - len(out)]]
         return out

@@ -246,22 +246,29 @@ def checkpoint_meta(name: str | os.PathLike) -> tuple[Path, dict] | None:
     return p.parent, meta
 
 
-def _checkpoint(folder: Path, meta: dict) -> tuple[nn.Module, str, Preprocess]:
-    """Model, weights id (digest of its safetensors) and preprocessing of a checkpoint."""
+def checkpoint_header(folder: Path, meta: dict) -> tuple[str, Preprocess]:
+    """Weights id (digest of the safetensors, checked against ``model.json``) and preprocessing
+    of a checkpoint, without building its model."""
     path = folder / "model.safetensors"
     digest = file_digest(path) if path.is_file() else None
     if digest is None or digest != meta.get("weights_sha256", digest):
         # model.json is written last: a mismatch means a half-rewritten or mixed-up folder
         raise BackboneError(f"{path} is missing or does not match {folder / 'model.json'}")
+    p = meta["preprocess"]
+    return f"checkpoint-{digest}", Preprocess(int(p["size"]), p["resize"], tuple(p["mean"]), tuple(p["std"]))
+
+
+def _checkpoint(folder: Path, meta: dict) -> tuple[nn.Module, str, Preprocess]:
+    """Model, weights id and preprocessing of a checkpoint."""
+    weights_id, pre = checkpoint_header(folder, meta)
+    path = folder / "model.safetensors"
     model = build_arch(meta["arch"], len(meta["classes"]))
     try:
         model.load_state_dict(load_state_dict(path))
     except RuntimeError as e:
         raise BackboneError(f"{path} does not fit {meta['arch']} with {len(meta['classes'])} classes: "
                             f"{str(e).splitlines()[0]}") from e
-    p = meta["preprocess"]
-    pre = Preprocess(int(p["size"]), p["resize"], tuple(p["mean"]), tuple(p["std"]))
-    return model.eval(), f"checkpoint-{digest}", pre
+    return model.eval(), weights_id, pre
 
 
 def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: int | None = None,
