@@ -168,7 +168,8 @@ def run(a: argparse.Namespace) -> dict:
             shutil.rmtree(out)
         res = timed(f"finetune_{r}", False,
                     lambda r=r, out=out: finetune(model, bench / f"labelled_{r}", augment=augment, scan=scan_dir,
-                                                  out=out, seed=a.seed, epochs=a.epochs))
+                                                  out=out, seed=a.seed, epochs=a.epochs,
+                                                  **({} if a.new_share is None else {"new_share": a.new_share})))
         ft[r] = res.metrics
 
     # one test set for all models: non-content production images labelled in neither run
@@ -302,6 +303,7 @@ def main() -> None:
     ap.add_argument("--budget-fraction", type=float, default=0.05)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (finetune's default: 8)")
+    ap.add_argument("--new-share", type=float, help="finetune's new_share (default: finetune's own)")
     ap.add_argument("--n-clean", type=int, default=30, help="clean production images per class")
     ap.add_argument("--n-shift", type=int, default=100, help="shifted production images per family")
     ap.add_argument("--n-content", type=int, default=50, help="X-SDD production images")

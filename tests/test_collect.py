@@ -419,6 +419,16 @@ def test_measured_noise_gives_matching_gauss_noise():
     assert (lo, hi) == pytest.approx(tuple(np.percentile(extra, [10, 90])), abs=1e-3)
 
 
+def test_every_degradation_kind_of_a_cause_is_augmented():
+    """A resolution cause that mixes kinds gets each kind seen on enough of its images (a kind
+    left out is one the fine-tuned model never sees); a kind matched once is noise."""
+    how = ["blur 1.6"] * 14 + ["motion 9"] * 3 + ["jpeg 10"] * 2 + ["downscale 0.3"]
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", how_resolution=h) for i, h in enumerate(how)])
+    spec = {e["name"]: e for e in augmentation_spec(rows, TRAIN)}
+    assert set(spec) == {"GaussianBlur", "MotionBlur"}  # motion: 3 of 20; jpeg 2, downscale 1: too few
+    assert spec["MotionBlur"]["params"]["blur_limit"] == [9, 9]
+
+
 def test_a_cause_seen_on_two_images_gets_no_transforms():
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="pipeline", how_pipeline="inverted") for i in range(2)]
                         + [_row(f"r{i}", is_ood=True, cause="resolution", noise=0.04) for i in range(3)])

@@ -169,6 +169,9 @@ def test_metrics_json(promoted):
     out = promoted[1]
     m = load(out, "metrics.json")
     assert m["device"] == "cpu" and m["amp"] is False and m["training"]["epochs"] == 3
+    # 18 new images against 30 original ones already make more than new_share: drawn once each
+    t = m["training"]
+    assert t["new_share"] == 0.2 and t["new_draws_per_epoch"] == m["data"]["new"]["n_finetune"] == 18
     assert m["data"]["original"]["val_matches_checkpoint"] and m["data"]["original"]["n_val"] == 6
     assert m["weights_sha256"] == load(out, "model.json")["weights_sha256"]
     for split in m["evaluation"].values():
@@ -205,6 +208,32 @@ def test_model_card_matches_the_metrics(promoted):
     assert d["new"]["holdout_files_sha"] in card and d["original"]["val_files_sha"] in card
     assert m["parent"]["weights_sha256"] in card and m["weights_sha256"] in card
     assert "**Gate: PROMOTED.**" in card and m["gate"]["reason"] in card
+
+
+def test_new_images_drawn_to_their_share():
+    from shiftbench.training.finetune import _draws
+    d = _draws(900, 14, 0.2)
+    assert (d[:900] == 1).all() and (d[900:] == 16).all()  # round(0.25 * 900 / 14)
+    assert d[900:].sum() / d.sum() == pytest.approx(0.2, abs=0.005)
+    assert (_draws(10, 100, 0.2) == 1).all() and (_draws(900, 14, 0.0) == 1).all()  # never less than once
+    assert len(_draws(5, 0, 0.2)) == 5
+
+
+def test_fit_draws_each_image_as_often_as_asked():
+    """``draws`` sets how often an image is seen per epoch: 0 leaves it out, 3 triples it."""
+    from shiftbench.training.data import LabeledImages
+    from shiftbench.training.fit import fit
+    from shiftbench.training.model import build_classifier, load_source
+    rng = np.random.default_rng(0)
+    src = load_source("lite0", size=32, weights=None)
+    n = 6
+    data = LabeledImages(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), np.array([0, 1] * 3), ["a", "b"],
+                         [f"{i}.png" for i in range(n)], [str(i) for i in range(n)])
+    seen = []
+    model = build_classifier(src, data.classes, 0)
+    fit(model, data, None, preprocess=src.preprocess, trainable="head", epochs=2, batch_size=4, device="cpu",
+        draws=np.array([0, 3, 1, 1, 1, 1]), progress=lambda done, total: seen.append(total))
+    assert seen[-1] == 2 * 6 + 2 * 7  # features cached for each image and its flip, then two epochs of 0+3+4 draws
 
 
 def test_gate_rule_edges():

@@ -28,6 +28,8 @@ def finetune(
         help="CSV with path,label for --train (default: the one the checkpoint recorded, if any).")] = None,
     holdout: Annotated[float, typer.Option(
         help="Share of each class of new images held out as the production test.")] = 0.3,
+    new_share: Annotated[float, typer.Option(
+        help="Share of each epoch's draws taken from the new images (repeated, augmented anew).")] = 0.2,
     max_regression: Annotated[float, typer.Option(
         help="Largest drop of original validation accuracy the gate accepts, in percentage points.")] = 1.0,
     scan: Annotated[Optional[Path], typer.Option(
@@ -66,9 +68,10 @@ def finetune(
         with progress_bar("fine-tuning", quiet) as progress:
             result = run_finetune(checkpoint, new, train_dir=train, augment=augment, new_labels=new_labels,
                                   train_labels=train_labels, out=out, workspace=workspace, holdout=holdout,
-                                  epochs=epochs, lr=lr, batch_size=batch_size, trainable=trainable,
-                                  max_regression=max_regression, scan=scan, failure_level=failure_level,
-                                  seed=seed, device=device, amp=amp, flip=flip, num_workers=workers,
+                                  new_share=new_share, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  trainable=trainable, max_regression=max_regression, scan=scan,
+                                  failure_level=failure_level, seed=seed, device=device, amp=amp, flip=flip,
+                                  num_workers=workers,
                                   progress=progress, log=lambda line: info(line, quiet))
     skipped = result.metrics["data"]["skipped"]
     if skipped:

@@ -38,7 +38,10 @@ REFLECT_101 = 4  # cv2.BORDER_REFLECT_101: rotated training images get no black 
 INTER_LINEAR, INTER_AREA = 1, 3
 MAX_ILLUMINATION = 0.2  # albumentations' largest Illumination intensity
 MIN_CAUSE_IMAGES, MIN_CAUSE_SHARE = 3, 0.05  # a cause seen on fewer flagged images gets no transforms
-MIN_KIND_SHARE = 0.2  # a degradation kind must match at least this share of a cause's images
+# A degradation kind must match at least this share of a cause's images (and MIN_CAUSE_IMAGES):
+# one cause often mixes kinds (blur, compression, motion on different stations), and a kind
+# left out of the augmentation is a kind the fine-tuned model never sees.
+MIN_KIND_SHARE = 0.1
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -178,7 +181,7 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
 
     def seen(kind: str) -> np.ndarray:
         v = how_values(how, kind)
-        return v[np.isfinite(v)] if np.isfinite(v).sum() >= max(1, MIN_KIND_SHARE * n) else np.array([])
+        return v[np.isfinite(v)] if np.isfinite(v).sum() >= max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * n) else np.array([])
 
     if len(v := seen("blur")):
         s = _span(v)

@@ -15,8 +15,10 @@ The job, top to bottom (:func:`finetune`):
    image drawn, original and new alike: the original images far outnumber the
    new ones, and seeing *them* under the production conditions is what teaches
    the model those conditions without forgetting the classes; the new images
-   show the real thing. No epoch is chosen by a held-out set (they decide the
-   gate, and choosing by them would flatter the new model): the last epoch is kept.
+   show the real thing, so each is drawn several times per epoch (``new_share``
+   of the draws: a few dozen would otherwise be lost among thousands). No epoch
+   is chosen by a held-out set (they decide the gate, and choosing by them would
+   flatter the new model): the last epoch is kept.
 6. Score the new model on the same sets, apply the gate, write the checkpoint
    (same format as ``train``'s, parent recorded), ``metrics.json`` and ``model_card.md``.
 
@@ -74,7 +76,8 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
              train_dir: str | os.PathLike | None = None, augment=None,
              new_labels: str | os.PathLike | None = None, train_labels: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, workspace: str | os.PathLike = DEFAULT_WORKSPACE,
-             holdout: float = 0.3, epochs: int = 8, lr: float | None = None, batch_size: int = 32,
+             holdout: float = 0.3, new_share: float = 0.2, epochs: int = 8, lr: float | None = None,
+             batch_size: int = 32,
              trainable: str | None = None, max_regression: float = 1.0, scan: str | os.PathLike | None = None,
              failure_level: float = 0.8, seed: int = 0, device: str = "auto", amp: bool = True,
              flip: bool = True, num_workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -98,6 +101,11 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         Output folder; default ``WORKSPACE/finetune/<local time>``.
     holdout
         Share of each class of new images held out as the production test (0 < holdout < 1).
+    new_share
+        Share of each epoch's draws that are new images (0 <= new_share < 1): new images
+        are drawn several times per epoch, each draw augmented anew, so that a few dozen of
+        them are not drowned by thousands of original ones. They are never drawn less than
+        once (0 keeps the plain union).
     epochs, lr, batch_size, flip, seed, device, amp
         As for :func:`~shiftbench.training.fit.fit`; ``lr`` defaults to half the training
         default of ``trainable`` (which defaults to the checkpoint's own mode).
@@ -115,7 +123,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         ``promoted`` says whether the gate passed; the checkpoint is written either way.
     """
     t0 = time.perf_counter()
-    _check(holdout, epochs, batch_size, failure_level)
+    _check(holdout, new_share, epochs, batch_size, failure_level)
     found = checkpoint_meta(checkpoint)
     if found is None:
         raise InputError(f"not a shiftbench checkpoint: {checkpoint}")
@@ -160,9 +168,10 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     model = build_classifier(source, classes, seed)  # the parent's weights and head, unchanged
     before = {k: _logits(model, d, pre, dev, batch_size, amp) for k, d in data.held_out.items()}
     t_before = time.perf_counter()
+    draws = _draws(len(data.orig_train), len(data.new_train), new_share)
     result = fit(model, data.orig_train.concat(data.new_train), None, preprocess=pre, trainable=trainable,
                  augment=pipeline, flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, patience=None,
-                 seed=seed, device=str(dev), amp=amp, progress=progress, log=log)
+                 seed=seed, device=str(dev), amp=amp, draws=draws, progress=progress, log=log)
     t_fit = time.perf_counter()
     after = {k: _logits(model, d, pre, dev, batch_size, amp) for k, d in data.held_out.items()}
     t_after = time.perf_counter()
@@ -174,6 +183,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     decision = card.gate(evaluation["original_val"], evaluation["production_holdout"], max_regression)
     created = datetime.now(timezone.utc)
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable, "flip": flip,
+                "new_share": new_share, "new_draws_per_epoch": int(draws[len(data.orig_train):].sum()),
                 "seed": seed, "augment_file": augment_file, "augment_summary": card.transform_names(pipeline),
                 "augment": _describe(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
@@ -220,9 +230,18 @@ class _Data:
         return {"original_val": self.orig_val, "production_holdout": self.prod}
 
 
-def _check(holdout: float, epochs: int, batch_size: int, failure_level: float) -> None:
+def _draws(n_orig: int, n_new: int, new_share: float) -> np.ndarray:
+    """Draws per epoch of each image (original ones first): new ones repeated so that they make
+    about ``new_share`` of an epoch, and at least once."""
+    reps = max(1, round(new_share / (1 - new_share) * n_orig / n_new)) if n_new else 1
+    return np.concatenate([np.ones(n_orig, np.int64), np.full(n_new, reps, np.int64)])
+
+
+def _check(holdout: float, new_share: float, epochs: int, batch_size: int, failure_level: float) -> None:
     if not 0 < holdout < 1:
         raise InputError(f"holdout must be in (0, 1): some new images train, some test; got {holdout}")
+    if not 0 <= new_share < 1:
+        raise InputError(f"new share must be in [0, 1), got {new_share}")
     if epochs < 1 or batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
     if not 0 <= failure_level <= 1:

@@ -152,7 +152,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         trainable: str = "last", augment=None, flip: bool = True, epochs: int = 15, lr: float | None = None,
         batch_size: int = 32, weight_decay: float = 1e-2, patience: int | None = 5,
         monitor: str = "accuracy", seed: int = 0, device: str = "auto", amp: bool = True,
-        progress: Callable[[int, int], None] | None = None,
+        draws: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
         log: Callable[[str], None] | None = None) -> FitResult:
     """Train ``model`` in place; on return it holds the best epoch's weights, in eval mode.
 
@@ -181,6 +181,9 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     device, amp
         ``auto`` uses CUDA when present; ``amp`` runs CUDA forward passes in
         bf16 (fp16 with loss scaling where bf16 is missing). Ignored on CPU.
+    draws
+        Shape ``(len(train),)``: how many times each image is drawn per epoch (each
+        draw flipped and augmented anew); default once.
     progress, log
         ``progress(done, total)`` in images processed; ``log(line)`` once per epoch.
     """
@@ -193,32 +196,34 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     if augment is not None and hasattr(augment, "set_random_seed"):
         augment.set_random_seed(seed)
     val = val if val is not None and len(val) else None
+    pool = np.arange(len(train)) if draws is None else np.repeat(np.arange(len(train)), draws)
     model.to(dev).to(memory_format=torch.channels_last)
     cut, names = plan_trainable(model, trainable, preprocess.size)
     set_trainable(model, trainable, names)
     autocast, scaler = _autocast(dev, amp)
     inputs = _Inputs(preprocess, dev)
-    per_epoch = len(train) + (len(val) if val is not None else 0)
+    n_val = len(val) if val is not None else 0
+    per_epoch = len(pool) + n_val
     caching = cut is not None and augment is None
-    tick = _Ticker(progress, epochs * per_epoch + (len(train) * flip + per_epoch if caching else 0))
+    tick = _Ticker(progress, epochs * per_epoch + (len(train) * (1 + flip) + n_val if caching else 0))
     tail = _cached_tail(model, cut, inputs, train, val, flip, batch_size, autocast, tick) if caching else None
     if tail is None:  # no cache after all: count training only
         tick.total, tick.done = epochs * per_epoch, 0
     forward = tail or (lambda idx, flips: model(inputs.augmented(train.pixels[idx], flips, augment)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                             lr=lr or DEFAULT_LR[trainable], weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(train) / batch_size)
+    steps = epochs * math.ceil(len(pool) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
     best = _Best(model, monitor)
     for epoch in range(1, epochs + 1):
         te = time.perf_counter()
         set_modes(model, trainable, names)
-        order = rng.permutation(len(train))
-        flips = rng.random(len(train)) < 0.5 if flip else np.zeros(len(train), bool)
-        batches = [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+        order = rng.permutation(len(pool))  # positions in pool: each draw of an image flips on its own
+        flips = rng.random(len(pool)) < 0.5 if flip else np.zeros(len(pool), bool)
+        batches = [(pool[b], flips[b]) for b in (order[lo:lo + batch_size] for lo in range(0, len(order), batch_size))]
         if trainable == "all":  # batch norm cannot train on one image; reshuffled next epoch anyway
-            batches = [b for b in batches if len(b) > 1] or batches
-        row = {"epoch": epoch, **_train_epoch(forward, opt, sched, scaler, autocast, batches, flips,
+            batches = [b for b in batches if len(b[0]) > 1] or batches
+        row = {"epoch": epoch, **_train_epoch(forward, opt, sched, scaler, autocast, batches,
                                               torch.from_numpy(train.labels).to(dev), tick)}
         if val is not None:
             row.update(_evaluate(model, tail, inputs, val, batch_size, autocast))
@@ -238,13 +243,14 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
                      tail is not None, time.perf_counter() - t0)
 
 
-def _train_epoch(forward, opt, sched, scaler, autocast, batches: list[np.ndarray], flips: np.ndarray,
+def _train_epoch(forward, opt, sched, scaler, autocast, batches: list[tuple[np.ndarray, np.ndarray]],
                  y: torch.Tensor, tick) -> dict:
-    """One pass over ``batches``: mean training loss and accuracy, learning rate at the end."""
+    """One pass over ``batches`` (image indices, their flips): mean training loss and accuracy, learning
+    rate at the end."""
     loss_sum = correct = seen = 0.0
-    for idx in batches:
+    for idx, flips in batches:
         with autocast():
-            out = forward(idx, flips[idx])
+            out = forward(idx, flips)
             loss = F.cross_entropy(out.float(), y[idx])
         opt.zero_grad(set_to_none=True)
         if scaler:  # fp16: scale the loss so small gradients do not underflow
