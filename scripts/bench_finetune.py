@@ -1,7 +1,7 @@
 """Fine-tuning benchmark on real steel images: targeted (``collect``) vs random labelling.
 
     python scripts/bench_finetune.py --bench /tmp/ftb0 --seed 0 [--budget-fraction 0.05] [--size 128]
-                                     [--epochs 8] [--json OUT]
+                                     [--epochs 8] [--strength 1.0] [--new-share F] [--json OUT]
     python scripts/bench_finetune.py --aggregate /tmp/ftb0/bench.json /tmp/ftb1/bench.json ...
 
 One seed, end to end (each step's output is kept in ``--bench`` and reused by a
@@ -11,7 +11,9 @@ rerun; ``--rebuild`` starts again from nothing):
    its default so that the scan is affordable on a CPU: 150 NEU images per class
    to train on; production = 30 clean held-out NEU images per class (family
    ``none``), ``--n-shift`` shifted ones per family (lighting, angle, resolution)
-   and ``--n-content`` X-SDD images (``content``)).
+   and ``--n-content`` X-SDD images (``content``)). ``--strength`` scales every
+   shift (1.5: the *hard* variant, whose baseline loss is large enough for the
+   recovered share to be more than a handful of images).
 2. Train the baseline classifier on ``train/`` (``shiftbench.train``, defaults
    except size and seed).
 3. Scan the whole production folder with the model as backbone and predictor
@@ -133,7 +135,7 @@ def run(a: argparse.Namespace) -> dict:
         old = {}
     timed("build", fresh(bench / "truth.csv"),
           lambda: steel_bench.build(a.data, bench, a.seed, n_train=150, n_clean=a.n_clean, n_shift=a.n_shift,
-                                    n_content=a.n_content))
+                                    n_content=a.n_content, strength=a.strength))
     truth = pd.read_csv(bench / "truth.csv")
     labels = truth.set_index("file")["label"]
     prod, model = bench / "prod", bench / "model"
@@ -183,7 +185,7 @@ def run(a: argparse.Namespace) -> dict:
     fam = truth.set_index("file")["family"]
     flagged = summary["counts"]["flagged"]
     result = {
-        "seed": a.seed, "bench": str(bench), "size": a.size, "epochs": a.epochs,
+        "seed": a.seed, "bench": str(bench), "size": a.size, "epochs": a.epochs, "strength": a.strength,
         "budget_fraction": a.budget_fraction,
         "production": {"images": int(len(truth)), **{f: int(n) for f, n in truth["family"].value_counts().items()}},
         "baseline_val_acc": meta["metrics"]["val_accuracy"],
@@ -303,6 +305,8 @@ def main() -> None:
     ap.add_argument("--budget-fraction", type=float, default=0.05)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (finetune's default: 8)")
+    ap.add_argument("--strength", type=float, default=1.0,
+                    help="scale of every shift from the identity (steel_bench._variants); 1: the default benchmark")
     ap.add_argument("--new-share", type=float, help="finetune's new_share (default: finetune's own)")
     ap.add_argument("--n-clean", type=int, default=30, help="clean production images per class")
     ap.add_argument("--n-shift", type=int, default=100, help="shifted production images per family")

@@ -34,8 +34,15 @@ import pandas as pd  # noqa: E402
 REFLECT = cv2.BORDER_REFLECT_101
 
 
-def _variants(rng: np.random.Generator) -> dict[str, dict]:
-    """family -> variant -> function(rng) returning (albumentations transform, params)."""
+def _variants(rng: np.random.Generator, strength: float = 1.0) -> dict[str, dict]:
+    """family -> variant -> function(rng) returning (albumentations transform, params).
+
+    ``strength`` scales every change from the identity (brightness and contrast
+    offsets, log-gamma, degrees, perspective, shear, log-zoom, log-downscale, blur
+    sigma, motion kernel, JPEG quality divided); 1 is the default benchmark.
+    """
+    k = float(strength)
+
     def u(lo, hi):
         return float(rng.uniform(lo, hi))
 
@@ -43,55 +50,56 @@ def _variants(rng: np.random.Generator) -> dict[str, dict]:
         return float(rng.choice([-1.0, 1.0]))
 
     def dark():
-        b = u(-0.45, -0.25)
+        b = max(k * u(-0.45, -0.25), -0.9)
         return A.RandomBrightnessContrast((b, b), (0, 0), p=1), {"brightness": b}
 
     def bright():
-        b = u(0.25, 0.45)
+        b = min(k * u(0.25, 0.45), 0.9)
         return A.RandomBrightnessContrast((b, b), (0, 0), p=1), {"brightness": b}
 
     def gamma():
         g = u(35, 55) if rng.random() < 0.5 else u(180, 260)
+        g = 100 * (g / 100) ** k if k != 1 else g  # (the default benchmark's values, bit for bit)
         return A.RandomGamma((g, g), p=1), {"gamma": g / 100}
 
     def low_contrast():
-        c = u(-0.65, -0.45)
+        c = max(k * u(-0.65, -0.45), -0.9)
         return A.RandomBrightnessContrast((0, 0), (c, c), p=1), {"contrast": c}
 
     def uneven():
-        i, a = u(0.12, 0.2), u(0, 360)
+        i, a = min(k * u(0.12, 0.2), 0.2), u(0, 360)  # 0.2: albumentations' strongest
         return A.Illumination(mode="linear", intensity_range=(i, i), effect_type="both",
                               angle_range=(a, a), p=1), {"intensity": i, "angle": a}
 
     def rotate():
-        d = sign() * u(8, 30)
+        d = sign() * k * u(8, 30)
         return A.Rotate((d, d), border_mode=REFLECT, p=1), {"degrees": d}
 
     def perspective():
-        s = u(0.07, 0.13)
+        s = k * u(0.07, 0.13)
         return A.Perspective((s, s), border_mode=REFLECT, p=1), {"scale": s}
 
     def affine():
-        r, sh, z = sign() * u(4, 12), sign() * u(6, 14), u(1.15, 1.4)
+        r, sh, z = sign() * k * u(4, 12), sign() * k * u(6, 14), u(1.15, 1.4) ** k
         return A.Affine(scale=(z, z), rotate=(r, r), shear=(sh, sh), border_mode=REFLECT, p=1), \
             {"rotate": r, "shear": sh, "zoom": z}
 
     def downscale():
-        s = u(0.25, 0.5)
+        s = u(0.25, 0.5) ** k
         return A.Downscale((s, s), interpolation_pair={"downscale": cv2.INTER_AREA,
                                                        "upscale": cv2.INTER_LINEAR}, p=1), {"scale": s}
 
     def blur():
-        s = u(1.2, 2.5)
+        s = k * u(1.2, 2.5)
         return A.GaussianBlur(sigma_limit=(s, s), p=1), {"sigma": s}
 
     def jpeg():
-        q = int(rng.integers(5, 21))
+        q = max(1, int(rng.integers(5, 21) / k))
         return A.ImageCompression(quality_range=(q, q), p=1), {"quality": q}
 
     def motion():
-        k = int(rng.choice([9, 11, 13]))
-        return A.MotionBlur(blur_limit=(k, k), p=1), {"kernel": k}
+        n = int(k * rng.choice([9, 11, 13])) // 2 * 2 + 1
+        return A.MotionBlur(blur_limit=(n, n), p=1), {"kernel": n}
 
     return {"lighting": {"dark": dark, "bright": bright, "gamma": gamma, "low_contrast": low_contrast,
                          "uneven": uneven},
@@ -109,8 +117,9 @@ def _name(seed: int, i: int) -> str:
 
 
 def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
-          n_shift: int = 200, n_content: int = 200) -> Path:
-    """Write the benchmark into ``out`` (replaced if present); see the module docstring."""
+          n_shift: int = 200, n_content: int = 200, strength: float = 1.0) -> Path:
+    """Write the benchmark into ``out`` (replaced if present); see the module docstring and
+    :func:`_variants` for ``strength``."""
     rng = np.random.default_rng(seed)
     neu, xsdd = _images(data / "neu_det" / "images"), _images(data / "x_sdd" / "images")
     if out.exists():
@@ -145,7 +154,7 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
             put(load(f), "none", "none", {}, f, cls)
         else:
             pool.append((cls, f))
-    variants = _variants(rng)
+    variants = _variants(rng, strength)
     for family, fam_variants in variants.items():
         names = list(fam_variants)
         for j in range(n_shift):
