@@ -220,7 +220,8 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         set_modes(model, trainable, names)
         order = rng.permutation(len(pool))  # positions in pool: each draw of an image flips on its own
         flips = rng.random(len(pool)) < 0.5 if flip else np.zeros(len(pool), bool)
-        batches = [(pool[b], flips[b]) for b in (order[lo:lo + batch_size] for lo in range(0, len(order), batch_size))]
+        chunks = [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+        batches = [(pool[c], flips[c]) for c in chunks]
         if trainable == "all":  # batch norm cannot train on one image; reshuffled next epoch anyway
             batches = [b for b in batches if len(b[0]) > 1] or batches
         row = {"epoch": epoch, **_train_epoch(forward, opt, sched, scaler, autocast, batches,
