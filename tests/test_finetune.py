@@ -263,7 +263,7 @@ def test_clusters_matched_by_content_then_unique_name():
 
 
 @pytest.mark.parametrize("case", ["unknown_class", "missing_new", "bad_yaml", "not_a_pipeline", "not_a_checkpoint",
-                                  "holdout", "wrong_train", "csv_unknown_label", "out_is_parent"])
+                                  "holdout", "new_share", "wrong_train", "csv_unknown_label", "out_is_parent"])
 def test_bad_input_exits_2(case, setup, tmp_path):
     new, ckpt, train_dir, extra = setup["prod"], setup["parent"].checkpoint, setup["data"], []
     augment = setup["augment"]
@@ -282,6 +282,8 @@ def test_bad_input_exits_2(case, setup, tmp_path):
         ckpt = setup["data"]
     elif case == "holdout":
         extra = ["--holdout", 1.0]
+    elif case == "new_share":
+        extra = ["--new-share", 1.0]  # nothing but new images: the original ones would never be seen
     elif case == "wrong_train":  # none of the parent's validation images is there (other names)
         train_dir = tmp_path / "renamed"
         for p in setup["data"].rglob("*.png"):
