@@ -1,7 +1,7 @@
 """Fine-tuning benchmark on real steel images: targeted (``collect``) vs random labelling.
 
     python scripts/bench_finetune.py --bench /tmp/ftb0 --seed 0 [--budget-fraction 0.05] [--size 128]
-                                     [--epochs 8] [--strength 1.0] [--new-share F] [--json OUT]
+                                     [--epochs 8] [--strength 1.0] [--new-share F] [--no-augment] [--json OUT]
     python scripts/bench_finetune.py --aggregate /tmp/ftb0/bench.json /tmp/ftb1/bench.json ...
 
 One seed, end to end (each step's output is kept in ``--bench`` and reused by a
@@ -161,7 +161,7 @@ def run(a: argparse.Namespace) -> dict:
     chosen = {"targeted": targeted, "random": random_files}
     for r in RUNS:
         _label(chosen[r], labels, prod, bench / f"labelled_{r}")
-    augment = col.out_dir / "augment.yaml"
+    augment = None if a.no_augment else col.out_dir / "augment.yaml"
 
     ft = {}
     for r in RUNS:
@@ -186,6 +186,7 @@ def run(a: argparse.Namespace) -> dict:
     flagged = summary["counts"]["flagged"]
     result = {
         "seed": a.seed, "bench": str(bench), "size": a.size, "epochs": a.epochs, "strength": a.strength,
+        "augment": not a.no_augment, "new_share": a.new_share,
         "budget_fraction": a.budget_fraction,
         "production": {"images": int(len(truth)), **{f: int(n) for f, n in truth["family"].value_counts().items()}},
         "baseline_val_acc": meta["metrics"]["val_accuracy"],
@@ -307,6 +308,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (finetune's default: 8)")
     ap.add_argument("--strength", type=float, default=1.0,
                     help="scale of every shift from the identity (steel_bench._variants); 1: the default benchmark")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="fine-tune without collect's augment.yaml: what the labelled images alone are worth")
     ap.add_argument("--new-share", type=float, help="finetune's new_share (default: finetune's own)")
     ap.add_argument("--n-clean", type=int, default=30, help="clean production images per class")
     ap.add_argument("--n-shift", type=int, default=100, help="shifted production images per family")

@@ -377,6 +377,28 @@ def test_both_rotation_signs_give_both_ranges(tmp_path):
     assert -22 <= nlo < nhi <= -16 and 15 <= plo < phi <= 28 and (plo, phi) != (15, 28)
 
 
+def test_darker_and_brighter_images_get_their_own_exposure_ranges():
+    """One cluster with darkened and brightened images: two exposure modes, each drawing
+    brightness like its own images, not a box spanning both (which would rarely be as dark)."""
+    import albumentations as A
+    levels = [(0.15, 0.03), (0.2, 0.04), (0.25, 0.05), (0.75, 0.05), (0.8, 0.04), (0.85, 0.03), (0.9, 0.03)]
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", cluster=0, brightness=b, brightness_p50=b,
+                              contrast=c) for i, (b, c) in enumerate(levels)])
+    (entry,) = augmentation_spec(rows, TRAIN)
+    rbcs = [k for k in entry["children"] if k["name"] == "RandomBrightnessContrast"]
+    assert len(rbcs) == 2 and [k["p"] for k in rbcs] == pytest.approx([0.5 * 3 / 7, 0.5 * 4 / 7], abs=1e-3)
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(127.5, 25.5, (64, 64, 3)), 0, 255).astype(np.uint8)  # mean 0.5, contrast 0.1
+    for k, (lo, hi) in zip(rbcs, [(0.1, 0.32), (0.65, 0.95)]):
+        t = A.RandomBrightnessContrast(**{n: tuple(v) if isinstance(v, list) else v for n, v in k["params"].items()},
+                                       p=1)
+        means = [t(image=img)["image"].mean() / 255 for _ in range(100)]
+        assert lo < min(means) and max(means) < hi  # never the other side's brightness
+    few_bright = rows.iloc[:5]  # 3 darker, 2 brighter: too few to be a mode
+    (entry,) = augmentation_spec(few_bright, TRAIN)
+    assert sum(k["name"] == "RandomBrightnessContrast" for k in entry["children"]) == 1
+
+
 def test_lighting_ranges_reproduce_production_brightness():
     import albumentations as A
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", brightness=b, brightness_p50=b, contrast=c)
