@@ -103,7 +103,8 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
 
 
 def _sides(rows: pd.DataFrame, t: dict[str, float]) -> list[pd.DataFrame]:
-    """The rows darker and brighter than the training mean, each an exposure mode of its own.
+    """The rows darker and brighter than the training images (median of their mean brightness),
+    each an exposure mode of its own.
 
     One range spanning darkened and brightened images mostly draws combinations that
     production never showed (a strong gain with a strong offset) and rarely its darkest
@@ -197,7 +198,8 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
 
     def seen(kind: str) -> np.ndarray:
         v = how_values(how, kind)
-        return v[np.isfinite(v)] if np.isfinite(v).sum() >= max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * n) else np.array([])
+        enough = np.isfinite(v).sum() >= max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * n)
+        return v[np.isfinite(v)] if enough else np.array([])
 
     if len(v := seen("blur")):
         s = _span(v)
