@@ -208,6 +208,7 @@ def test_model_card_matches_the_metrics(promoted):
     assert d["new"]["holdout_files_sha"] in card and d["original"]["val_files_sha"] in card
     assert m["parent"]["weights_sha256"] in card and m["weights_sha256"] in card
     assert "**Gate: PROMOTED.**" in card and m["gate"]["reason"] in card
+    assert "18 draws of new images per epoch (new share 0.2)" in card
 
 
 def test_new_images_drawn_to_their_share():

@@ -200,7 +200,8 @@ def model_card(metrics: dict, meta: dict) -> str:
              f"Decision: **{'promoted' if g['promoted'] else 'refused'}**: {g['reason']}.", "",
              "## Training", "",
              f"{t['epochs']} epochs, lr {t['lr']:g}, batch {t['batch_size']}, trainable `{t['trainable']}`, "
-             f"flips {'on' if t['flip'] else 'off'}, on {metrics['device']}"
+             f"flips {'on' if t['flip'] else 'off'}, {t.get('new_draws_per_epoch', '?')} draws of new images per "
+             f"epoch (new share {t.get('new_share', 0):g}), on {metrics['device']}"
              f"{' with mixed precision' if metrics['amp'] else ''}; {metrics['timings']['total_s']:.0f} s in all. "
              "No epoch was chosen on a held-out set: the model after the last epoch is kept.", ""]
     return "\n".join(lines)
