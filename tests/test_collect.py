@@ -389,14 +389,48 @@ def test_darker_and_brighter_images_get_their_own_exposure_ranges():
     assert len(rbcs) == 2 and [k["p"] for k in rbcs] == pytest.approx([0.5 * 3 / 7, 0.5 * 4 / 7], abs=1e-3)
     rng = np.random.default_rng(0)
     img = np.clip(rng.normal(127.5, 25.5, (64, 64, 3)), 0, 255).astype(np.uint8)  # mean 0.5, contrast 0.1
-    for k, (lo, hi) in zip(rbcs, [(0.1, 0.32), (0.65, 0.95)]):
+    for k, (lo, hi) in zip(rbcs, [(0.1, 0.32), (0.6, 1.0)]):
         t = A.RandomBrightnessContrast(**{n: tuple(v) if isinstance(v, list) else v for n, v in k["params"].items()},
                                        p=1)
+        t.set_random_seed(0)
         means = [t(image=img)["image"].mean() / 255 for _ in range(100)]
         assert lo < min(means) and max(means) < hi  # never the other side's brightness
     few_bright = rows.iloc[:5]  # 3 darker, 2 brighter: too few to be a mode
     (entry,) = augmentation_spec(few_bright, TRAIN)
     assert sum(k["name"] == "RandomBrightnessContrast" for k in entry["children"]) == 1
+
+
+def test_clipped_dark_images_read_as_an_offset_not_a_lost_gain():
+    """A training-like image darkened by an offset of -0.6 clips most pixels to black: its
+    contrast collapses, which a mean-and-contrast match reads as a near-zero gain. Matched on
+    the quantiles still inside (0, 1) it reads as the offset it is, and the augmentation
+    reproduces the image."""
+    import albumentations as A
+    from shiftbench.properties import measure
+    rng = np.random.default_rng(0)
+    train_img = np.clip(rng.normal(0.49, 0.1, (96, 96)), 0, 1)
+    t = {**TRAIN, **{k: v for k, v in measure(np.repeat((train_img[..., None] * 255).astype(np.uint8), 3, -1)).items()
+                     if k in ("brightness", "contrast", "brightness_p05", "brightness_p50", "brightness_p95")}}
+    rows = []
+    offsets = [-0.5, -0.53, -0.55, -0.58, -0.6, -0.75]  # the last one is black through its 95th percentile
+    for i, off in enumerate(offsets):
+        img = np.clip(np.clip(rng.normal(0.49, 0.1, (96, 96)), 0, 1) + off, 0, 1)
+        m = measure(np.repeat((img[..., None] * 255).astype(np.uint8), 3, -1))
+        rows.append(_row(f"{i}", is_ood=True, cause="lighting", **{k: m[k] for k in (
+            "brightness", "contrast", "brightness_p05", "brightness_p50", "brightness_p95")}))
+    rows = pd.DataFrame(rows)
+    assert (rows["brightness_p50"] < 0.02).all()  # the median itself is clipped
+    from shiftbench.collection.augment import _gain_offset
+    alpha, beta = _gain_offset(rows, t)
+    np.testing.assert_allclose(alpha[:-1], 1.0)
+    np.testing.assert_allclose(beta[:-1], offsets[:-1], atol=0.03)
+    assert np.isnan(alpha[-1]) and np.isnan(beta[-1])  # nothing left to match: no estimate
+    naive = rows["contrast"] / t["contrast"]
+    assert (naive < 0.6).all()  # what the mean-and-contrast match would have said
+    (entry,) = [e for e in augmentation_spec(rows, t) if e["name"] == "OneOf"]
+    rbc = entry["children"][0]
+    lo, hi = rbc["params"]["brightness_limit"]
+    assert -0.63 < lo < hi < -0.49 and rbc["params"]["contrast_limit"] == pytest.approx([0, 0], abs=1e-6)
 
 
 def test_lighting_ranges_reproduce_production_brightness():
@@ -406,6 +440,7 @@ def test_lighting_ranges_reproduce_production_brightness():
     (entry,) = augmentation_spec(rows, TRAIN)
     rbc = A.RandomBrightnessContrast(**{k: tuple(v) if isinstance(v, list) else v
                                         for k, v in entry["children"][0]["params"].items()}, p=1)
+    rbc.set_random_seed(0)
     rng = np.random.default_rng(0)
     img = np.clip(rng.normal(127.5, 25.5, (64, 64, 3)), 0, 255).astype(np.uint8)  # mean 0.5, contrast 0.1
     means = [rbc(image=img)["image"].mean() / 255 for _ in range(200)]

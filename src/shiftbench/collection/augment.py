@@ -76,6 +76,35 @@ def _one_of(cause: str, children: list[dict], why: str, p: float) -> dict:
     return {**_entry(cause, "OneOf", {}, why, p), "children": children}
 
 
+QUANTILES = ("brightness_p05", "brightness_p50", "brightness_p95")
+
+
+def _gain_offset(rows: pd.DataFrame, t: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the gain and offset that take the training images' tones to its own: (N,) each.
+
+    Matched on mean and contrast, except where the image clips (a brightness quantile
+    at 0 or 1: the clipped pixels lost their spread, and a darkened image would read as a
+    near-zero gain). There the quantiles still inside (0, 1) are matched to the training
+    ones instead: a line through two or three, a pure offset through one, nothing (NaN)
+    when all three clip.
+    """
+    alpha = rows["contrast"].to_numpy(float) / t["contrast"]
+    beta = rows["brightness"].to_numpy(float) - alpha * t["brightness"]
+    if not all(q in rows and t.get(q) is not None for q in QUANTILES):
+        return alpha, beta
+    qp, qt = rows[list(QUANTILES)].to_numpy(float), np.array([t[q] for q in QUANTILES])
+    inside = (qp > 0.02) & (qp < 0.98)
+    for i in np.flatnonzero(~inside.all(1)):
+        k = inside[i]
+        if k.sum() >= 2:
+            alpha[i], beta[i] = np.polyfit(qt[k], qp[i, k], 1)
+        elif k.sum() == 1:
+            alpha[i], beta[i] = 1.0, float(qp[i, k][0] - qt[k][0])
+        else:
+            alpha[i] = beta[i] = np.nan
+    return alpha, beta
+
+
 def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[list[dict], str]:
     """RandomBrightnessContrast and RandomGamma for one lighting mode, each at ``weight / 2``."""
     bt, ct, b50t = t.get("brightness"), t.get("contrast"), t.get("brightness_p50")
@@ -84,8 +113,7 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
     # RandomBrightnessContrast maps x to alpha*x + beta (beta in units of the maximum): an image at the
     # training medians gets a production image's mean and contrast with alpha = contrast ratio and
     # beta = mean - alpha * training mean. The ranges span those per-image pairs.
-    alpha = rows["contrast"].to_numpy(float) / ct
-    beta = rows["brightness"].to_numpy(float) - alpha * bt
+    alpha, beta = _gain_offset(rows, t)
     a, b = _span(alpha), _span(beta)
     b50 = np.clip(rows["brightness_p50"].to_numpy(float), 0.01, 0.99)
     g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma = production's
