@@ -220,21 +220,32 @@ def test_new_images_drawn_to_their_share():
     assert len(_draws(5, 0, 0.2)) == 5
 
 
-def test_fit_draws_each_image_as_often_as_asked():
+def test_fit_draws_each_image_as_often_as_asked(monkeypatch):
     """``draws`` sets how often an image is seen per epoch: 0 leaves it out, 3 triples it."""
+    import importlib
+    fitmod = importlib.import_module("shiftbench.training.fit")
     from shiftbench.training.data import LabeledImages
-    from shiftbench.training.fit import fit
     from shiftbench.training.model import build_classifier, load_source
     rng = np.random.default_rng(0)
     src = load_source("lite0", size=32, weights=None)
-    n = 6
+    n, draws = 6, np.array([0, 3, 1, 1, 1, 1])
     data = LabeledImages(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), np.array([0, 1] * 3), ["a", "b"],
                          [f"{i}.png" for i in range(n)], [str(i) for i in range(n)])
-    seen = []
-    model = build_classifier(src, data.classes, 0)
-    fit(model, data, None, preprocess=src.preprocess, trainable="head", epochs=2, batch_size=4, device="cpu",
-        draws=np.array([0, 3, 1, 1, 1, 1]), progress=lambda done, total: seen.append(total))
-    assert seen[-1] == 2 * 6 + 2 * 7  # features cached for each image and its flip, then two epochs of 0+3+4 draws
+    epochs_seen, real_epoch = [], fitmod._train_epoch
+
+    def spy(forward, opt, sched, scaler, autocast, batches, y, tick):
+        epochs_seen.append(np.concatenate([idx for idx, _ in batches]))
+        return real_epoch(forward, opt, sched, scaler, autocast, batches, y, tick)
+
+    monkeypatch.setattr(fitmod, "_train_epoch", spy)
+    totals = []
+    fitmod.fit(build_classifier(src, data.classes, 0), data, None, preprocess=src.preprocess, trainable="head",
+               epochs=2, batch_size=4, device="cpu", draws=draws, progress=lambda done, total: totals.append(total))
+    assert len(epochs_seen) == 2
+    for drawn in epochs_seen:
+        np.testing.assert_array_equal(np.bincount(drawn, minlength=n), draws)
+    assert not np.array_equal(epochs_seen[0], epochs_seen[1])  # reshuffled each epoch
+    assert totals[-1] == 2 * 6 + 2 * 7  # features cached for each image and its flip, then two epochs of 7 draws
 
 
 def test_gate_rule_edges():

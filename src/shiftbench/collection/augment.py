@@ -110,9 +110,8 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
     bt, ct, b50t = t.get("brightness"), t.get("contrast"), t.get("brightness_p50")
     if not (bt and ct and b50t) or not {"brightness", "contrast", "brightness_p50"} <= set(rows.columns):
         return [], ""
-    # RandomBrightnessContrast maps x to alpha*x + beta (beta in units of the maximum): an image at the
-    # training medians gets a production image's mean and contrast with alpha = contrast ratio and
-    # beta = mean - alpha * training mean. The ranges span those per-image pairs.
+    # RandomBrightnessContrast maps x to alpha*x + beta (beta in units of the maximum); the ranges
+    # span the per-image pairs of _gain_offset.
     alpha, beta = _gain_offset(rows, t)
     a, b = _span(alpha), _span(beta)
     b50 = np.clip(rows["brightness_p50"].to_numpy(float), 0.01, 0.99)
