@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -191,3 +193,48 @@ def test_describe_change_for_rotations_both_ways():
     t = pd.DataFrame({"rotation_deg": [18.0, -22.0, 30.0, -25.0, 20.0, -28.0]})
     line = describe_change(t, "angle", {})[0]
     assert "both ways" in line and "50% counter-clockwise" in line and "median 24" in line
+
+
+# ------------------------------------------------------------------ lighting must be undone as well as imitated
+
+def _bank_and_image(bank_workspace):
+    from shiftbench.bank import load_bank
+    from shiftbench.images import read_image
+    bank = load_bank(bank_workspace)
+    paths = bank.table["path"].to_numpy()[bank.rows]
+    return bank, read_image(Path(bank.meta["root"]) / paths[0])
+
+
+def test_undoing_lighting_removes_a_relit_images_distance_but_not_new_contents(bank_workspace, lite0):
+    """A darkened training image relit back is in distribution again; a new pattern given
+    the training tone is not (the histogram was never what made it new)."""
+    from shiftbench.explain.attribution import _embed, _undo_lighting
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    typical = float(np.median(scorer.calibration_.scores))
+    checker = np.kron((np.indices((12, 12)).sum(0) % 2), np.ones((8, 8)))  # 96 x 96 squares
+    new = np.repeat((60 + 30 * checker).astype(np.uint8)[..., None], 3, axis=2)
+    dark = (train_img.astype(np.float32) * 0.45).astype(np.uint8)  # gain only: nothing clips
+    undone = {}
+    for name, x in [("dark", dark), ("new", new)]:
+        score = float(scorer.score(_embed([x], lite0, conditions))[0][0])
+        assert score > np.quantile(scorer.calibration_.scores, 0.95)  # both out of distribution
+        undone[name] = _undo_lighting(x, [train_img], score, typical, scorer, lite0, conditions)
+    assert undone["dark"] >= 0.8 and undone["new"] < 0.3, undone
+
+
+def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(bank_workspace, lite0, monkeypatch):
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    dark = (train_img.astype(np.float32) * 0.45).astype(np.uint8)
+    feats = at._embed([dark], lite0, conditions)
+    score = float(scorer.score(feats)[0][0])
+    args = (dark, feats[0], measure(dark), score, [train_img], scorer, lite0, conditions)
+    assert at.attribute_one(*args)["cause"].startswith("lighting")
+    monkeypatch.setattr(at, "_undo_lighting", lambda *a: 0.0)  # as if relighting back changed nothing
+    row = at.attribute_one(*args)
+    assert "lighting" not in row["cause"] and row["share_lighting"] >= at.MIN_SHARE and row["undo_lighting"] == 0
+    clipped = {**measure(dark), "shadows_clipped": 0.2}  # black-clipped tones cannot be restored: not asked
+    row = at.attribute_one(dark, feats[0], clipped, score, [train_img], scorer, lite0, conditions)
+    assert row["cause"].startswith("lighting") and np.isnan(row["undo_lighting"])

@@ -234,7 +234,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
                 and pd.api.types.is_numeric_dtype(t[c])]
     table = pd.concat([table, t[measures]], axis=1)
     # attribution details: the same columns whether or not anything was flagged or explained
-    table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan,
+    table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan, undo_lighting=np.nan,
                          **{f"how_{c}": "" for c in CAUSES})
     _add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()

@@ -19,6 +19,13 @@ explains the image, so it shows something the training set does not.
 ``confidence`` is how decisively that call was made: ``1 - second/best`` share for
 a condition cause, ``1 - best/MIN_SHARE`` for content.
 
+Lighting must also be undone (:func:`_undo_lighting`): ``x`` relit to its nearest
+training images' lighting must lose at least ``MIN_UNDO`` of its distance, unless
+``x`` clips (a clipped tone cannot be restored). A histogram is cheap to imitate:
+relighting steel with the flat tone of another plant's images explains a fifth of
+their distance, but stretching those images back to steel's tone leaves them as far
+as before, since what differs is the content.
+
 ``MIN_SHARE`` and the number of neighbours were chosen on the steel benchmark
 (``scripts/bench_attribution.py``, docs/benchmarks.md).
 """
@@ -38,6 +45,8 @@ from .interventions import degrade_like, pipeline_faults, relight_like, warp_lik
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
+MIN_UNDO = 0.3
+CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
 
 
 def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray], scale: dict[str, float],
@@ -77,15 +86,14 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     -------
     dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
     e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
-    neighbours), ``cause``, ``confidence``, ``residual_score`` (the score under the
+    neighbours), ``undo_lighting`` (the share removed by relighting ``x`` like its
+    neighbours; NaN when not needed), ``cause``, ``confidence``, ``residual_score`` (the score under the
     best-explaining change) and ``residual_p`` (its conformal p-value: at least the
     scan's ``fpr`` when that change alone makes the image look in-distribution).
     """
     cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
     flat = [(c, img, how) for c, items in cands.items() for img, how in items]
-    feats, meas = embed_arrays([img for _, img, _ in flat], backbone, measure=measure)
-    table = pd.DataFrame(meas).assign(status="ok")
-    feats = np.hstack([feats, standardize(table, conditions)])
+    feats = _embed([img for _, img, _ in flat], backbone, conditions)
     typical = float(np.median(scorer.calibration_.scores))
     span = max(x_score - typical, 1e-9)
     row: dict = {"rotation_deg": rotation}
@@ -108,6 +116,12 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
         row[f"how_{c}"] = how
         residual = min(residual, s_c)
     shares = {c: row[f"share_{c}"] for c in CAUSES}
+    row["undo_lighting"] = np.nan
+    clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
+    if shares["lighting"] >= MIN_SHARE and not (clipped >= CLIPPED):
+        row["undo_lighting"] = _undo_lighting(x, neighbours[:2], x_score, typical, scorer, backbone, conditions)
+        if row["undo_lighting"] < MIN_UNDO:
+            shares["lighting"] = 0.0  # imitated but not undone: the lighting does not explain x
     ranked = sorted(shares, key=shares.get, reverse=True)
     best = shares[ranked[0]]
     if best >= MIN_SHARE:
@@ -119,6 +133,19 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     row["residual_score"] = float(residual)
     row["residual_p"] = float(scorer.calibration_.p_values(np.array([residual]))[0])
     return row
+
+
+def _embed(images: list[np.ndarray], backbone: Backbone, conditions: dict) -> np.ndarray:
+    """(N, D) features with the conditions view, as the bank stores them."""
+    feats, meas = embed_arrays(images, backbone, measure=measure)
+    return np.hstack([feats, standardize(pd.DataFrame(meas).assign(status="ok"), conditions)])
+
+
+def _undo_lighting(x: np.ndarray, neighbours: list[np.ndarray], x_score: float, typical: float,
+                   scorer: FusedKNNScorer, backbone: Backbone, conditions: dict) -> float:
+    """Share of ``x``'s distance removed by relighting ``x`` itself like each neighbour (the best one)."""
+    undone = scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0]
+    return float(np.clip((x_score - undone.min()) / max(x_score - typical, 1e-9), 0.0, 1.0))
 
 
 def _spread(conditions: dict) -> dict[str, float]:
