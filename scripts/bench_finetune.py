@@ -1,7 +1,7 @@
 """Fine-tuning benchmark on real steel images: targeted (``collect``) vs random labelling.
 
     python scripts/bench_finetune.py --bench /tmp/ftb0 --seed 0 [--budget-fraction 0.05] [--size 128]
-                                     [--epochs 8] [--strength 1.0] [--new-share F] [--no-augment] [--json OUT]
+                                     [--epochs 16] [--strength 1.0] [--new-share F] [--no-augment] [--json OUT]
     python scripts/bench_finetune.py --aggregate /tmp/ftb0/bench.json /tmp/ftb1/bench.json ...
 
 One seed, end to end (each step's output is kept in ``--bench`` and reused by a
@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--budget-fraction", type=float, default=0.05)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (finetune's default: 8)")
+    ap.add_argument("--epochs", type=int, default=16, help="fine-tuning epochs (finetune's default: 16)")
     ap.add_argument("--strength", type=float, default=1.0,
                     help="scale of every shift from the identity (steel_bench._variants); 1: the default benchmark")
     ap.add_argument("--no-augment", action="store_true",

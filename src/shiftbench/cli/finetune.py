@@ -38,7 +38,7 @@ def finetune(
         help="Output folder (default: WORKSPACE/finetune/<time>).")] = None,
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Folder for the default output.")] = Path(
         ".shiftbench"),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the last one is kept).")] = 8,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the last one is kept).")] = 16,
     lr: Annotated[Optional[float], typer.Option(
         help="AdamW learning rate (default: half of train's for --trainable).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 32,
