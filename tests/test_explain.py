@@ -231,10 +231,13 @@ def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(
     feats = at._embed([dark], lite0, conditions)
     score = float(scorer.score(feats)[0][0])
     args = (dark, feats[0], measure(dark), score, [train_img], scorer, lite0, conditions)
-    assert at.attribute_one(*args)["cause"].startswith("lighting")
+    lit = at.attribute_one(*args)
+    assert lit["cause"].startswith("lighting")
     monkeypatch.setattr(at, "_undo_lighting", lambda *a: 0.0)  # as if relighting back changed nothing
     row = at.attribute_one(*args)
     assert "lighting" not in row["cause"] and row["share_lighting"] >= at.MIN_SHARE and row["undo_lighting"] == 0
+    # the residual is what the changes left standing explain: relighting no longer counts
+    assert row["residual_score"] > lit["residual_score"] and row["residual_p"] <= lit["residual_p"]
     clipped = {**measure(dark), "shadows_clipped": 0.2}  # black-clipped tones cannot be restored: not asked
     row = at.attribute_one(dark, feats[0], clipped, score, [train_img], scorer, lite0, conditions)
     assert row["cause"].startswith("lighting") and np.isnan(row["undo_lighting"])

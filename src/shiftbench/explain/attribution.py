@@ -87,9 +87,10 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
     e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
     neighbours), ``undo_lighting`` (the share removed by relighting ``x`` like its
-    neighbours; NaN when not needed), ``cause``, ``confidence``, ``residual_score`` (the score under the
-    best-explaining change) and ``residual_p`` (its conformal p-value: at least the
-    scan's ``fpr`` when that change alone makes the image look in-distribution).
+    neighbours; NaN when not needed), ``cause``, ``confidence``, ``residual_score``
+    (the score under the best-explaining change that was not ruled out) and
+    ``residual_p`` (its conformal p-value: at least the scan's ``fpr`` when that change
+    alone makes the image look in-distribution).
     """
     cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
     flat = [(c, img, how) for c, items in cands.items() for img, how in items]
@@ -97,7 +98,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     typical = float(np.median(scorer.calibration_.scores))
     span = max(x_score - typical, 1e-9)
     row: dict = {"rotation_deg": rotation}
-    residual = x_score
+    explained = {}  # cause -> x's score with that cause's counterfactuals in the bank
     for c in CAUSES:
         idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
         if c == "pipeline":  # discrete faults: each tested on its own, the best kept
@@ -114,7 +115,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
             s_c, how = x_score, "none"
         row[f"share_{c}"] = float(np.clip((x_score - s_c) / span, 0.0, 1.0))
         row[f"how_{c}"] = how
-        residual = min(residual, s_c)
+        explained[c] = s_c
     shares = {c: row[f"share_{c}"] for c in CAUSES}
     row["undo_lighting"] = np.nan
     clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
@@ -122,6 +123,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
         row["undo_lighting"] = _undo_lighting(x, neighbours[:2], x_score, typical, scorer, backbone, conditions)
         if row["undo_lighting"] < MIN_UNDO:
             shares["lighting"] = 0.0  # imitated but not undone: the lighting does not explain x
+            del explained["lighting"]
     ranked = sorted(shares, key=shares.get, reverse=True)
     best = shares[ranked[0]]
     if best >= MIN_SHARE:
@@ -130,6 +132,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     else:
         row["cause"] = "content"
         row["confidence"] = float(1.0 - best / MIN_SHARE)
+    residual = min(x_score, *explained.values())
     row["residual_score"] = float(residual)
     row["residual_p"] = float(scorer.calibration_.p_values(np.array([residual]))[0])
     return row
