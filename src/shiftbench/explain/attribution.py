@@ -40,7 +40,7 @@ import pandas as pd
 from ..embedding import Backbone, embed_arrays
 from ..images import read_image
 from ..properties import measure
-from ..scoring import FusedKNNScorer, standardize
+from ..scoring import FusedKNNScorer, with_conditions
 from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
@@ -95,8 +95,11 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
     flat = [(c, img, how) for c, items in cands.items() for img, how in items]
     feats = _embed([img for _, img, _ in flat], backbone, conditions)
-    typical = float(np.median(scorer.calibration_.scores))
-    span = max(x_score - typical, 1e-9)
+    span = max(x_score - float(np.median(scorer.calibration_.scores)), 1e-9)
+
+    def share(s_c: float) -> float:  # of x's distance above a typical training image's
+        return float(np.clip((x_score - s_c) / span, 0.0, 1.0))
+
     row: dict = {"rotation_deg": rotation}
     explained = {}  # cause -> x's score with that cause's counterfactuals in the bank
     for c in CAUSES:
@@ -113,14 +116,14 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
             how = flat[idx[0]][2]
         else:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"
-        row[f"share_{c}"] = float(np.clip((x_score - s_c) / span, 0.0, 1.0))
+        row[f"share_{c}"] = share(s_c)
         row[f"how_{c}"] = how
         explained[c] = s_c
     shares = {c: row[f"share_{c}"] for c in CAUSES}
     row["undo_lighting"] = np.nan
     clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
-    if shares["lighting"] >= MIN_SHARE and not (clipped >= CLIPPED):
-        row["undo_lighting"] = _undo_lighting(x, neighbours[:2], x_score, typical, scorer, backbone, conditions)
+    if shares["lighting"] >= MIN_SHARE and not (clipped >= CLIPPED):  # (an unmeasured clip is asked)
+        row["undo_lighting"] = share(_undo_lighting(x, neighbours[:2], scorer, backbone, conditions))
         if row["undo_lighting"] < MIN_UNDO:
             shares["lighting"] = 0.0  # imitated but not undone: the lighting does not explain x
             del explained["lighting"]
@@ -141,14 +144,13 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
 def _embed(images: list[np.ndarray], backbone: Backbone, conditions: dict) -> np.ndarray:
     """(N, D) features with the conditions view, as the bank stores them."""
     feats, meas = embed_arrays(images, backbone, measure=measure)
-    return np.hstack([feats, standardize(pd.DataFrame(meas).assign(status="ok"), conditions)])
+    return with_conditions(feats, pd.DataFrame(meas).assign(status="ok"), conditions)
 
 
-def _undo_lighting(x: np.ndarray, neighbours: list[np.ndarray], x_score: float, typical: float,
-                   scorer: FusedKNNScorer, backbone: Backbone, conditions: dict) -> float:
-    """Share of ``x``'s distance removed by relighting ``x`` itself like each neighbour (the best one)."""
-    undone = scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0]
-    return float(np.clip((x_score - undone.min()) / max(x_score - typical, 1e-9), 0.0, 1.0))
+def _undo_lighting(x: np.ndarray, neighbours: list[np.ndarray], scorer: FusedKNNScorer, backbone: Backbone,
+                   conditions: dict) -> float:
+    """The lowest score of ``x`` relit like one of ``neighbours`` (scored against the whole bank)."""
+    return float(scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0].min())
 
 
 def _spread(conditions: dict) -> dict[str, float]:
