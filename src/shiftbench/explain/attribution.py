@@ -87,7 +87,7 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
     e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
     neighbours), ``undo_lighting`` (the share removed by relighting ``x`` like its
-    neighbours; NaN when not needed), ``cause``, ``confidence``, ``residual_score``
+    neighbours; NaN where lighting would not be named anyway), ``cause``, ``confidence``, ``residual_score``
     (the score under the best-explaining change that was not ruled out) and
     ``residual_p`` (its conformal p-value: at least the scan's ``fpr`` when that change
     alone makes the image look in-distribution).
@@ -122,7 +122,8 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     shares = {c: row[f"share_{c}"] for c in CAUSES}
     row["undo_lighting"] = np.nan
     clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
-    if shares["lighting"] >= MIN_SHARE and not (clipped >= CLIPPED):  # (an unmeasured clip is asked)
+    # asked only where lighting would be named (an unmeasured clip is asked too)
+    if shares["lighting"] >= max(MIN_SHARE, 0.5 * max(shares.values())) and not (clipped >= CLIPPED):
         row["undo_lighting"] = share(_undo_lighting(x, neighbours[:2], scorer, backbone, conditions))
         if row["undo_lighting"] < MIN_UNDO:
             shares["lighting"] = 0.0  # imitated but not undone: the lighting does not explain x

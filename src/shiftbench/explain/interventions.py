@@ -76,24 +76,42 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else img
 
 
-def degradations(src: np.ndarray, blur_direction: float) -> dict[str, np.ndarray]:
-    """Candidate optical degradations of ``src``: blur, lower resolution, motion, compression."""
+LOW_PASS = tuple([f"blur {s}" for s in (0.6, 0.9, 1.2, 1.6, 2.0, 2.6, 3.4, 4.5)]
+                 + [f"downscale {f}" for f in (0.2, 0.3, 0.4, 0.5, 0.65, 0.8)]
+                 + [f"motion {n}" for n in (5, 9, 13, 17)])
+DEGRADATIONS = ("none", *LOW_PASS, *(f"jpeg {q}" for q in (5, 10, 20, 40)))
+
+
+def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarray:
+    """``src`` under one named degradation of :data:`DEGRADATIONS` (e.g. ``"blur 2.0"``, ``"jpeg 10"``)."""
+    kind, _, value = name.partition(" ")
     h, w = src.shape[:2]
-    out = {"none": src}
-    for s in (0.6, 0.9, 1.2, 1.6, 2.0, 2.6, 3.4, 4.5):
-        out[f"blur {s}"] = cv2.GaussianBlur(src, (0, 0), s)
-    for f in (0.2, 0.3, 0.4, 0.5, 0.65, 0.8):
+    if kind == "none":
+        return src
+    if kind == "blur":
+        return cv2.GaussianBlur(src, (0, 0), float(value))
+    if kind == "downscale":
+        f = float(value)
         small = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        out[f"downscale {f}"] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    for n in (5, 9, 13, 17):
-        out[f"motion {n}"] = cv2.filter2D(src, -1, _motion_kernel(n, blur_direction), borderType=REFLECT)
-    for q in (5, 10, 20, 40):
-        out[f"jpeg {q}"] = _jpeg(src, q)
-    return out
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if kind == "motion":
+        return cv2.filter2D(src, -1, _motion_kernel(int(value), blur_direction), borderType=REFLECT)
+    if kind == "jpeg":
+        return _jpeg(src, int(value))
+    raise ValueError(f"unknown degradation {name!r}")
+
+
+def degradations(src: np.ndarray, blur_direction: float, low_pass: bool = True) -> dict[str, np.ndarray]:
+    """Candidate optical degradations of ``src``: blur, lower resolution, motion, compression.
+
+    ``low_pass=False`` leaves out the three low-pass families (blur, downscale, motion),
+    keeping ``none`` and JPEG compression.
+    """
+    return {name: degrade(src, name, blur_direction) for name in DEGRADATIONS if low_pass or name not in LOW_PASS}
 
 
 def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
-                 known: dict[str, dict] | None = None) -> tuple[np.ndarray, str]:
+                 known: dict[str, dict] | None = None, names: tuple[str, ...] = DEGRADATIONS) -> tuple[np.ndarray, str]:
     """The degradation of ``src`` whose optics measurements come closest to ``ref_measures``.
 
     ``scale`` gives each measurement's training spread (distances are in those
@@ -101,19 +119,35 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
     and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
     calls, filled with the optics of its candidates that do not depend on the
     reference (all but motion blur), so that a training image that neighbours many
-    flagged images is measured once.
+    flagged images is measured once. ``names``: the candidates (default all of
+    :data:`DEGRADATIONS`; ``none`` is always one).
+
+    Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
+    so they are not tried when the reference is at least as sharp as ``src`` on both:
+    nothing low-passed can explain a sharper image (and the search is cut to JPEG).
     """
-    best, best_d, best_name = src, np.inf, "none"
-    for name, img in degradations(src, ref_measures.get("blur_direction", 0.0)).items():
-        cacheable = known is not None and not name.startswith("motion")
-        m = known[name] if cacheable and name in known else optics(img)
-        if cacheable:
-            known[name] = m
+    known = {} if known is None else known
+    direction = ref_measures.get("blur_direction", 0.0)
+    seen: dict[str, dict] = {}  # this call's measurements
+
+    def measured(name: str) -> dict:
+        if name not in seen:
+            seen[name] = known[name] if name in known else optics(degrade(src, name, direction))
+            if not name.startswith("motion"):  # motion blur depends on the reference's blur direction
+                known[name] = seen[name]
+        return seen[name]
+
+    plain = measured("none")
+    low_pass = not all(ref_measures.get(c, np.nan) >= plain[c] for c in ("sharpness", "hf_ratio"))
+    best_d, best_name = np.inf, "none"
+    for name in ("none", *(n for n in names if n != "none" and (low_pass or n not in LOW_PASS))):
+        m = measured(name)
         d = sum(((m[c] - ref_measures[c]) / scale[c]) ** 2 for c in OPTICS_MATCHED
                 if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
         if d < best_d:
-            best, best_d, best_name = img, d, name
-    have, want = optics(best)["noise"], ref_measures.get("noise", 0.0)
+            best_d, best_name = d, name
+    best = degrade(src, best_name, direction)
+    have, want = measured(best_name)["noise"], ref_measures.get("noise", 0.0)
     if np.isfinite(want) and want > 1.2 * have:
         sigma = 255.0 * np.sqrt(want ** 2 - have ** 2)
         noise = np.random.default_rng(0).normal(0, sigma, best.shape)
