@@ -55,13 +55,16 @@ def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray], 
     out: dict[str, list] = {c: [] for c in CAUSES}
     rotations = []
     known = optics_known or [None] * len(neighbours)
+    x_cache: dict = {}  # x's own features, orientations, spectrum: computed once for all neighbours
     for i, n in enumerate(neighbours):
-        out["lighting"].append((relight_like(n, x), "relit"))
-        warped, how, deg = warp_like(n, x)
-        out["angle"].append((warped, how))
+        out["lighting"].append((relight_like(n, x, x_cache), "relit"))
+        warped, how, deg = warp_like(n, x, x_cache)
         rotations.append(deg)
+        # an unchanged neighbour is in the bank already: it cannot lower the score
+        if warped is not n:
+            out["angle"].append((warped, how))
         degraded, how = degrade_like(n, x_meas, scale, known[i])
-        if degraded is not n:  # the unchanged neighbour is in the bank already: it cannot lower the score
+        if degraded is not n:
             out["resolution"].append((degraded, how))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]

@@ -21,6 +21,16 @@ from ..properties.measures import optics
 REFLECT = cv2.BORDER_REFLECT_101
 
 
+def _cached(cache: dict | None, key: tuple, fn):
+    """``fn()``, kept in ``cache`` under ``key``: a production image's own quantities are
+    computed once for all of its neighbours (no memo without a cache)."""
+    if cache is None:
+        return fn()
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]
+
+
 # --- lighting -----------------------------------------------------------------
 
 def _illumination(img: np.ndarray) -> np.ndarray:
@@ -47,13 +57,15 @@ def _match_histogram(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def relight_like(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def relight_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> np.ndarray:
     """``src`` under the lighting of ``ref``: its illumination field, then its histogram per channel.
 
     The field (low-order surface of the luma) carries uneven light; histogram
-    matching carries exposure, gamma, contrast and colour cast.
+    matching carries exposure, gamma, contrast and colour cast. ``cache``: a dict
+    kept across calls with the same ``ref`` (see :func:`warp_like`).
     """
-    ratio = cv2.resize(_illumination(ref), (src.shape[1], src.shape[0])) / _illumination(src)
+    field = _cached(cache, ("illumination",), lambda: _illumination(ref))
+    ratio = cv2.resize(field, (src.shape[1], src.shape[0])) / _illumination(src)
     lit = np.clip(src.astype(np.float32) * ratio[..., None], 0, 255).astype(np.uint8)
     return _match_histogram(lit, ref)
 
@@ -171,14 +183,15 @@ def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
     return hist / max(hist.sum(), 1e-12)
 
 
-def rotation_between(src: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+def rotation_between(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tuple[float, float]:
     """In-plane rotation (degrees, counter-clockwise, in [-90, 90)) taking ``src``'s texture to ``ref``'s.
 
     Circular cross-correlation of the two gradient-orientation histograms.
     Returns the angle and a confidence in [0, 1]: how much the best alignment
     beats the average one (0 for isotropic textures, where rotation is unseen).
     """
-    a, b = _orientation_hist(src), _orientation_hist(ref)
+    a = _orientation_hist(src)
+    b = _cached(cache, ("orientation", ref.shape), lambda: _orientation_hist(ref))
     corr = np.real(np.fft.ifft(np.conj(np.fft.fft(a)) * np.fft.fft(b)))
     shift = int(np.argmax(corr))
     conf = float((corr[shift] - corr.mean()) / max(corr[shift], 1e-12))
@@ -186,16 +199,20 @@ def rotation_between(src: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return -deg, conf  # image y points down: a gradient turning by +t means a clockwise turn
 
 
-def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15) -> np.ndarray | None:
+def _orb(img: np.ndarray) -> tuple:
+    """ORB keypoints and descriptors of an RGB image."""
+    return cv2.ORB_create(nfeatures=800).detectAndCompute(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), None)
+
+
+def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15,
+                       cache: dict | None = None) -> np.ndarray | None:
     """Homography mapping ``src`` onto ``ref`` from ORB matches and RANSAC, or None.
 
     None when the images share too few consistent features (textures, other
     parts): then only the rotation estimate is available.
     """
-    orb = cv2.ORB_create(nfeatures=800)
-    ga, gb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (src, ref))
-    ka, da = orb.detectAndCompute(ga, None)
-    kb, db = orb.detectAndCompute(gb, None)
+    ka, da = _orb(src)
+    kb, db = _cached(cache, ("orb", ref.shape), lambda: _orb(ref))
     if da is None or db is None or len(ka) < min_inliers or len(kb) < min_inliers:
         return None
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
@@ -212,23 +229,25 @@ def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15) 
     return h if 0.25 < det < 4.0 else None
 
 
-def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45)) -> float:
+def _mean_freq(img: np.ndarray) -> float:
+    """Power-weighted mean radial frequency (cycles per pixel) of the windowed grey image."""
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    g = (g - g.mean()) * np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
+    p = np.abs(np.fft.rfft2(g)) ** 2
+    fy = np.abs(np.fft.fftfreq(g.shape[0]))[:, None]
+    fx = np.fft.rfftfreq(g.shape[1])[None, :]
+    return float((np.hypot(fx, fy) * p).sum() / max(p.sum(), 1e-12))
+
+
+def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45), cache: dict | None = None) -> float:
     """Magnification of ``ref`` relative to ``src`` from where their spectra's energy lies.
 
     A closer camera moves all of a texture's frequencies down by the zoom
     factor; the zoom whose rescaled ``src`` has the mean radial frequency of
     ``ref`` is returned (1.0 when ``ref`` is not coarser).
     """
-    def mean_freq(img):
-        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        g = (g - g.mean()) * np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
-        p = np.abs(np.fft.rfft2(g)) ** 2
-        fy = np.abs(np.fft.fftfreq(g.shape[0]))[:, None]
-        fx = np.fft.rfftfreq(g.shape[1])[None, :]
-        return float((np.hypot(fx, fy) * p).sum() / max(p.sum(), 1e-12))
-
-    target = mean_freq(ref)
-    return min(zooms, key=lambda z: abs(mean_freq(_zoom(src, z)) - target))
+    target = _cached(cache, ("frequency", ref.shape), lambda: _mean_freq(ref))
+    return min(zooms, key=lambda z: abs(_mean_freq(_zoom(src, z)) - target))
 
 
 def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
@@ -237,20 +256,24 @@ def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
 
 
-def warp_like(src: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, str, float]:
+def warp_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tuple[np.ndarray, str, float]:
     """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
 
-    Returns the warped image, a description and the in-plane rotation in degrees.
+    Returns the warped image (``src`` itself when the pose is unchanged), a
+    description and the in-plane rotation in degrees. ``cache``: a dict kept across
+    calls with the same ``ref`` and several ``src`` (a production image and its
+    neighbours), so that ``ref``'s features, orientations and spectrum are computed once.
     """
     h, w = src.shape[:2]
-    ref = cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)
-    hom = homography_between(src, ref)
+    ref = _cached(cache, ("resized", h, w), lambda: cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA))
+    hom = homography_between(src, ref, cache=cache)
     if hom is not None:
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
         return cv2.warpPerspective(src, hom, (w, h), borderMode=REFLECT), f"homography, rotate {-deg:+.0f}", -deg
-    deg, conf = rotation_between(src, ref)
-    z = zoom_between(src, ref)
-    return _zoom(src, z, deg), f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}", deg
+    deg, conf = rotation_between(src, ref, cache)
+    z = zoom_between(src, ref, cache=cache)
+    how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
+    return (src if deg == 0 and z == 1.0 else _zoom(src, z, deg)), how, deg
 
 
 # --- pipeline faults --------------------------------------------------------------
