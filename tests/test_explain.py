@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shiftbench.explain import agree_with_neighbours
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import (degrade_like, pipeline_faults, relight_like, rotation_between,
                                               warp_like, zoom_between)
@@ -255,3 +256,34 @@ def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(
     clipped = {**measure(dark), "shadows_clipped": 0.2}  # black-clipped tones cannot be restored: not asked
     row = at.attribute_one(dark, feats[0], clipped, score, [train_img], scorer, lite0, conditions)
     assert row["cause"].startswith("lighting") and np.isnan(row["undo_lighting"])
+
+
+# ------------------------------------------------------------------ agreement among alike images
+
+def test_an_isolated_misreading_takes_the_cause_of_its_alike_images():
+    rng = np.random.default_rng(0)
+    dark = rng.normal([-3, 0, 0], 0.3, (12, 3))  # a darker station: 12 alike images
+    tilted = rng.normal([0, 3, 0], 0.3, (12, 3))  # a tilted one
+    conditions = np.vstack([dark, tilted])
+    causes = np.array(["lighting"] * 12 + ["angle"] * 12, dtype=object)
+    causes[3], causes[15] = "content", "resolution+angle"  # one misreading in each
+    shares = np.zeros((24, 4))
+    agreed, agreement = agree_with_neighbours(causes, conditions, shares)
+    assert agreed[3] == "lighting" and agreed[15] == "angle"
+    assert list(agreed[:3]) == ["lighting"] * 3 and agreed[16] == "angle"
+    assert agreement[3] == pytest.approx(6 / 7) and agreement.min() >= 6 / 7
+
+
+def test_a_small_group_of_alike_images_keeps_its_own_cause():
+    """Four alike images (a majority of any 7) keep their cause among many of another."""
+    rng = np.random.default_rng(1)
+    conditions = np.vstack([rng.normal(0, 1.0, (30, 3)), rng.normal([0.5, 0, 0], 0.05, (4, 3))])
+    causes = np.array(["content"] * 30 + ["lighting"] * 4, dtype=object)
+    agreed, _ = agree_with_neighbours(causes, conditions, np.zeros((34, 4)))
+    assert list(agreed[30:]) == ["lighting"] * 4
+
+
+def test_fewer_flagged_images_than_a_neighbourhood_keep_their_causes():
+    causes = np.array(["lighting", "lighting", "lighting", "angle"], dtype=object)
+    agreed, agreement = agree_with_neighbours(causes, np.zeros((4, 3)), np.zeros((4, 4)))
+    assert list(agreed) == list(causes) and agreement[3] == pytest.approx(0.25)

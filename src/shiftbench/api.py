@@ -23,12 +23,12 @@ from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
-from .explain import CAUSES, attribute, cluster_cards, cluster_flagged
+from .explain import CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
-from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
+from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, standardize, with_conditions
 from .scoring.drift import drift_table, robust_scale
 
 DEFAULT_WORKSPACE = ".shiftbench"
@@ -182,7 +182,10 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     ScanResult
         ``table`` (one row per image: path, status, error, ood_score, p_value,
         is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha, then
-        the condition measurements of :mod:`shiftbench.properties`), ``summary``
+        the condition measurements of :mod:`shiftbench.properties`, then the attribution
+        details: ``cause_own``, the cause from the image's own interventions, and
+        ``cause_agreement``; ``cause`` is the cause of the majority of alike flagged
+        images where they agree, see :func:`shiftbench.explain.agree_with_neighbours`), ``summary``
         (with ``drift``: one two-sample test per measurement, training vs production),
         and ``out_dir`` holding ``images.csv``, ``summary.json`` and ``embeddings.npy``
         ((N, D) float32 penultimate features in the rows' order, NaN rows for unreadable files).
@@ -235,7 +238,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     table = pd.concat([table, t[measures]], axis=1)
     # attribution details: the same columns whether or not anything was flagged or explained
     table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan, undo_lighting=np.nan,
-                         **{f"how_{c}": "" for c in CAUSES})
+                         **{f"how_{c}": "" for c in CAUSES}, cause_own=table["cause"], cause_agreement=np.nan)
     _add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
     cards = _explain(table, feats, root, bank, bb, explain_progress) if explain and is_ood.any() else []
@@ -316,6 +319,12 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     rows = table.iloc[flagged]
     got = attribute(rows, feats[flagged], root, bank.meta["root"], bank.table["path"].to_numpy()[bank.rows],
                     bank.scorer, bb, bank.meta["conditions"], progress=progress)
+    known = (got["cause"] != "unknown").to_numpy()
+    shares = got.loc[known, [f"share_{c}" for c in CAUSES]].to_numpy(float)
+    got["cause_own"] = got["cause"]
+    got["cause_agreement"] = np.nan
+    got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(
+        got.loc[known, "cause"].to_numpy(), standardize(rows[known], bank.meta["conditions"]), shares)
     for col in got.columns:
         if col not in table.columns:
             table[col] = np.nan if pd.api.types.is_numeric_dtype(got[col]) else ""

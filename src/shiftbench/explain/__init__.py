@@ -1,6 +1,7 @@
 """Explain: attribution of flagged images to causes, and failure clusters (on arrays and tables)."""
 
-from .attribution import CAUSES, attribute, attribute_one
+from .attribution import CAUSES, agree_with_neighbours, attribute, attribute_one
 from .clusters import cluster_cards, cluster_flagged, describe_change
 
-__all__ = ["CAUSES", "attribute", "attribute_one", "cluster_cards", "cluster_flagged", "describe_change"]
+__all__ = ["CAUSES", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards", "cluster_flagged",
+           "describe_change"]

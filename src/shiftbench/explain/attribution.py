@@ -41,6 +41,7 @@ from ..embedding import Backbone, embed_arrays
 from ..images import read_image
 from ..properties import measure
 from ..scoring import FusedKNNScorer, with_conditions
+from ..search import build_index, search
 from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
@@ -205,3 +206,49 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
         if progress:
             progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
+
+
+AGREE_K = 7  # an image's own neighbourhood: itself and its 6 nearest flagged images
+SHARE_WEIGHT = 2.0  # explained shares (0-1) against measurements in training spreads
+
+
+def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np.ndarray,
+                          k: int = AGREE_K) -> tuple[np.ndarray, np.ndarray]:
+    """Causes made consistent among flagged images that look alike.
+
+    One failure mode (a relit station, a tilted camera) gives many images the same
+    changed conditions, while one image's interventions are noisy: a rotation
+    misread on a texture, a blur that a zoom also explains. Each image takes the
+    primary cause of a strict majority of its ``k`` nearest flagged images (itself
+    included) in the space of its standardised measurements and its explained shares
+    (times ``SHARE_WEIGHT``), and keeps its own where there is none. A group of
+    ``k // 2 + 1`` or more alike images thus keeps its own cause, however many
+    images of other causes surround it; with fewer than ``k`` flagged images nothing
+    changes.
+
+    Parameters
+    ----------
+    causes : (N,) str, per-image causes (``lighting+angle`` counts as ``lighting``).
+    conditions : (N, C) float, measurements standardised by the training set.
+    shares : (N, S) float in [0, 1], the share of the distance each cause explains.
+
+    Returns
+    -------
+    (N,) causes (an image's own where kept, else the majority's primary cause) and
+    (N,) agreement: the fraction of its neighbourhood whose primary cause is the returned one's.
+    """
+    causes = np.asarray(causes, dtype=object)
+    primary = np.array([str(c).split("+")[0] for c in causes], dtype=object)
+    if len(causes) < k:
+        agreement = np.array([np.mean(primary == p) for p in primary]) if len(causes) else np.zeros(0)
+        return causes, agreement
+    z = np.hstack([np.clip(np.nan_to_num(conditions), -10, 10), SHARE_WEIGHT * np.nan_to_num(shares)])
+    _, nn = search(build_index(z, "flat"), z, k)
+    out, agreement = causes.copy(), np.zeros(len(causes))
+    for i, row in enumerate(nn):
+        names, counts = np.unique(primary[row[row >= 0]], return_counts=True)
+        top = names[counts.argmax()]
+        if counts.max() > k / 2 and top != primary[i]:
+            out[i] = top
+        agreement[i] = np.mean(primary[row[row >= 0]] == str(out[i]).split("+")[0])
+    return out, agreement
