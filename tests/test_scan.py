@@ -137,6 +137,10 @@ def test_flagged_images_are_attributed_to_their_shift(scanned):
     assert (f["residual_score"] <= f["ood_score"] + 1e-9).all() and (f["residual_p"] >= f["p_value"]).all()
     assert (f["residual_p"] > f["p_value"]).any()  # (24 training images: p-values come in steps of 0.04)
     assert t.loc[~t["is_ood"], "residual_p"].isna().all()
+    # a cause taken from alike images is theirs: a majority agrees, and that is its confidence
+    taken = f[f["cause"] != f["cause_own"]]
+    assert (taken["cause_agreement"] > 0.5).all() and (taken["confidence"] == taken["cause_agreement"]).all()
+    assert (f["cause_agreement"].between(0, 1)).all() and (t.loc[~t["is_ood"], "cause_own"] == "none").all()
 
 
 def test_clusters_and_cards(scanned):

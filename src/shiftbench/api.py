@@ -325,6 +325,8 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     got["cause_agreement"] = np.nan
     got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(
         got.loc[known, "cause"].to_numpy(), standardize(rows[known], bank.meta["conditions"]), shares)
+    taken = (got["cause"] != got["cause_own"]).to_numpy()  # the own call's confidence does not apply
+    got.loc[taken, "confidence"] = got.loc[taken, "cause_agreement"]
     for col in got.columns:
         if col not in table.columns:
             table[col] = np.nan if pd.api.types.is_numeric_dtype(got[col]) else ""
