@@ -111,7 +111,7 @@ def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
     second = degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale, known)
     assert first[1] == plain[1] and np.array_equal(first[0], plain[0])
     assert not any(k.startswith("motion") for k in known) and "none" in known
-    assert len(calls) == sum(k.startswith("motion") for k in iv.degradations(sharp, 0.0))
+    assert len(calls) == sum(k.startswith("motion") for k in iv.DEGRADATIONS)
     assert second[1] == degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale)[1]
 
 

@@ -95,7 +95,8 @@ DEGRADATIONS = ("none", *LOW_PASS, *(f"jpeg {q}" for q in (5, 10, 20, 40)))
 
 
 def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarray:
-    """``src`` under one named degradation of :data:`DEGRADATIONS` (e.g. ``"blur 2.0"``, ``"jpeg 10"``)."""
+    """``src`` under one named candidate degradation (blur, lower resolution, motion, compression)
+    of :data:`DEGRADATIONS`, e.g. ``"blur 2.0"`` or ``"jpeg 10"``."""
     kind, _, value = name.partition(" ")
     h, w = src.shape[:2]
     if kind == "none":
@@ -113,26 +114,17 @@ def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarr
     raise ValueError(f"unknown degradation {name!r}")
 
 
-def degradations(src: np.ndarray, blur_direction: float, low_pass: bool = True) -> dict[str, np.ndarray]:
-    """Candidate optical degradations of ``src``: blur, lower resolution, motion, compression.
-
-    ``low_pass=False`` leaves out the three low-pass families (blur, downscale, motion),
-    keeping ``none`` and JPEG compression.
-    """
-    return {name: degrade(src, name, blur_direction) for name in DEGRADATIONS if low_pass or name not in LOW_PASS}
-
-
 def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
-                 known: dict[str, dict] | None = None, names: tuple[str, ...] = DEGRADATIONS) -> tuple[np.ndarray, str]:
-    """The degradation of ``src`` whose optics measurements come closest to ``ref_measures``.
+                 known: dict[str, dict] | None = None) -> tuple[np.ndarray, str]:
+    """The degradation of ``src`` (one of :data:`DEGRADATIONS`) whose optics measurements come closest
+    to ``ref_measures``.
 
     ``scale`` gives each measurement's training spread (distances are in those
     units). Noise is then topped up to the reference's level. Returns the image
     and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
     calls, filled with the optics of its candidates that do not depend on the
     reference (all but motion blur), so that a training image that neighbours many
-    flagged images is measured once. ``names``: the candidates (default all of
-    :data:`DEGRADATIONS`; ``none`` is always one).
+    flagged images is measured once.
 
     Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
     so they are not tried when the reference is at least as sharp as ``src`` on both:
@@ -152,7 +144,7 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
     plain = measured("none")
     low_pass = not all(ref_measures.get(c, np.nan) >= plain[c] for c in ("sharpness", "hf_ratio"))
     best_d, best_name = np.inf, "none"
-    for name in ("none", *(n for n in names if n != "none" and (low_pass or n not in LOW_PASS))):
+    for name in (n for n in DEGRADATIONS if low_pass or n not in LOW_PASS):
         m = measured(name)
         d = sum(((m[c] - ref_measures[c]) / scale[c]) ** 2 for c in OPTICS_MATCHED
                 if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
