@@ -128,6 +128,18 @@ def test_degrade_like_does_not_low_pass_towards_a_sharper_image():
     assert degrade_like(sharp, {**measure(soft), "blur_direction": 0.0}, scale)[1].split()[0] in ("blur", "downscale")
 
 
+def test_every_named_degradation_can_be_made_and_others_are_refused():
+    import shiftbench.explain.interventions as iv
+
+    src = texture(0, angle=60)
+    for name in iv.DEGRADATIONS:
+        out = iv.degrade(src, name, 30.0)
+        assert out.shape == src.shape and out.dtype == np.uint8
+        assert (out is src) == (name == "none")
+    with pytest.raises(ValueError, match="unknown degradation"):
+        iv.degrade(src, "sharpen 2")
+
+
 def test_channel_swap_is_offered_only_for_colour_images():
     grey = texture(0)
     colour = grey.copy()
