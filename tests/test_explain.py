@@ -200,6 +200,12 @@ def test_clusters_follow_causes_and_split_clear_modes():
     dark_card = next(c for c in cards if c["cause"] == "lighting" and "below" in c["change"][0])
     assert dark_card["change"][0].startswith("median brightness 70% below training")
     assert len(dark_card["medoids"]) == 3
+    assert "taken_from_alike" not in dark_card  # no cause_own column: nothing to count
+    t["cause_own"] = t["cause"]
+    t.loc[t.index[lit & dark][:2], "cause_own"] = "content"  # two dark images took the cause of alike ones
+    cards = {c["cluster"]: c for c in cluster_cards(t, np.zeros((len(t), 4)), center)}
+    assert cards[dark_card["cluster"]]["taken_from_alike"] == 2
+    assert sum(c["taken_from_alike"] for c in cards.values()) == 2
 
 
 def test_a_unimodal_group_stays_one_cluster():

@@ -129,8 +129,10 @@ def scan(
     for card in s["clusters"]:
         err = (f", error rate {100 * card['error_rate']:.0f}% of {card['labelled']} labelled"
                if "error_rate" in card else "")
+        alike = (f", {card['taken_from_alike']} of them by agreement with alike images"
+                 if card.get("taken_from_alike") else "")
         info(f"cluster {card['cluster']}: {card['size']} images, cause {card['cause']} "
-             f"(confidence {card['confidence']:.2f}){err}", quiet)
+             f"(confidence {card['confidence']:.2f}{alike}){err}", quiet)
         for line in card["change"]:
             info(f"    {line}", quiet)
         info(f"    e.g. {', '.join(card['medoids'])}", quiet)

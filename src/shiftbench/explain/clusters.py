@@ -131,7 +131,8 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
     """One card per cluster of ``table`` (rows with ``cluster`` >= 0), largest first.
 
     ``features`` (N, D) aligned with ``table`` choose the medoids. A ``correct``
-    column (model-aware scans) adds the cluster's error rate.
+    column (model-aware scans) adds the cluster's error rate; a ``cause_own`` column
+    adds ``taken_from_alike``, the members whose own interventions named another cause.
     """
     cards = []
     for cid in sorted(c for c in table["cluster"].unique() if c >= 0):
@@ -144,6 +145,8 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
                 "confidence": float(members["confidence"].median()),
                 "change": describe_change(members, cause, center),
                 "medoids": members["path"].to_numpy()[medoids(features[mask])].tolist()}
+        if "cause_own" in members:  # how many members took their cause from alike images
+            card["taken_from_alike"] = int((members["cause_own"] != members["cause"]).sum())
         if "correct" in members and members["correct"].notna().any():
             known = members["correct"].dropna().astype(float)
             card["error_rate"], card["labelled"] = float(1.0 - known.mean()), int(len(known))
