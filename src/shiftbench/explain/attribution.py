@@ -26,6 +26,10 @@ relighting steel with the flat tone of another plant's images explains a fifth o
 their distance, but stretching those images back to steel's tone leaves them as far
 as before, since what differs is the content.
 
+Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
+changes many images' conditions alike, so an image whose most alike flagged images
+mostly name another cause takes theirs.
+
 ``MIN_SHARE`` and the number of neighbours were chosen on the steel benchmark
 (``scripts/bench_attribution.py``, docs/benchmarks.md).
 """
