@@ -2,6 +2,7 @@
 
     python scripts/bench_scan.py                              # both parts, defaults
     python scripts/bench_scan.py --skip-index --n-prod 600    # Part A only
+    python scripts/bench_scan.py --skip-index --size 1024     # Part A on images upsampled to 1024 px
     python scripts/bench_scan.py --skip-scan --n-vectors 100000 --dim 128   # quick Part B
     python scripts/bench_scan.py --json /tmp/bench.json
 
@@ -134,8 +135,15 @@ def prepare_images(args, tmp: Path) -> tuple[Path, Path, str]:
             for rel in rels:
                 dst = tmp / part / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(data / rel, dst)
-        desc = f"{data} ({len(paths)} images; random disjoint subsets, seed {args.seed}, copied to {tmp})"
+                if args.size:  # a larger camera: the same images upsampled (bicubic), same format
+                    import cv2
+
+                    img = cv2.imread(str(data / rel), cv2.IMREAD_COLOR)
+                    cv2.imwrite(str(dst), cv2.resize(img, (args.size, args.size), interpolation=cv2.INTER_CUBIC))
+                else:
+                    shutil.copyfile(data / rel, dst)
+        desc = (f"{data} ({len(paths)} images; random disjoint subsets, seed {args.seed}, copied to {tmp}"
+                + (f", resized to {args.size}x{args.size})" if args.size else ")"))
         return tmp / "train", tmp / "prod", desc
     sys.path.insert(0, str(REPO / "datasets"))
     from synthetic import make_dataset  # noqa: E402
@@ -521,6 +529,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="image folder (default: NEU steel images)")
     ap.add_argument("--n-train", type=int, default=300)
     ap.add_argument("--n-prod", type=int, default=600)
+    ap.add_argument("--size", type=int, default=0,
+                    help="resize every copied image to SIZE x SIZE (bicubic): the cost on a larger camera")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: shiftbench's)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")

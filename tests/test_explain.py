@@ -78,6 +78,38 @@ def test_warp_like_uses_a_homography_where_features_match():
     assert how.startswith("homography") and deg == pytest.approx(15, abs=2)
 
 
+def test_the_pose_of_a_large_image_is_estimated_on_a_smaller_copy_and_applied_in_full(monkeypatch):
+    import shiftbench.explain.interventions as iv
+
+    rng = np.random.default_rng(3)
+    scene = np.zeros((1200, 1000, 3), np.uint8)
+    for _ in range(120):
+        x, y, r = rng.integers(30, 940, 2).tolist() + [int(rng.integers(15, 50))]
+        cv2.rectangle(scene, (x, y), (x + r, y + r), rng.integers(60, 255, 3).tolist(), -1)
+    target = rotate(scene, 12)
+    sizes = []
+    monkeypatch.setattr(iv, "_orb", lambda img, orb=iv._orb: sizes.append(img.shape[:2]) or orb(img))
+    warped, how, deg = warp_like(scene, target)
+    assert how.startswith("homography") and deg == pytest.approx(12, abs=2)
+    assert max(max(s) for s in sizes) <= iv.POSE_SIDE and warped.shape == scene.shape
+    inner = (slice(300, 900), slice(250, 750))  # the warp in full-size pixels: the scene lands on the target
+    err_after = np.abs(warped[inner].astype(int) - target[inner]).mean()
+    assert err_after < 0.1 * np.abs(scene[inner].astype(int) - target[inner]).mean()
+
+
+def test_degradations_of_a_large_image_are_measured_on_a_crop(monkeypatch):
+    import shiftbench.explain.interventions as iv
+
+    big = cv2.resize(texture(0, angle=60), (900, 700), interpolation=cv2.INTER_CUBIC)
+    ref = {**measure(cv2.GaussianBlur(big, (0, 0), 2.0)), "blur_direction": 0.0}
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    shapes = []
+    monkeypatch.setattr(iv, "optics", lambda img: shapes.append(img.shape[:2]) or optics(img))
+    out, how = degrade_like(big, ref, scale)
+    assert set(shapes) == {(iv.PROBE_SIDE, iv.PROBE_SIDE)} and out.shape == big.shape
+    assert how.split()[0] in ("blur", "downscale")
+
+
 def test_degrade_like_matches_the_blur():
     sharp, blurred = texture(0, angle=60), cv2.GaussianBlur(texture(1, angle=60), (0, 0), 2.0)
     ref = {**measure(blurred), "blur_direction": 0.0}

@@ -16,9 +16,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..properties.measures import optics
+from ..properties.measures import centre_crop, optics
 
 REFLECT = cv2.BORDER_REFLECT_101
+POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
+PROBE_SIDE = 256  # candidate degradations are measured on a centre crop at most this large
 
 
 def _cached(cache: dict | None, key: tuple, fn):
@@ -40,8 +42,8 @@ def _illumination(img: np.ndarray) -> np.ndarray:
     u, v = np.meshgrid(np.linspace(-0.5, 0.5, 32), np.linspace(-0.5, 0.5, 32))
     basis = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], -1).reshape(-1, 6)
     coef, *_ = np.linalg.lstsq(basis, low.reshape(-1).astype(np.float64) + 1.0, rcond=None)
-    uu, vv = np.meshgrid(np.linspace(-0.5, 0.5, w), np.linspace(-0.5, 0.5, h))
-    full = np.stack([np.ones_like(uu), uu, vv, uu * uu, vv * vv, uu * vv], -1) @ coef
+    u, v = np.linspace(-0.5, 0.5, w)[None, :], np.linspace(-0.5, 0.5, h)[:, None]  # broadcast, no (H, W, 6)
+    full = coef[0] + coef[1] * u + coef[2] * v + coef[3] * u * u + coef[4] * v * v + coef[5] * (v * u)
     full = np.maximum(full, 1.0)
     return (full / full.mean()).astype(np.float32)
 
@@ -129,14 +131,18 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
     Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
     so they are not tried when the reference is at least as sharp as ``src`` on both:
     nothing low-passed can explain a sharper image (and the search is cut to JPEG).
+    Candidates are measured on a centre crop of at most ``PROBE_SIDE`` pixels (these are
+    averages over the image: a 256 px crop holds 65k pixels, and large images cost no
+    more than small ones); the chosen one is then applied to the whole of ``src``.
     """
     known = {} if known is None else known
     direction = ref_measures.get("blur_direction", 0.0)
+    probe = centre_crop(src, PROBE_SIDE)
     seen: dict[str, dict] = {}  # this call's measurements
 
     def measured(name: str) -> dict:
         if name not in seen:
-            seen[name] = known[name] if name in known else optics(degrade(src, name, direction))
+            seen[name] = known[name] if name in known else optics(degrade(probe, name, direction))
             if not name.startswith("motion"):  # motion blur depends on the reference's blur direction
                 known[name] = seen[name]
         return seen[name]
@@ -257,13 +263,18 @@ def warp_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tu
     neighbours), so that ``ref``'s features, orientations and spectrum are computed once.
     """
     h, w = src.shape[:2]
-    ref = _cached(cache, ("resized", h, w), lambda: cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA))
-    hom = homography_between(src, ref, cache=cache)
+    s = min(1.0, POSE_SIDE / max(h, w))  # the pose of a large image is estimated on a smaller copy
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    ref = _cached(cache, ("resized", *size), lambda: cv2.resize(ref, size, interpolation=cv2.INTER_AREA))
+    small = src if s == 1.0 else cv2.resize(src, size, interpolation=cv2.INTER_AREA)
+    hom = homography_between(small, ref, cache=cache)
     if hom is not None:
+        if s != 1.0:  # the same homography in full-size pixel coordinates
+            hom = np.diag([1 / s, 1 / s, 1.0]) @ hom @ np.diag([s, s, 1.0])
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
         return cv2.warpPerspective(src, hom, (w, h), borderMode=REFLECT), f"homography, rotate {-deg:+.0f}", -deg
-    deg, conf = rotation_between(src, ref, cache)
-    z = zoom_between(src, ref, cache=cache)
+    deg, conf = rotation_between(small, ref, cache)
+    z = zoom_between(small, ref, cache=cache)
     how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
     return (src if deg == 0 and z == 1.0 else _zoom(src, z, deg)), how, deg
 

@@ -181,6 +181,13 @@ def pipeline(img: np.ndarray) -> dict[str, float]:
     return {"rb_balance": (r - b) / 255.0, "saturation": saturation / 255.0, "dynamic_range": float(hi - lo)}
 
 
+def centre_crop(img: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
+    """The centre ``side`` x ``side`` pixels of ``img`` (a view; the image itself when smaller)."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return img[top:top + side, left:left + side]
+
+
 def measure(img: np.ndarray) -> dict[str, float]:
     """All registered measurements of an RGB uint8 image, one flat dict.
 
@@ -189,11 +196,7 @@ def measure(img: np.ndarray) -> dict[str, float]:
     ``aspect`` is always that of the full image.
     """
     h, w = img.shape[:2]
-    if max(h, w) > MAX_SIDE:
-        top, left = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
-        crop = img[top:top + MAX_SIDE, left:left + MAX_SIDE]
-    else:
-        crop = img
+    crop = centre_crop(img)
     out: dict[str, float] = {}
     for fn in MEASURES.values():
         out.update(fn(crop))
