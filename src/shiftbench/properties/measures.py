@@ -182,7 +182,7 @@ def pipeline(img: np.ndarray) -> dict[str, float]:
 
 
 def centre_crop(img: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
-    """The centre ``side`` x ``side`` pixels of ``img`` (a view; the image itself when smaller)."""
+    """The centre ``side`` x ``side`` pixels of ``img`` (a view; all of it along a shorter side)."""
     h, w = img.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
     return img[top:top + side, left:left + side]
