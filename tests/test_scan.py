@@ -521,3 +521,16 @@ def test_cli_default_k_matches_library_default():
     from shiftbench.cli.scan import DEFAULT_K as CLI_K
     from shiftbench.scoring import DEFAULT_K
     assert CLI_K == DEFAULT_K
+
+
+def test_a_scan_whose_training_images_moved_still_finishes(synth, tmp_path):
+    """Attribution needs the training images; without them flagged rows say why, and the scan completes."""
+    train = shutil.copytree(synth / "train", tmp_path / "train")
+    shiftbench.index(train, workspace=tmp_path / "ws", device="cpu", num_workers=0)
+    train.rename(tmp_path / "moved")
+    res = shiftbench.scan(synth / "prod", workspace=tmp_path / "ws", out=tmp_path / "out", device="cpu",
+                          num_workers=0)
+    flagged = res.table[res.table["is_ood"]]
+    assert len(flagged) > 0 and (flagged["cause"] == "unknown").all() and (flagged["cause_own"] == "unknown").all()
+    assert flagged["how_lighting"].str.startswith("cannot read").all() and flagged["cause_agreement"].isna().all()
+    assert (tmp_path / "out" / "images.csv").is_file()

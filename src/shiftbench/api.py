@@ -185,7 +185,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         the condition measurements of :mod:`shiftbench.properties`, then the attribution
         details: ``cause_own``, the cause from the image's own interventions, and
         ``cause_agreement``; ``cause`` is the cause of the majority of alike flagged
-        images where they agree, see :func:`shiftbench.explain.agree_with_neighbours`), ``summary``
+        images where they agree, see :func:`shiftbench.explain.agree_with_neighbours`, and
+        then ``confidence`` is that agreement, while shares, ``how_*`` and ``residual_*``
+        stay the image's own evidence), ``summary``
         (with ``drift``: one two-sample test per measurement, training vs production),
         and ``out_dir`` holding ``images.csv``, ``summary.json`` and ``embeddings.npy``
         ((N, D) float32 penultimate features in the rows' order, NaN rows for unreadable files).
@@ -320,7 +322,8 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     got = attribute(rows, feats[flagged], root, bank.meta["root"], bank.table["path"].to_numpy()[bank.rows],
                     bank.scorer, bb, bank.meta["conditions"], progress=progress)
     known = (got["cause"] != "unknown").to_numpy()
-    shares = got.loc[known, [f"share_{c}" for c in CAUSES]].to_numpy(float)
+    # (rows whose images could not be read have no shares: all of them, when the training set moved)
+    shares = got.reindex(columns=[f"share_{c}" for c in CAUSES]).loc[known].to_numpy(float)
     got["cause_own"] = got["cause"]
     got["cause_agreement"] = np.nan
     got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(

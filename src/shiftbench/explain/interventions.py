@@ -20,7 +20,6 @@ from ..properties.measures import centre_crop, optics
 
 REFLECT = cv2.BORDER_REFLECT_101
 POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
-PROBE_SIDE = 256  # candidate degradations are measured on a centre crop at most this large
 
 
 def _cached(cache: dict | None, key: tuple, fn):
@@ -131,13 +130,13 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
     Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
     so they are not tried when the reference is at least as sharp as ``src`` on both:
     nothing low-passed can explain a sharper image (and the search is cut to JPEG).
-    Candidates are measured on a centre crop of at most ``PROBE_SIDE`` pixels (these are
-    averages over the image: a 256 px crop holds 65k pixels, and large images cost no
-    more than small ones); the chosen one is then applied to the whole of ``src``.
+    Candidates are measured on the centre crop that :func:`~shiftbench.properties.measure`
+    measures ``ref_measures`` on (at most 512 px: large images cost no more than that),
+    and the chosen one is then applied to the whole of ``src``.
     """
     known = {} if known is None else known
     direction = ref_measures.get("blur_direction", 0.0)
-    probe = centre_crop(src, PROBE_SIDE)
+    probe = centre_crop(src)
     seen: dict[str, dict] = {}  # this call's measurements
 
     def measured(name: str) -> dict:
