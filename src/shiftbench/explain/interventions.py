@@ -268,8 +268,10 @@ def warp_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tu
     small = src if s == 1.0 else cv2.resize(src, size, interpolation=cv2.INTER_AREA)
     hom = homography_between(small, ref, cache=cache)
     if hom is not None:
-        if s != 1.0:  # the same homography in full-size pixel coordinates
-            hom = np.diag([1 / s, 1 / s, 1.0]) @ hom @ np.diag([s, s, 1.0])
+        if s != 1.0:  # the same homography in full-size pixels (cv2.resize maps pixel centres)
+            sx, sy = size[0] / w, size[1] / h
+            to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+            hom = np.linalg.inv(to_small) @ hom @ to_small
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
         return cv2.warpPerspective(src, hom, (w, h), borderMode=REFLECT), f"homography, rotate {-deg:+.0f}", -deg
     deg, conf = rotation_between(small, ref, cache)
