@@ -28,7 +28,7 @@ from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
-from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, standardize, with_conditions
+from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
 from .scoring.drift import drift_table, robust_scale
 
 DEFAULT_WORKSPACE = ".shiftbench"
@@ -326,8 +326,9 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     shares = got.reindex(columns=[f"share_{c}" for c in CAUSES]).loc[known].to_numpy(float)
     got["cause_own"] = got["cause"]
     got["cause_agreement"] = np.nan
+    conditions = feats[flagged][known, -len(bank.meta["conditions"]["columns"]):]  # the appended view
     got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(
-        got.loc[known, "cause"].to_numpy(), standardize(rows[known], bank.meta["conditions"]), shares)
+        got.loc[known, "cause"].to_numpy(), conditions, shares)
     taken = (got["cause"] != got["cause_own"]).to_numpy()  # the own call's confidence does not apply
     got.loc[taken, "confidence"] = got.loc[taken, "cause_agreement"]
     for col in got.columns:

@@ -244,15 +244,14 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     causes = np.asarray(causes, dtype=object)
     primary = np.array([str(c).split("+")[0] for c in causes], dtype=object)
     if len(causes) < k:
-        agreement = np.array([np.mean(primary == p) for p in primary]) if len(causes) else np.zeros(0)
-        return causes, agreement
+        return causes, np.array([np.mean(primary == p) for p in primary], dtype=float)
     z = np.hstack([np.clip(np.nan_to_num(conditions), -10, 10), SHARE_WEIGHT * np.nan_to_num(shares)])
     _, nn = search(build_index(z, "flat"), z, k)
     out, agreement = causes.copy(), np.zeros(len(causes))
     for i, row in enumerate(nn):
-        names, counts = np.unique(primary[row[row >= 0]], return_counts=True)
-        top = names[counts.argmax()]
-        if counts.max() > k / 2 and top != primary[i]:
-            out[i] = top
-        agreement[i] = np.mean(primary[row[row >= 0]] == str(out[i]).split("+")[0])
+        votes = primary[row[row >= 0]]
+        names, counts = np.unique(votes, return_counts=True)
+        if counts.max() > k / 2 and names[counts.argmax()] != primary[i]:
+            out[i] = names[counts.argmax()]
+        agreement[i] = np.mean(votes == str(out[i]).split("+")[0])
     return out, agreement
