@@ -13,6 +13,7 @@ from shiftbench.explain import agree_with_neighbours
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import (degrade_like, pipeline_faults, relight_like, rotation_between,
                                               warp_like, zoom_between)
+from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import optics
 from shiftbench.scoring import FusedKNNScorer, KNNScorer
@@ -43,7 +44,7 @@ def test_relight_gives_the_reference_brightness_and_gradient():
     x = other.astype(np.float32) * 0.45  # darker ...
     x *= np.linspace(0.7, 1.3, x.shape[1])[None, :, None]  # ... and lit from the right
     x = np.clip(x, 0, 255).astype(np.uint8)
-    out = measure(relight_like(src, x))
+    out = measure(relight_like(views(src), views(x)).whole)
     want, before = measure(x), measure(src)
     assert abs(out["brightness"] - want["brightness"]) < 0.02 < abs(before["brightness"] - want["brightness"])
     assert abs(out["illum_gradient"] - want["illum_gradient"]) < 0.35 * want["illum_gradient"]
@@ -74,49 +75,74 @@ def test_warp_like_uses_a_homography_where_features_match():
     for _ in range(40):  # corners and blobs that ORB can match
         x, y, r = rng.integers(10, 190, 2).tolist() + [int(rng.integers(4, 12))]
         cv2.rectangle(scene, (x, y), (x + r, y + r), rng.integers(60, 255, 3).tolist(), -1)
-    warped, how, deg = warp_like(scene, rotate(scene, 15))
+    warped, how, deg = warp_like(views(scene), views(rotate(scene, 15)))
     assert how.startswith("homography") and deg == pytest.approx(15, abs=2)
 
 
-def test_the_pose_of_a_large_image_is_estimated_on_a_smaller_copy_and_applied_in_full(monkeypatch):
+def _scene(h: int, w: int, n: int, seed: int = 3) -> np.ndarray:
+    """Coloured squares on black: corners that ORB matches."""
+    rng = np.random.default_rng(seed)
+    scene = np.zeros((h, w, 3), np.uint8)
+    for _ in range(n):
+        x, y, r = int(rng.integers(30, w - 60)), int(rng.integers(30, h - 60)), int(rng.integers(15, 50))
+        cv2.rectangle(scene, (x, y), (x + r, y + r), rng.integers(60, 255, 3).tolist(), -1)
+    return scene
+
+
+def test_a_large_image_is_worked_on_at_two_scales_that_agree():
+    """The pose of a large image is estimated on its wholes; the warp made on the crop in
+    full-resolution pixels equals the crop of the full-size warp."""
     import shiftbench.explain.interventions as iv
 
-    rng = np.random.default_rng(3)
-    scene = np.zeros((1200, 1000, 3), np.uint8)
-    for _ in range(120):
-        x, y, r = rng.integers(30, 940, 2).tolist() + [int(rng.integers(15, 50))]
-        cv2.rectangle(scene, (x, y), (x + r, y + r), rng.integers(60, 255, 3).tolist(), -1)
+    scene = _scene(1200, 1000, 120)
     target = rotate(scene, 12)
-    sizes = []
-    monkeypatch.setattr(iv, "_orb", lambda img, orb=iv._orb: sizes.append(img.shape[:2]) or orb(img))
-    warped, how, deg = warp_like(scene, target)
+    src, ref = views(scene, (269, 224)), views(target, (269, 224))
+    assert src.whole.shape == (269, 224, 3) and src.crop.shape == (256, 256, 3) and not src.single
+    warped, how, deg = warp_like(src, ref)
     assert how.startswith("homography") and deg == pytest.approx(12, abs=2)
-    assert max(max(s) for s in sizes) <= iv.POSE_SIDE and warped.shape == scene.shape
-    inner = (slice(300, 900), slice(250, 750))  # the warp in full-size pixels: the scene lands on the target
-    err_after = np.abs(warped[inner].astype(int) - target[inner]).mean()
-    assert err_after < 0.1 * np.abs(scene[inner].astype(int) - target[inner]).mean()
+    assert warped.whole.shape == src.whole.shape and warped.crop.shape == src.crop.shape
+    err = np.abs(warped.whole.astype(int) - ref.whole).mean()  # the whole lands on the target's
+    assert err < 0.15 * np.abs(src.whole.astype(int) - ref.whole).mean()
+    err = np.abs(warped.crop.astype(int) - ref.crop).mean()  # and so does the crop, at full resolution
+    assert err < 0.1 * np.abs(src.crop.astype(int) - ref.crop).mean()
+    # rotation and zoom (the texture fallback) agree across the scales too
+    m = np.vstack([cv2.getRotationMatrix2D((111.5, 134.0), 20.0, 1.2), [0, 0, 1]])
+    moved = iv._warp_views(src, m, affine=True)
+    full = cv2.warpAffine(scene, cv2.getRotationMatrix2D((499.5, 599.5), 20.0, 1.2), (1000, 1200),
+                          borderMode=cv2.BORDER_REFLECT_101)
+    assert np.abs(moved.crop.astype(int) - views(full).crop).mean() < 3.0
 
 
-def test_degradations_of_a_large_image_are_measured_on_a_crop(monkeypatch):
+def test_a_large_image_is_relit_and_degraded_alike_at_both_scales(monkeypatch):
+    """Candidates are measured on the full-resolution crop; the chosen blur lands on the whole
+    as a full-size blur would; relighting gives crop and whole the reference's lighting."""
     import shiftbench.explain.interventions as iv
 
     big = cv2.resize(texture(0, angle=60), (900, 700), interpolation=cv2.INTER_CUBIC)
-    ref = {**measure(cv2.GaussianBlur(big, (0, 0), 2.0)), "blur_direction": 0.0}
+    blurred = cv2.GaussianBlur(big, (0, 0), 2.0)
+    ref = {**measure(blurred), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     shapes = []
     monkeypatch.setattr(iv, "optics", lambda img: shapes.append(img.shape[:2]) or optics(img))
-    out, how = degrade_like(big, ref, scale)
-    assert set(shapes) == {(512, 512)} and out.shape == big.shape
+    src = views(big, (224, 288))
+    out, how = degrade_like(src, ref, scale)
+    assert set(shapes) == {(256, 256)} and out.whole.shape == src.whole.shape and out.crop.shape == src.crop.shape
     assert how.split()[0] in ("blur", "downscale")
+    made = views(iv.degrade(big, how.split(" + ")[0]), (224, 288))
+    assert np.abs(out.whole.astype(int) - made.whole).mean() < 1.5
+    dark = np.clip(texture(1, angle=60).astype(np.float32) * 0.5, 0, 255).astype(np.uint8)
+    lit = relight_like(src, views(cv2.resize(dark, (900, 700))))
+    for part in (lit.whole, lit.crop):
+        assert measure(part)["brightness"] == pytest.approx(measure(dark)["brightness"], abs=0.02)
 
 
 def test_degrade_like_matches_the_blur():
     sharp, blurred = texture(0, angle=60), cv2.GaussianBlur(texture(1, angle=60), (0, 0), 2.0)
     ref = {**measure(blurred), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
-    out, how = degrade_like(sharp, ref, scale)
+    out, how = degrade_like(views(sharp), ref, scale)
     assert how.split()[0] in ("blur", "downscale")
-    got = measure(out)["sharpness"]
+    got = measure(out.whole)["sharpness"]
     assert abs(got - ref["sharpness"]) < 0.35 * ref["sharpness"] < abs(measure(sharp)["sharpness"] - ref["sharpness"])
 
 
@@ -125,7 +151,7 @@ def test_degrade_like_finds_jpeg_blocking():
     ok, buf = cv2.imencode(".jpg", texture(1, angle=60), [cv2.IMWRITE_JPEG_QUALITY, 8])
     ref = {**measure(cv2.imdecode(buf, cv2.IMREAD_COLOR)), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.05, "blur_anisotropy": 0.1, "noise": 0.01}
-    assert degrade_like(src, ref, scale)[1].startswith("jpeg")
+    assert degrade_like(views(src), ref, scale)[1].startswith("jpeg")
 
 
 def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
@@ -135,16 +161,16 @@ def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
     sharp, blurred = texture(0, angle=60), cv2.GaussianBlur(texture(1, angle=60), (0, 0), 2.0)
     ref = {**measure(blurred), "blur_direction": 30.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
-    plain = degrade_like(sharp, ref, scale)
+    plain = degrade_like(views(sharp), ref, scale)
     known: dict = {}
-    first = degrade_like(sharp, ref, scale, known)
+    first = degrade_like(views(sharp), ref, scale, known)
     calls = []
     monkeypatch.setattr(iv, "optics", lambda img: calls.append(1) or optics(img))
-    second = degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale, known)
-    assert first[1] == plain[1] and np.array_equal(first[0], plain[0])
+    second = degrade_like(views(sharp), {**ref, "blur_direction": 120.0}, scale, known)
+    assert first[1] == plain[1] and np.array_equal(first[0].whole, plain[0].whole)
     assert not any(k.startswith("motion") for k in known) and "none" in known
     assert len(calls) == sum(k.startswith("motion") for k in iv.DEGRADATIONS)
-    assert second[1] == degrade_like(sharp, {**ref, "blur_direction": 120.0}, scale)[1]
+    assert second[1] == degrade_like(views(sharp), {**ref, "blur_direction": 120.0}, scale)[1]
 
 
 def test_degrade_like_does_not_low_pass_towards_a_sharper_image():
@@ -153,11 +179,12 @@ def test_degrade_like_does_not_low_pass_towards_a_sharper_image():
     ref = {**measure(sharp), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     known: dict = {}
-    out, how = degrade_like(soft, ref, scale, known)
+    out, how = degrade_like(views(soft), ref, scale, known)
     assert set(known) == {"none", "jpeg 5", "jpeg 10", "jpeg 20", "jpeg 40"}
     assert how.split()[0] in ("none", "jpeg")
     # the other way round, the full search runs and finds a blur
-    assert degrade_like(sharp, {**measure(soft), "blur_direction": 0.0}, scale)[1].split()[0] in ("blur", "downscale")
+    assert degrade_like(views(sharp), {**measure(soft), "blur_direction": 0.0}, scale)[1].split()[0] in ("blur",
+                                                                                                       "downscale")
 
 
 def test_every_named_degradation_can_be_made_and_others_are_refused():
@@ -176,8 +203,8 @@ def test_channel_swap_is_offered_only_for_colour_images():
     grey = texture(0)
     colour = grey.copy()
     colour[..., 0] = 200
-    assert "channels swapped" not in pipeline_faults(grey)
-    assert np.array_equal(pipeline_faults(colour)["channels swapped"], colour[..., ::-1])
+    assert "channels swapped" not in pipeline_faults(views(grey))
+    assert np.array_equal(pipeline_faults(views(colour))["channels swapped"].whole, colour[..., ::-1])
 
 
 # ------------------------------------------------------------------ scoring with extra references
@@ -281,9 +308,9 @@ def test_undoing_lighting_removes_a_relit_images_distance_but_not_new_contents(b
     dark = (train_img.astype(np.float32) * 0.45).astype(np.uint8)  # gain only: nothing clips
     undone = {}
     for name, x in [("dark", dark), ("new", new)]:
-        score = float(scorer.score(_embed([x], lite0, conditions))[0][0])
+        score = float(scorer.score(_embed([views(x)], lite0, conditions))[0][0])
         assert score > np.quantile(scorer.calibration_.scores, 0.95)  # both out of distribution
-        relit_back = _undo_lighting(x, [train_img], scorer, lite0, conditions)
+        relit_back = _undo_lighting(views(x), [views(train_img)], scorer, lite0, conditions)
         undone[name] = max(score - relit_back, 0.0) / (score - typical)  # share of the distance removed
     assert undone["dark"] >= 0.8 and undone["new"] < 0.3, undone
 
@@ -293,9 +320,9 @@ def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(
     bank, train_img = _bank_and_image(bank_workspace)
     conditions, scorer = bank.meta["conditions"], bank.scorer
     dark = (train_img.astype(np.float32) * 0.45).astype(np.uint8)
-    feats = at._embed([dark], lite0, conditions)
+    feats = at._embed([views(dark)], lite0, conditions)
     score = float(scorer.score(feats)[0][0])
-    args = (dark, feats[0], measure(dark), score, [train_img], scorer, lite0, conditions)
+    args = (views(dark), feats[0], measure(dark), score, [views(train_img)], scorer, lite0, conditions)
     lit = at.attribute_one(*args)
     assert lit["cause"].startswith("lighting")
     monkeypatch.setattr(at, "_undo_lighting", lambda *a: score)  # as if relighting back changed nothing
@@ -304,7 +331,7 @@ def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(
     # the residual is what the changes left standing explain: relighting no longer counts
     assert row["residual_score"] > lit["residual_score"] and row["residual_p"] <= lit["residual_p"]
     clipped = {**measure(dark), "shadows_clipped": 0.2}  # black-clipped tones cannot be restored: not asked
-    row = at.attribute_one(dark, feats[0], clipped, score, [train_img], scorer, lite0, conditions)
+    row = at.attribute_one(views(dark), feats[0], clipped, score, [views(train_img)], scorer, lite0, conditions)
     assert row["cause"].startswith("lighting") and np.isnan(row["undo_lighting"])
 
 

@@ -12,7 +12,7 @@ from shiftbench.embedding.extract import default_workers
 from shiftbench.images import find_images, read_image
 
 
-def mean_grey(img: np.ndarray) -> dict:
+def mean_grey(img: np.ndarray, resized: np.ndarray | None = None) -> dict:
     """Module-level so that it pickles for spawned workers too."""
     return {"mean": float(img.mean()), "h": int(img.shape[0])}
 
@@ -164,7 +164,7 @@ def test_workers_after_opencv_threads_do_not_hang(tmp_path):
 
 
 def test_measure_failure_costs_columns_not_the_image(lite0, mixed_folder):
-    def boom(img):
+    def boom(img, resized=None):
         raise RuntimeError("no")
     (batch,) = list(embed_files(mixed_folder, ["clean_0000.png"], lite0, num_workers=0, measure=boom))
     assert batch.error == [""] and np.isfinite(batch.features).all()

@@ -520,16 +520,35 @@ def test_measure_non_contiguous_views(img):
 
 
 @pytest.mark.parametrize("h, w", [(1200, 1500), (900, 300)])
-def test_large_image_is_measured_on_centre_crop(h, w):
+def test_large_image_optics_on_the_centre_crop_and_the_rest_on_an_overview(h, w):
     big = texture(h, w, seed=5)
-    top, left = max(0, (h - M.MAX_SIDE) // 2), max(0, (w - M.MAX_SIDE) // 2)
-    crop = big[top:top + M.MAX_SIDE, left:left + M.MAX_SIDE]
-    assert max(crop.shape[:2]) == M.MAX_SIDE
-    out, ref = M.measure(big), M.measure(np.ascontiguousarray(crop))
+    top, left = max(0, (h - M.CROP_SIDE) // 2), max(0, (w - M.CROP_SIDE) // 2)
+    crop = np.ascontiguousarray(big[top:top + M.CROP_SIDE, left:left + M.CROP_SIDE])
+    s = M.OVERVIEW_SIDE / min(h, w)
+    small = cv2.resize(big, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    assert max(crop.shape[:2]) == M.CROP_SIDE and min(small.shape[:2]) == M.OVERVIEW_SIDE
+    out, of_crop, of_small = M.measure(big), M.measure(crop), M.measure(small)
     assert out["aspect"] == pytest.approx(w / h)
-    assert ref["aspect"] == pytest.approx(crop.shape[1] / crop.shape[0])
     for k in ALL_KEYS - {"aspect"}:
-        assert out[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-9), k
+        want = of_crop[k] if k in M.optics(crop) else of_small[k]
+        assert out[k] == pytest.approx(want, rel=1e-6, abs=1e-9), k
+    # the overview keeps the lighting across the whole image, of which a centre crop sees a part
+    ramp = (big.astype(np.float32) * np.linspace(0.4, 1.0, w)[None, :, None]).astype(np.uint8)
+    whole, centre = M.measure(ramp)["illum_gradient"], M.measure(ramp[top:top + 256, left:left + 256])["illum_gradient"]
+    assert whole == pytest.approx(M.measure(cv2.resize(ramp, small.shape[1::-1], interpolation=cv2.INTER_AREA))
+                                  ["illum_gradient"], rel=1e-6)
+    assert centre < (min(w, 256) / w + 0.1) * whole
+
+
+@pytest.mark.parametrize("h, w", [(600, 600), (600, 800), (200, 200)])
+def test_a_model_input_serves_as_the_overview_only_where_it_is_one(h, w, monkeypatch):
+    big = texture(h, w, seed=6)
+    squashed = cv2.resize(big, (224, 224), interpolation=cv2.INTER_AREA)  # a model's squash resize
+    plain = M.measure(big)
+    made = []
+    monkeypatch.setattr(M, "overview", lambda img, real=M.overview: made.append(1) or real(img))
+    assert M.measure(big, resized=squashed) == plain
+    assert (not made) == (h == w and h > M.OVERVIEW_SIDE)  # square and larger: the model input is the overview
 
 
 def test_register_adds_a_measurement(monkeypatch, img):

@@ -23,6 +23,16 @@ from ..images.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from .backbones import Backbone, Preprocess
 
 
+def model_scale(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+    """(height, width) that :func:`resize_for_model` resizes an (h, w) image to, before
+    it crops or pads to (S, S)."""
+    s = pre.size
+    if pre.resize == "squash":
+        return s, s
+    scale = s / (max(h, w) if pre.resize == "pad" else min(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def resize_for_model(img: np.ndarray, pre: Preprocess) -> np.ndarray:
     """(H, W, 3) uint8 -> (S, S, 3) uint8 following ``pre.resize``.
 
@@ -30,11 +40,7 @@ def resize_for_model(img: np.ndarray, pre: Preprocess) -> np.ndarray:
     """
     s = pre.size
     h, w = img.shape[:2]
-    if pre.resize == "squash":
-        nh, nw = s, s
-    else:
-        scale = s / (max(h, w) if pre.resize == "pad" else min(h, w))
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = model_scale(h, w, pre)
     interp = cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR
     out = cv2.resize(img, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else img
     if pre.resize == "pad":
@@ -68,7 +74,7 @@ class EmbeddedBatch:
 
 class _Files(Dataset):
     def __init__(self, root: Path, paths: list[str], pre: Preprocess, max_pixels: int,
-                 measure: Callable[[np.ndarray], dict] | None):
+                 measure: Callable[..., dict] | None):
         self.root, self.paths, self.pre = root, paths, pre
         self.max_pixels, self.measure = max_pixels, measure
 
@@ -93,12 +99,13 @@ class _Files(Dataset):
             item["error"] = f"decoder failure: {type(e).__name__}: {e}"
             return item
         item["height"], item["width"] = img.shape[:2]
+        pixels = resize_for_model(img, self.pre)
         if self.measure is not None:
             try:
-                item["measures"] = self.measure(img)
+                item["measures"] = self.measure(img, resized=pixels)
             except Exception as e:  # a failed measurement leaves NaN columns, not a crash
                 item["measures"] = {"measure_error": f"{type(e).__name__}: {e}"}
-        item["pixels"] = torch.from_numpy(resize_for_model(img, self.pre))
+        item["pixels"] = torch.from_numpy(pixels)
         return item
 
 
@@ -120,7 +127,7 @@ def default_workers() -> int:
 def embed_files(root: str | os.PathLike, paths: list[str], backbone: Backbone, *,
                 batch_size: int = 32, num_workers: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                measure: Callable[[np.ndarray], dict] | None = None) -> Iterator[EmbeddedBatch]:
+                measure: Callable[..., dict] | None = None) -> Iterator[EmbeddedBatch]:
     """Embed ``root/p`` for each ``p`` in ``paths``, yielding one result per batch.
 
     Parameters
@@ -133,8 +140,10 @@ def embed_files(root: str | os.PathLike, paths: list[str], backbone: Backbone, *
         DataLoader settings; ``num_workers=None`` picks :func:`default_workers`,
         0 decodes in the main process.
     measure
-        Optional function of the full-resolution RGB image, run in the workers;
-        its dict is returned per image in ``EmbeddedBatch.measures``.
+        Optional function of the full-resolution RGB image, run in the workers as
+        ``measure(img, resized=pixels)`` (``pixels``: the (S, S, 3) model input, for a
+        measurement that can reuse it); its dict is returned per image in
+        ``EmbeddedBatch.measures``.
 
     Yields
     ------
@@ -182,17 +191,11 @@ def _run(loader: DataLoader, backbone: Backbone) -> Iterator[EmbeddedBatch]:
                             features=feats, logits=logits, measures=batch["measures"])
 
 
-def embed_arrays(images: list[np.ndarray], backbone: Backbone, *, batch_size: int = 32,
-                 measure: Callable[[np.ndarray], dict] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Embed in-memory RGB uint8 images (each (H, W, 3)) in the calling process.
+def embed_arrays(images: list[np.ndarray], backbone: Backbone, *, batch_size: int = 32) -> np.ndarray:
+    """Embed in-memory RGB uint8 images (each (H, W, 3)) in the calling process: (N, D) float32.
 
     For images made on the fly (attribution's transformed copies), where a
     DataLoader's workers would cost more than they save.
-
-    Returns
-    -------
-    features : (N, D) float32
-    measures : list of N dicts (empty dicts without ``measure``)
     """
     dev = backbone.device
     mean = torch.tensor(backbone.preprocess.mean, device=dev).view(1, 3, 1, 1) * 255
@@ -203,5 +206,4 @@ def embed_arrays(images: list[np.ndarray], backbone: Backbone, *, batch_size: in
         x = torch.from_numpy(np.stack(chunk)).to(dev).permute(0, 3, 1, 2).float()
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         feats[lo:lo + len(chunk)] = backbone.embed(x)[0].cpu().numpy()
-    return feats, [measure(img) if measure else {} for img in images]
-
+    return feats

@@ -89,7 +89,7 @@ def _save_part(parts_dir: Path, rows: list[dict]) -> None:
 
 def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, work_dir: str | os.PathLike,
                  *, previous: Embeddings | None = None, batch_size: int = 32, num_workers: int | None = None,
-                 measure: Callable[[np.ndarray], dict] | None = None,
+                 measure: Callable[..., dict] | None = None,
                  progress: Callable[[int, int], None] | None = None, flush_every: int = 256,
                  identity: dict | None = None) -> Embeddings:
     """Embed the images ``root/paths`` and return them in ``paths`` order.

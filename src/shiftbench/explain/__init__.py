@@ -2,6 +2,7 @@
 
 from .attribution import CAUSES, agree_with_neighbours, attribute, attribute_one
 from .clusters import cluster_cards, cluster_flagged, describe_change
+from .views import Views, views
 
-__all__ = ["CAUSES", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards", "cluster_flagged",
-           "describe_change"]
+__all__ = ["CAUSES", "Views", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards",
+           "cluster_flagged", "describe_change", "views"]

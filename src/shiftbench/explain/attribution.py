@@ -36,17 +36,20 @@ mostly name another cause takes theirs.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..embedding import Backbone, embed_arrays
+from ..embedding.extract import model_scale
 from ..images import read_image
-from ..properties import measure
+from ..properties.measures import measure_views, overview
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
 from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
+from .views import Views, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
@@ -54,8 +57,8 @@ MIN_UNDO = 0.3
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
 
 
-def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray], scale: dict[str, float],
-                     optics_known: list[dict] | None = None) -> tuple[dict[str, list[tuple[np.ndarray, str]]], float]:
+def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dict[str, float],
+                     optics_known: list[dict] | None = None) -> tuple[dict[str, list[tuple[Views, str]]], float]:
     """cause -> [(transformed neighbour, how)] for one production image, and its median rotation."""
     out: dict[str, list] = {c: [] for c in CAUSES}
     rotations = []
@@ -76,19 +79,35 @@ def _counterfactuals(x: np.ndarray, x_meas: dict, neighbours: list[np.ndarray], 
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 
-def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: float,
-                  neighbours: list[np.ndarray], scorer: FusedKNNScorer, backbone: Backbone,
-                  conditions: dict, optics_known: list[dict] | None = None) -> dict:
+def _measure(v: Views) -> dict:
+    """Measurements of made views, as :func:`~shiftbench.properties.measure` measures an image."""
+    return measure_views(overview(v.whole), v.crop, v.shape[1] / v.shape[0])
+
+
+def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,
+          optics_known: list[dict] | None = None) -> tuple[list[tuple[str, Views, str]], list[dict], float]:
+    """Counterfactuals of ``x`` as (cause, views, how), their measurements and ``x``'s rotation:
+    all of an image's attribution that needs no model (run ahead of it by :func:`attribute`)."""
+    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
+    flat = [(c, v, how) for c, items in cands.items() for v, how in items]
+    return flat, [_measure(v) for _, v, _ in flat], rotation
+
+
+def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float,
+                  neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
+                  conditions: dict, optics_known: list[dict] | None = None, made: tuple | None = None) -> dict:
     """Shares explained by each cause for one image; see the module docstring.
 
     Parameters
     ----------
-    x : (H, W, 3) uint8 production image; ``x_features`` its (D,) features with
-        the conditions view; ``x_meas`` its measurements; ``x_score`` its fused score.
-    neighbours : its nearest training images, (H', W', 3) uint8 each.
+    x : the production image (:func:`~.views.views` of an (H, W, 3) uint8 image at the
+        model's input scale); ``x_features`` its (D,) features with the conditions view;
+        ``x_meas`` its measurements; ``x_score`` its fused score.
+    neighbours : its nearest training images, as views like ``x``.
     conditions : the bank's condition standardiser.
     optics_known : optional, one dict per neighbour kept across calls (see
         :func:`~.interventions.degrade_like`).
+    made : optional, what :func:`_make` returns for these arguments, made beforehand.
 
     Returns
     -------
@@ -100,9 +119,8 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     ``residual_p`` (its conformal p-value: at least the scan's ``fpr`` when that change
     alone makes the image look in-distribution).
     """
-    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
-    flat = [(c, img, how) for c, items in cands.items() for img, how in items]
-    feats = _embed([img for _, img, _ in flat], backbone, conditions)
+    flat, measures, rotation = made or _make(x, x_meas, neighbours, conditions, optics_known)
+    feats = _embed([v for _, v, _ in flat], backbone, conditions, measures)
     span = max(x_score - float(np.median(scorer.calibration_.scores)), 1e-9)
 
     def share(s_c: float) -> float:  # of x's distance above a typical training image's
@@ -150,13 +168,15 @@ def attribute_one(x: np.ndarray, x_features: np.ndarray, x_meas: dict, x_score: 
     return row
 
 
-def _embed(images: list[np.ndarray], backbone: Backbone, conditions: dict) -> np.ndarray:
-    """(N, D) features with the conditions view, as the bank stores them."""
-    feats, meas = embed_arrays(images, backbone, measure=measure)
+def _embed(images: list[Views], backbone: Backbone, conditions: dict, measures: list[dict] | None = None) -> np.ndarray:
+    """(N, D) features with the conditions view, as the bank stores them: the wholes embedded,
+    and measured (unless ``measures`` are given) by :func:`_measure`."""
+    feats = embed_arrays([v.whole for v in images], backbone)
+    meas = measures if measures is not None else [_measure(v) for v in images]
     return with_conditions(feats, pd.DataFrame(meas).assign(status="ok"), conditions)
 
 
-def _undo_lighting(x: np.ndarray, neighbours: list[np.ndarray], scorer: FusedKNNScorer, backbone: Backbone,
+def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
                    conditions: dict) -> float:
     """The lowest score of ``x`` relit like one of ``neighbours`` (scored against the whole bank)."""
     return float(scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0].min())
@@ -196,19 +216,37 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     """
     nn = _neighbours(scorer, features, n_neighbours)
     optics_known: dict[int, dict] = {}  # training row -> optics of its degradations (small dicts)
-    rows = []
-    for j, (i, r) in enumerate(table.iterrows()):
+
+    def load(path: Path) -> Views:  # worked on at the scale the model sees it (and a crop)
+        img = read_image(path)
+        return views(img, model_scale(*img.shape[:2], backbone.preprocess))
+
+    def prepare(j: int) -> tuple | str:  # reading and counterfactuals: the CPU work that needs no model
+        r = table.iloc[j]
         try:
-            x = read_image(Path(prod_root) / r["path"])
-            nbrs = [read_image(Path(train_root) / train_paths[t]) for t in nn[j]]
+            x = load(Path(prod_root) / r["path"])
+            nbrs = [load(Path(train_root) / train_paths[t]) for t in nn[j]]
         except Exception as e:  # moved or unreadable files: no attribution for this image
-            rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": f"cannot read: {e}"})
-            continue
+            return f"cannot read: {e}"
         x_meas = {c: r[c] for c in r.index if isinstance(r[c], (int, float, np.floating))}
-        rows.append(attribute_one(x, features[j], x_meas, float(r["ood_score"]), nbrs, scorer, backbone,
-                                  conditions, [optics_known.setdefault(t, {}) for t in nn[j]]))
-        if progress:
-            progress(j + 1, len(table))
+        return x, nbrs, x_meas, _make(x, x_meas, nbrs, conditions, [optics_known.setdefault(t, {}) for t in nn[j]])
+
+    rows = []
+    # One thread prepares the next image while this one runs the model: the interventions are
+    # mostly single-threaded and the model's forward leaves a core idle between its layers.
+    # (optics_known is only touched by that thread, one image after another.)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(prepare, 0) if len(table) else None
+        for j in range(len(table)):
+            current, ahead = ahead.result(), (pool.submit(prepare, j + 1) if j + 1 < len(table) else None)
+            if isinstance(current, str):
+                rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": current})
+                continue
+            x, nbrs, x_meas, made = current
+            rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
+                                      backbone, conditions, made=made))
+            if progress:
+                progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
 
 

@@ -9,6 +9,12 @@ production image (``ref``): pure functions of uint8 RGB arrays, OpenCV and numpy
 The parameters of each change are *estimated from measurements* (histograms,
 gradient orientations, spectra), never chosen by the embedding distance they
 are later judged by, so an intervention cannot explain an image by search alone.
+
+A large image is worked on at two scales (:class:`Views`): the whole of it at the
+model's input scale, which is all the embedding sees, and its full-resolution
+centre crop, which is all that optics are measured on (:func:`~shiftbench.properties.measures.measure`).
+Each change is estimated once and made on both with matching parameters, so that a
+counterfactual of a 4000 px image costs about what one of a 224 px image does.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..properties.measures import centre_crop, optics
+from ..properties.measures import optics
+from .views import Views, each
 
 REFLECT = cv2.BORDER_REFLECT_101
-POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
 
 
 def _cached(cache: dict | None, key: tuple, fn):
@@ -34,41 +40,79 @@ def _cached(cache: dict | None, key: tuple, fn):
 
 # --- lighting -----------------------------------------------------------------
 
-def _illumination(img: np.ndarray) -> np.ndarray:
-    """Smooth illumination field (H, W) float32 with mean 1: quadratic surface fitted to 32x32 luma."""
-    h, w = img.shape[:2]
+def _illumination_fit(img: np.ndarray) -> np.ndarray:
+    """Coefficients (6,) of a quadratic surface fitted to the 32x32 luma (+1) of ``img``."""
     low = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
     u, v = np.meshgrid(np.linspace(-0.5, 0.5, 32), np.linspace(-0.5, 0.5, 32))
     basis = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], -1).reshape(-1, 6)
     coef, *_ = np.linalg.lstsq(basis, low.reshape(-1).astype(np.float64) + 1.0, rcond=None)
-    u, v = np.linspace(-0.5, 0.5, w)[None, :], np.linspace(-0.5, 0.5, h)[:, None]  # broadcast, no (H, W, 6)
+    return coef
+
+
+def _surface(coef: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The surface at columns ``u`` (1, W) and rows ``v`` (H, 1), in image widths from the centre."""
     full = coef[0] + coef[1] * u + coef[2] * v + coef[3] * u * u + coef[4] * v * v + coef[5] * (v * u)
-    full = np.maximum(full, 1.0)
+    return np.maximum(full, 1.0)  # broadcast, no (H, W, 6)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.linspace(-0.5, 0.5, w)[None, :], np.linspace(-0.5, 0.5, h)[:, None]
+
+
+def _illumination(img: np.ndarray) -> np.ndarray:
+    """Smooth illumination field (H, W) float32 with mean 1: quadratic surface fitted to 32x32 luma."""
+    full = _surface(_illumination_fit(img), *_grid(*img.shape[:2]))
     return (full / full.mean()).astype(np.float32)
 
 
-def _match_histogram(src: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Map each channel of ``src`` so that its histogram becomes that of ``ref`` (monotone LUTs)."""
-    out = np.empty_like(src)
+def _crop_illumination(v: Views, coef: np.ndarray) -> np.ndarray:
+    """The mean-1 field of ``coef`` (fitted to ``v``'s whole) over ``v``'s crop."""
+    (h, w), (left, top) = v.shape, v.crop_offset()
+    u, vv = _grid(h, w)
+    mean = _surface(coef, *_grid(*v.whole.shape[:2])).mean()  # the whole image's mean, on the small grid
+    ch, cw = v.crop.shape[:2]
+    return (_surface(coef, u[:, left:left + cw], vv[top:top + ch]) / mean).astype(np.float32)
+
+
+def _histogram_luts(src: np.ndarray, ref: np.ndarray) -> list[np.ndarray]:
+    """Per channel, the monotone LUT (256,) uint8 that gives ``src`` the histogram of ``ref``."""
+    luts = []
     for c in range(src.shape[2]):
         s_hist = np.bincount(src[..., c].ravel(), minlength=256).cumsum() / src[..., c].size
         r_hist = np.bincount(ref[..., c].ravel(), minlength=256).cumsum() / ref[..., c].size
-        lut = np.interp(s_hist, r_hist, np.arange(256))
-        out[..., c] = lut.round().clip(0, 255).astype(np.uint8)[src[..., c]]
+        luts.append(np.interp(s_hist, r_hist, np.arange(256)).round().clip(0, 255).astype(np.uint8))
+    return luts
+
+
+def _apply_luts(img: np.ndarray, luts: list[np.ndarray]) -> np.ndarray:
+    out = np.empty_like(img)
+    for c, lut in enumerate(luts):
+        out[..., c] = lut[img[..., c]]
     return out
 
 
-def relight_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> np.ndarray:
+def _scaled(img: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    return np.clip(img.astype(np.float32) * ratio[..., None], 0, 255).astype(np.uint8)
+
+
+def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
     """``src`` under the lighting of ``ref``: its illumination field, then its histogram per channel.
 
     The field (low-order surface of the luma) carries uneven light; histogram
-    matching carries exposure, gamma, contrast and colour cast. ``cache``: a dict
-    kept across calls with the same ``ref`` (see :func:`warp_like`).
+    matching carries exposure, gamma, contrast and colour cast. Both are estimated
+    on the wholes and made on the crop alike. ``cache``: a dict kept across calls
+    with the same ``ref`` (see :func:`warp_like`).
     """
-    field = _cached(cache, ("illumination",), lambda: _illumination(ref))
-    ratio = cv2.resize(field, (src.shape[1], src.shape[0])) / _illumination(src)
-    lit = np.clip(src.astype(np.float32) * ratio[..., None], 0, 255).astype(np.uint8)
-    return _match_histogram(lit, ref)
+    field = _cached(cache, ("illumination",), lambda: _illumination(ref.whole))
+    sh, sw = src.whole.shape[:2]
+    lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole))
+    luts = _histogram_luts(lit, ref.whole)
+    whole = _apply_luts(lit, luts)
+    if src.single:
+        return Views(whole, whole, whole.shape[:2], whole)
+    ref_fit = _cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
+    ratio = _crop_illumination(src, ref_fit) / _crop_illumination(src, _illumination_fit(src.whole))
+    return Views(whole, _apply_luts(_scaled(src.crop, ratio), luts), src.shape)
 
 
 # --- optics and resolution ------------------------------------------------------
@@ -115,14 +159,41 @@ def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarr
     raise ValueError(f"unknown degradation {name!r}")
 
 
-def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
-                 known: dict[str, dict] | None = None) -> tuple[np.ndarray, str]:
+def _degrade_whole(v: Views, name: str, blur_direction: float) -> np.ndarray:
+    """``v.whole`` as it would look had the full-resolution image been degraded by ``name``:
+    the same change in full-resolution pixels, scaled to the whole's."""
+    kind, _, value = name.partition(" ")
+    (h, w), (wh, ww) = v.shape, v.whole.shape[:2]
+    sx, sy = ww / w, wh / h
+    if kind == "blur":
+        return cv2.GaussianBlur(v.whole, (0, 0), float(value) * sx, sigmaY=float(value) * sy)
+    if kind == "downscale":  # to the same pixel count; a no-op where the whole is smaller already
+        size = (min(ww, max(1, round(w * float(value)))), min(wh, max(1, round(h * float(value)))))
+        if size == (ww, wh):
+            return v.whole
+        small = cv2.resize(v.whole, size, interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (ww, wh), interpolation=cv2.INTER_LINEAR)
+    if kind == "motion":
+        length = round(int(value) * np.sqrt(sx * sy))
+        return degrade(v.whole, f"motion {length}", blur_direction) if length >= 2 else v.whole
+    if kind == "jpeg" and v.image is not None:  # 8x8 blocks are a full-resolution artefact: made there
+        return cv2.resize(degrade(v.image, name), (ww, wh), interpolation=cv2.INTER_AREA)
+    return degrade(v.whole, name, blur_direction)
+
+
+def _add_noise(img: np.ndarray, sigma: float) -> np.ndarray:
+    noise = np.random.default_rng(0).normal(0, sigma, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
+                 known: dict[str, dict] | None = None) -> tuple[Views, str]:
     """The degradation of ``src`` (one of :data:`DEGRADATIONS`) whose optics measurements come closest
     to ``ref_measures``.
 
     ``scale`` gives each measurement's training spread (distances are in those
-    units). Noise is then topped up to the reference's level. Returns the image
-    and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
+    units). Noise is then topped up to the reference's level. Returns the degraded
+    views and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
     calls, filled with the optics of its candidates that do not depend on the
     reference (all but motion blur), so that a training image that neighbours many
     flagged images is measured once.
@@ -130,18 +201,16 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
     Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
     so they are not tried when the reference is at least as sharp as ``src`` on both:
     nothing low-passed can explain a sharper image (and the search is cut to JPEG).
-    Candidates are measured on the centre crop that :func:`~shiftbench.properties.measure`
-    measures ``ref_measures`` on (at most 512 px: large images cost no more than that),
-    and the chosen one is then applied to the whole of ``src``.
+    Candidates are measured on ``src``'s crop, as ``ref_measures`` were on the
+    reference's; the chosen one is then made on the crop and, scaled, on the whole.
     """
     known = {} if known is None else known
     direction = ref_measures.get("blur_direction", 0.0)
-    probe = centre_crop(src)
     seen: dict[str, dict] = {}  # this call's measurements
 
     def measured(name: str) -> dict:
         if name not in seen:
-            seen[name] = known[name] if name in known else optics(degrade(probe, name, direction))
+            seen[name] = known[name] if name in known else optics(degrade(src.crop, name, direction))
             if not name.startswith("motion"):  # motion blur depends on the reference's blur direction
                 known[name] = seen[name]
         return seen[name]
@@ -155,14 +224,19 @@ def degrade_like(src: np.ndarray, ref_measures: dict, scale: dict[str, float],
                 if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
         if d < best_d:
             best_d, best_name = d, name
-    best = degrade(src, best_name, direction)
+    crop = degrade(src.crop, best_name, direction)
+    whole = crop if src.single else _degrade_whole(src, best_name, direction)
     have, want = measured(best_name)["noise"], ref_measures.get("noise", 0.0)
     if np.isfinite(want) and want > 1.2 * have:
         sigma = 255.0 * np.sqrt(want ** 2 - have ** 2)
-        noise = np.random.default_rng(0).normal(0, sigma, best.shape)
-        best = np.clip(best + noise, 0, 255).astype(np.uint8)
+        crop = _add_noise(crop, sigma)
+        # averaging k full-resolution pixels into one divides the noise by sqrt(k)
+        shrink = np.sqrt(whole.shape[0] * whole.shape[1] / (src.shape[0] * src.shape[1]))
+        whole = crop if src.single else _add_noise(whole, sigma * shrink)
         best_name += " + noise"
-    return best, best_name
+    if best_name == "none":
+        return src, best_name
+    return Views(whole, crop, src.shape, crop if src.single else None), best_name
 
 
 # --- geometry -------------------------------------------------------------------
@@ -253,41 +327,67 @@ def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
 
 
-def warp_like(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tuple[np.ndarray, str, float]:
+def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int], affine: bool) -> np.ndarray:
+    """``img`` warped by the 3x3 ``m`` into a (w, h) = ``size`` output."""
+    if affine:
+        return cv2.warpAffine(img, m[:2], size, flags=cv2.INTER_LINEAR, borderMode=REFLECT)
+    return cv2.warpPerspective(img, m, size, borderMode=REFLECT)
+
+
+def _warp_views(v: Views, m: np.ndarray, affine: bool = False) -> Views:
+    """``v`` moved by ``m`` (3x3, in whole pixels): the whole directly, the crop by the same map in
+    full-resolution pixels, evaluated over the crop's window only."""
+    wh, ww = v.whole.shape[:2]
+    whole = _warp(v.whole, m, (ww, wh), affine)
+    if v.single:
+        return Views(whole, whole, whole.shape[:2], whole)
+    to_whole = v.to_whole()
+    left, top = v.crop_offset()
+    full = np.linalg.inv(to_whole) @ m @ to_whole
+    in_crop = np.array([[1.0, 0, -left], [0, 1, -top], [0, 0, 1]]) @ full
+    return Views(whole, _warp(v.image, in_crop, v.crop.shape[1::-1], affine), v.shape)
+
+
+def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views, str, float]:
     """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
 
-    Returns the warped image (``src`` itself when the pose is unchanged), a
-    description and the in-plane rotation in degrees. ``cache``: a dict kept across
-    calls with the same ``ref`` and several ``src`` (a production image and its
-    neighbours), so that ``ref``'s features, orientations and spectrum are computed once.
+    The pose is estimated on the wholes, ``ref``'s resized to ``src``'s frame. Returns the
+    warped views (``src`` itself when the pose is unchanged), a description and the
+    in-plane rotation in degrees. ``cache``: a dict kept across calls with the same
+    ``ref`` and several ``src`` (a production image and its neighbours), so that
+    ``ref``'s features, orientations and spectrum are computed once.
     """
-    h, w = src.shape[:2]
-    s = min(1.0, POSE_SIDE / max(h, w))  # the pose of a large image is estimated on a smaller copy
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    ref = _cached(cache, ("resized", *size), lambda: cv2.resize(ref, size, interpolation=cv2.INTER_AREA))
-    small = src if s == 1.0 else cv2.resize(src, size, interpolation=cv2.INTER_AREA)
-    hom = homography_between(small, ref, cache=cache)
+    small = src.whole
+    size = small.shape[1::-1]
+    target = _cached(cache, ("resized", *size), lambda: cv2.resize(ref.whole, size, interpolation=cv2.INTER_AREA))
+    hom = homography_between(small, target, cache=cache)
     if hom is not None:
-        if s != 1.0:  # the same homography in full-size pixels (cv2.resize maps pixel centres)
-            sx, sy = size[0] / w, size[1] / h
-            to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
-            hom = np.linalg.inv(to_small) @ hom @ to_small
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
-        return cv2.warpPerspective(src, hom, (w, h), borderMode=REFLECT), f"homography, rotate {-deg:+.0f}", -deg
-    deg, conf = rotation_between(small, ref, cache)
-    z = zoom_between(small, ref, cache=cache)
+        return _warp_views(src, hom), f"homography, rotate {-deg:+.0f}", -deg
+    deg, conf = rotation_between(small, target, cache)
+    z = zoom_between(small, target, cache=cache)
     how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
-    return (src if deg == 0 and z == 1.0 else _zoom(src, z, deg)), how, deg
+    if deg == 0 and z == 1.0:
+        return src, how, deg
+    h, w = small.shape[:2]
+    m = np.vstack([cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), deg, z), [0, 0, 1]])
+    return _warp_views(src, m, affine=True), how, deg
 
 
 # --- pipeline faults --------------------------------------------------------------
 
-def pipeline_faults(src: np.ndarray) -> dict[str, np.ndarray]:
+def pipeline_faults(src: Views) -> dict[str, Views]:
     """Common preprocessing faults applied to ``src``: channel order, inversion, orientation.
 
     Channel swap only for colour images (it changes nothing in grey ones).
     """
-    out = {"inverted": 255 - src, "rotated 90": np.ascontiguousarray(np.rot90(src))}
-    if np.abs(src[..., 0].astype(np.int16) - src[..., 2]).mean() > 2.0:
-        out["channels swapped"] = np.ascontiguousarray(src[..., ::-1])
+    def rot90(v: Views) -> Views:
+        if v.single:
+            return each(v, lambda a: np.ascontiguousarray(np.rot90(a)))
+        return Views(np.ascontiguousarray(np.rot90(v.whole)), np.ascontiguousarray(np.rot90(v.crop)), v.shape[::-1])
+
+    out = {"inverted": each(src, lambda a: 255 - a), "rotated 90": rot90(src)}
+    whole = src.whole
+    if np.abs(whole[..., 0].astype(np.int16) - whole[..., 2]).mean() > 2.0:
+        out["channels swapped"] = each(src, lambda a: np.ascontiguousarray(a[..., ::-1]))
     return out

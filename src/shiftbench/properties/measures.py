@@ -7,6 +7,12 @@ defined so that a known change of conditions moves them in a known way (the
 tests apply such changes and check the numbers), and they do not depend on the
 image size unless they measure it.
 
+Two views of a large image are measured, each for what it shows: optics (blur,
+noise, compression: properties of single pixels) on the centre ``CROP_SIDE``
+pixels at full resolution, and everything else (lighting, orientation, colour:
+properties of the whole field) on an overview whose shorter side is at most
+``OVERVIEW_SIDE`` (area-averaged). An image no larger than both is measured as it is.
+
 Lighting (intensities in [0, 1]):
     ``brightness`` mean; ``brightness_p05/p50/p95`` percentiles; ``contrast`` standard
     deviation; ``shadows_clipped`` / ``highlights_clipped`` share of pixels at
@@ -38,17 +44,23 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-VERSION = 2  # bump when a definition changes: banks measured otherwise are re-measured
-MAX_SIDE = 512  # measurements run on a copy at most this large (except width/height)
+VERSION = 3  # bump when a definition changes: banks measured otherwise are re-measured
+CROP_SIDE = 256  # optics are measured on the centre pixels at most this large, unresampled
+OVERVIEW_SIDE = 224  # the rest on a copy whose shorter side is at most this (what a model sees)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
+ON_CROP: set[str] = set()  # the registered functions measured on the centre crop, not the overview
 # Directions in degrees wrap around (359 is next to 1): no median or KS test on them.
 ANGLES = frozenset({"illum_direction", "blur_direction", "orientation"})
 
 
-def register(fn: Callable[[np.ndarray], dict[str, float]]) -> Callable:
-    """Add ``fn`` to the measurements :func:`measure` runs."""
-    MEASURES[fn.__name__] = fn
-    return fn
+def register(fn: Callable[[np.ndarray], dict[str, float]] | None = None, *, on_crop: bool = False):
+    """Add ``fn`` to the measurements :func:`measure` runs (``@register`` or
+    ``@register(on_crop=True)`` for a pixel-scale property, measured at full resolution)."""
+    def add(f: Callable) -> Callable:
+        MEASURES[f.__name__] = f
+        (ON_CROP.add if on_crop else ON_CROP.discard)(f.__name__)
+        return f
+    return add(fn) if fn is not None else add
 
 
 def _grey(img: np.ndarray) -> np.ndarray:
@@ -107,7 +119,7 @@ def lighting(img: np.ndarray) -> dict[str, float]:
             "colour_cast": float(np.linalg.norm(chroma))}
 
 
-@register
+@register(on_crop=True)
 def optics(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
     h, w = g.shape
@@ -181,24 +193,51 @@ def pipeline(img: np.ndarray) -> dict[str, float]:
     return {"rb_balance": (r - b) / 255.0, "saturation": saturation / 255.0, "dynamic_range": float(hi - lo)}
 
 
-def centre_crop(img: np.ndarray, side: int = MAX_SIDE) -> np.ndarray:
+def centre_crop(img: np.ndarray, side: int = CROP_SIDE) -> np.ndarray:
     """The centre ``side`` x ``side`` pixels of ``img`` (a view; all of it along a shorter side)."""
     h, w = img.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
     return img[top:top + side, left:left + side]
 
 
-def measure(img: np.ndarray) -> dict[str, float]:
+def overview_size(h: int, w: int, side: int = OVERVIEW_SIDE) -> tuple[int, int]:
+    """(h, w) of :func:`overview` for an (h, w) image."""
+    s = min(1.0, side / min(h, w))
+    return (max(1, round(h * s)), max(1, round(w * s))) if s < 1 else (h, w)
+
+
+def overview(img: np.ndarray, side: int = OVERVIEW_SIDE) -> np.ndarray:
+    """``img`` area-averaged to a shorter side of ``side`` pixels (``img`` itself when not larger)."""
+    h, w = img.shape[:2]
+    if min(h, w) <= side:
+        return img
+    oh, ow = overview_size(h, w, side)
+    return cv2.resize(img, (ow, oh), interpolation=cv2.INTER_AREA)
+
+
+def measure(img: np.ndarray, resized: np.ndarray | None = None) -> dict[str, float]:
     """All registered measurements of an RGB uint8 image, one flat dict.
 
-    Images larger than ``MAX_SIDE`` are measured on a centre crop of that size
-    (the pixels themselves: resampling would change sharpness and noise);
-    ``aspect`` is always that of the full image.
+    Optics are measured on :func:`centre_crop` (the pixels themselves: resampling
+    would change sharpness and noise), the rest on :func:`overview`; ``aspect``
+    is always that of the full image. ``resized``: optionally, ``img`` already
+    area-resized for a model; it serves as the overview where it is one (same
+    size), which saves resizing twice.
     """
     h, w = img.shape[:2]
-    crop = centre_crop(img)
+    small = overview_size(h, w)
+    if resized is not None and resized.shape[:2] == small and min(h, w) > OVERVIEW_SIDE:
+        view = resized
+    else:
+        view = overview(img)
+    return measure_views(view, centre_crop(img), w / h)
+
+
+def measure_views(small: np.ndarray, crop: np.ndarray, aspect: float) -> dict[str, float]:
+    """:func:`measure` from an image's two views: ``small`` its overview, ``crop`` its
+    full-resolution centre crop (for images made at two scales, as attribution does)."""
     out: dict[str, float] = {}
-    for fn in MEASURES.values():
-        out.update(fn(crop))
-    out["aspect"] = w / h
+    for name, fn in MEASURES.items():
+        out.update(fn(crop if name in ON_CROP else small))
+    out["aspect"] = aspect
     return out

@@ -1,0 +1,61 @@
+"""An image at the two scales attribution works at (see :mod:`.interventions`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..properties.measures import centre_crop
+
+
+@dataclass(frozen=True)
+class Views:
+    """An image as attribution works on it.
+
+    ``whole``: the whole image at the working scale (the model's input scale; the
+    image itself when it is not larger); ``crop``: its full-resolution centre crop
+    (:func:`~shiftbench.properties.measures.centre_crop`); ``shape``: the
+    full-resolution (h, w); ``image``: the full-resolution image itself (None for a
+    counterfactual, which is only ever made at the two scales). For an image no
+    larger than either, ``whole is crop``: one array, changed once.
+    """
+
+    whole: np.ndarray
+    crop: np.ndarray
+    shape: tuple[int, int]
+    image: np.ndarray | None = None
+
+    @property
+    def single(self) -> bool:
+        return self.whole is self.crop
+
+    def to_whole(self) -> np.ndarray:
+        """3x3 map from full-resolution pixels to ``whole``'s (cv2.resize's pixel-centre mapping)."""
+        sx, sy = self.whole.shape[1] / self.shape[1], self.whole.shape[0] / self.shape[0]
+        return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+    def crop_offset(self) -> tuple[int, int]:
+        """(left, top) of ``crop`` in full-resolution pixels."""
+        h, w = self.shape
+        return (w - self.crop.shape[1]) // 2, (h - self.crop.shape[0]) // 2
+
+
+def views(img: np.ndarray, size: tuple[int, int] | None = None) -> Views:
+    """``img`` (H, W, 3) uint8 with its whole resized (area) to ``size`` = (h, w) where that
+    is smaller on both sides (``None``: kept at full resolution)."""
+    h, w = img.shape[:2]
+    whole = img
+    if size is not None and size[0] <= h and size[1] <= w and tuple(size) != (h, w):
+        whole = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    crop = centre_crop(img)
+    return Views(whole, img if whole is img and crop.shape == img.shape else crop, (h, w), img)
+
+
+def each(v: Views, fn) -> Views:
+    """A pixel-wise change ``fn`` made on both scales (once where they are one array)."""
+    if v.single:
+        out = fn(v.whole)
+        return Views(out, out, out.shape[:2], out)
+    return Views(fn(v.whole), fn(v.crop), v.shape)
