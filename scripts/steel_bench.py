@@ -14,6 +14,12 @@
 
 Every image is written as PNG (lossless), clean ones included, so the file
 format does not give the family away. Same seed, same benchmark.
+
+``--mosaic K`` builds it from larger images with native detail instead (a factory
+camera gives more than 200 px; upsampling would give no detail at the pixel scale):
+K x K mosaics of same-class NEU images (K x 200 px) and (K + 1) x (K + 1) mosaics of
+X-SDD images, each tile used once, so there are K^2 times fewer images per class
+(training, clean and source counts are divided by K^2).
 """
 
 from __future__ import annotations
@@ -171,6 +177,25 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
     return out
 
 
+def mosaics(data: Path, out: Path, k: int, seed: int = 0) -> Path:
+    """``out`` laid out like ``data``: K x K mosaics of NEU, (K+1) x (K+1) of X-SDD (made once)."""
+    if (out / "done").is_file():
+        return out
+    rng = np.random.default_rng(seed)
+    for name, n in (("neu_det", k), ("x_sdd", k + 1)):
+        for cls, files in _images(data / name / "images").items():
+            files = [files[i] for i in rng.permutation(len(files))]
+            (out / name / "images" / cls).mkdir(parents=True, exist_ok=True)
+            for m in range(len(files) // (n * n)):
+                tiles = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files[m * n * n:(m + 1) * n * n]]
+                side = min(min(t.shape[:2]) for t in tiles)  # two X-SDD images are narrower
+                tiles = [cv2.resize(t, (side, side)) for t in tiles]
+                grid = np.vstack([np.hstack(tiles[r * n:(r + 1) * n]) for r in range(n)])
+                cv2.imwrite(str(out / name / "images" / cls / f"mosaic{m:04d}.png"), grid)
+    (out / "done").touch()
+    return out
+
+
 def bench_parser(doc: str) -> argparse.ArgumentParser:
     """The options every steel benchmark script shares: --bench, --data, --seed, --rebuild, --json."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +203,8 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--mosaic", type=int, default=0, metavar="K",
+                    help="build from K x K mosaics (larger images with native detail; see steel_bench.py)")
     ap.add_argument("--json", type=Path, help="write all figures here")
     return ap
 
@@ -187,7 +214,12 @@ def ensure_built(a: argparse.Namespace) -> Path:
     if not (a.data / "neu_det").is_dir():
         raise SystemExit(f"no steel data at {a.data} (see ../shared/data/README.md)")
     if a.rebuild or not (a.bench / "truth.csv").is_file():
-        build(a.data, a.bench, a.seed)
+        if getattr(a, "mosaic", 0) > 1:
+            k2 = a.mosaic ** 2
+            data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
+            build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
+        else:
+            build(a.data, a.bench, a.seed)
     return a.bench
 
 

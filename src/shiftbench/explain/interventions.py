@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 
 from ..properties.measures import optics
-from .views import Views, each
+from .views import Views, each, resize_map
 
 REFLECT = cv2.BORDER_REFLECT_101
+POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
 
 
 def _cached(cache: dict | None, key: tuple, fn):
@@ -335,43 +336,66 @@ def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int], affine: bool) -
 
 
 def _warp_views(v: Views, m: np.ndarray, affine: bool = False) -> Views:
-    """``v`` moved by ``m`` (3x3, in whole pixels): the whole directly, the crop by the same map in
-    full-resolution pixels, evaluated over the crop's window only."""
+    """``v`` moved by ``m`` (3x3, in whole pixels): the crop by the same map in full-resolution
+    pixels, evaluated over the crop's window only; the whole made at up to twice its scale
+    and area-averaged, as the camera's full-resolution image would be (interpolating at the
+    model's own scale would blur what the model sees more than the camera did)."""
     wh, ww = v.whole.shape[:2]
-    whole = _warp(v.whole, m, (ww, wh), affine)
-    if v.single:
-        return Views(whole, whole, whole.shape[:2], whole)
-    to_whole = v.to_whole()
+    if v.single or v.image is None:
+        whole = _warp(v.whole, m, (ww, wh), affine)
+        return Views(whole, whole, whole.shape[:2], whole) if v.single else Views(whole, v.crop, v.shape)
+    full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()  # the same map in full-resolution pixels
+    f = min(2.0, v.shape[0] / wh, v.shape[1] / ww)
+    size = (round(ww * f), round(wh * f))
+    big = v.image if size == v.shape[::-1] else cv2.resize(v.image, size, interpolation=cv2.INTER_AREA)
+    to_big = resize_map(v.shape, big.shape[:2])
+    moved = _warp(big, to_big @ full @ np.linalg.inv(to_big), size, affine)
+    whole = cv2.resize(moved, (ww, wh), interpolation=cv2.INTER_AREA)
     left, top = v.crop_offset()
-    full = np.linalg.inv(to_whole) @ m @ to_whole
     in_crop = np.array([[1.0, 0, -left], [0, 1, -top], [0, 0, 1]]) @ full
     return Views(whole, _warp(v.image, in_crop, v.crop.shape[1::-1], affine), v.shape)
+
+
+def _pose_copy(v: Views, size: tuple[int, int]) -> np.ndarray:
+    """``v`` at (w, h) = ``size`` for estimating its pose (from the full-resolution image if there is one)."""
+    if v.whole.shape[1::-1] == tuple(size):
+        return v.whole
+    return cv2.resize(v.image if v.image is not None else v.whole, size, interpolation=cv2.INTER_AREA)
 
 
 def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views, str, float]:
     """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
 
-    The pose is estimated on the wholes, ``ref``'s resized to ``src``'s frame. Returns the
-    warped views (``src`` itself when the pose is unchanged), a description and the
+    The pose is estimated on copies at most ``POSE_SIDE`` px (the model's input scale
+    loses the features a homography needs), ``ref``'s resized to ``src``'s frame. Returns
+    the warped views (``src`` itself when the pose is unchanged), a description and the
     in-plane rotation in degrees. ``cache``: a dict kept across calls with the same
     ``ref`` and several ``src`` (a production image and its neighbours), so that
     ``ref``'s features, orientations and spectrum are computed once.
     """
-    small = src.whole
-    size = small.shape[1::-1]
-    target = _cached(cache, ("resized", *size), lambda: cv2.resize(ref.whole, size, interpolation=cv2.INTER_AREA))
+    h, w = src.shape
+    s = min(1.0, POSE_SIDE / max(h, w))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = _pose_copy(src, size)
+    target = _cached(cache, ("resized", *size), lambda: _pose_copy(ref, size))
+    to_small = resize_map(src.shape, small.shape[:2])
+    to_whole = src.to_whole() @ np.linalg.inv(to_small)  # pose-copy pixels -> whole pixels
+
+    def in_whole(m: np.ndarray) -> np.ndarray:
+        return to_whole @ m @ np.linalg.inv(to_whole)
+
     hom = homography_between(small, target, cache=cache)
     if hom is not None:
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
-        return _warp_views(src, hom), f"homography, rotate {-deg:+.0f}", -deg
+        return _warp_views(src, in_whole(hom)), f"homography, rotate {-deg:+.0f}", -deg
     deg, conf = rotation_between(small, target, cache)
     z = zoom_between(small, target, cache=cache)
     how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
     if deg == 0 and z == 1.0:
         return src, how, deg
-    h, w = small.shape[:2]
-    m = np.vstack([cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), deg, z), [0, 0, 1]])
-    return _warp_views(src, m, affine=True), how, deg
+    sh, sw = small.shape[:2]
+    m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), deg, z), [0, 0, 1]])
+    return _warp_views(src, in_whole(m), affine=True), how, deg
 
 
 # --- pipeline faults --------------------------------------------------------------

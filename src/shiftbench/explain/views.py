@@ -32,9 +32,8 @@ class Views:
         return self.whole is self.crop
 
     def to_whole(self) -> np.ndarray:
-        """3x3 map from full-resolution pixels to ``whole``'s (cv2.resize's pixel-centre mapping)."""
-        sx, sy = self.whole.shape[1] / self.shape[1], self.whole.shape[0] / self.shape[0]
-        return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+        """3x3 map from full-resolution pixels to ``whole``'s."""
+        return resize_map(self.shape, self.whole.shape[:2])
 
     def crop_offset(self) -> tuple[int, int]:
         """(left, top) of ``crop`` in full-resolution pixels."""
@@ -59,3 +58,10 @@ def each(v: Views, fn) -> Views:
         out = fn(v.whole)
         return Views(out, out, out.shape[:2], out)
     return Views(fn(v.whole), fn(v.crop), v.shape)
+
+
+def resize_map(shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """3x3 map from the pixels of an (h, w) = ``shape`` image to those of its resize to
+    ``size`` (h', w') (cv2.resize's pixel-centre mapping)."""
+    sx, sy = size[1] / shape[1], size[0] / shape[0]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
