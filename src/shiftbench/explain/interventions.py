@@ -19,6 +19,8 @@ counterfactual of a 4000 px image costs about what one of a 224 px image does.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -301,14 +303,20 @@ def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15,
     return h if 0.25 < det < 4.0 else None
 
 
+@functools.lru_cache(maxsize=8)
+def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window (h, w) and the radial frequency of each rfft2 bin (h, w // 2 + 1)."""
+    fy = np.abs(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return np.outer(np.hanning(h), np.hanning(w)), np.hypot(fx, fy)
+
+
 def _mean_freq(img: np.ndarray) -> float:
     """Power-weighted mean radial frequency (cycles per pixel) of the windowed grey image."""
     g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    g = (g - g.mean()) * np.outer(np.hanning(g.shape[0]), np.hanning(g.shape[1]))
-    p = np.abs(np.fft.rfft2(g)) ** 2
-    fy = np.abs(np.fft.fftfreq(g.shape[0]))[:, None]
-    fx = np.fft.rfftfreq(g.shape[1])[None, :]
-    return float((np.hypot(fx, fy) * p).sum() / max(p.sum(), 1e-12))
+    window, radius = _spectrum_grid(*g.shape)
+    p = np.abs(np.fft.rfft2((g - g.mean()) * window)) ** 2
+    return float((radius * p).sum() / max(p.sum(), 1e-12))
 
 
 def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45), cache: dict | None = None) -> float:
@@ -319,7 +327,7 @@ def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45),
     ``ref`` is returned (1.0 when ``ref`` is not coarser).
     """
     target = _cached(cache, ("frequency", ref.shape), lambda: _mean_freq(ref))
-    return min(zooms, key=lambda z: abs(_mean_freq(_zoom(src, z)) - target))
+    return min(zooms, key=lambda z: abs(_mean_freq(src if z == 1.0 else _zoom(src, z)) - target))
 
 
 def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
@@ -335,19 +343,21 @@ def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int], affine: bool) -
     return cv2.warpPerspective(img, m, size, borderMode=REFLECT)
 
 
-def _warp_views(v: Views, m: np.ndarray, affine: bool = False) -> Views:
+def _warp_views(v: Views, m: np.ndarray, affine: bool = False, big: np.ndarray | None = None) -> Views:
     """``v`` moved by ``m`` (3x3, in whole pixels): the crop by the same map in full-resolution
-    pixels, evaluated over the crop's window only; the whole made at up to twice its scale
-    and area-averaged, as the camera's full-resolution image would be (interpolating at the
-    model's own scale would blur what the model sees more than the camera did)."""
+    pixels, evaluated over the crop's window only; the whole made on ``big`` (a larger copy
+    of the image; by default up to twice the whole's size) and area-averaged, as the camera's
+    full-resolution image would be (interpolating at the model's own scale would blur what
+    the model sees more than the camera did)."""
     wh, ww = v.whole.shape[:2]
     if v.single or v.image is None:
         whole = _warp(v.whole, m, (ww, wh), affine)
         return Views(whole, whole, whole.shape[:2], whole) if v.single else Views(whole, v.crop, v.shape)
     full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()  # the same map in full-resolution pixels
-    f = min(2.0, v.shape[0] / wh, v.shape[1] / ww)
-    size = (round(ww * f), round(wh * f))
-    big = v.image if size == v.shape[::-1] else cv2.resize(v.image, size, interpolation=cv2.INTER_AREA)
+    if big is None:
+        f = min(2.0, v.shape[0] / wh, v.shape[1] / ww)
+        big = _pose_copy(v, (round(ww * f), round(wh * f)))
+    size = big.shape[1::-1]
     to_big = resize_map(v.shape, big.shape[:2])
     moved = _warp(big, to_big @ full @ np.linalg.inv(to_big), size, affine)
     whole = cv2.resize(moved, (ww, wh), interpolation=cv2.INTER_AREA)
@@ -357,9 +367,11 @@ def _warp_views(v: Views, m: np.ndarray, affine: bool = False) -> Views:
 
 
 def _pose_copy(v: Views, size: tuple[int, int]) -> np.ndarray:
-    """``v`` at (w, h) = ``size`` for estimating its pose (from the full-resolution image if there is one)."""
+    """``v`` at (w, h) = ``size`` (from the full-resolution image if there is one)."""
     if v.whole.shape[1::-1] == tuple(size):
         return v.whole
+    if v.image is not None and v.image.shape[1::-1] == tuple(size):
+        return v.image
     return cv2.resize(v.image if v.image is not None else v.whole, size, interpolation=cv2.INTER_AREA)
 
 
@@ -381,13 +393,15 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     to_small = resize_map(src.shape, small.shape[:2])
     to_whole = src.to_whole() @ np.linalg.inv(to_small)  # pose-copy pixels -> whole pixels
 
+    big = small if small.shape[0] >= 1.5 * src.whole.shape[0] else None  # supersamples the warped whole
+
     def in_whole(m: np.ndarray) -> np.ndarray:
         return to_whole @ m @ np.linalg.inv(to_whole)
 
     hom = homography_between(small, target, cache=cache)
     if hom is not None:
         deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
-        return _warp_views(src, in_whole(hom)), f"homography, rotate {-deg:+.0f}", -deg
+        return _warp_views(src, in_whole(hom), big=big), f"homography, rotate {-deg:+.0f}", -deg
     deg, conf = rotation_between(small, target, cache)
     z = zoom_between(small, target, cache=cache)
     how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
@@ -395,7 +409,7 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
         return src, how, deg
     sh, sw = small.shape[:2]
     m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), deg, z), [0, 0, 1]])
-    return _warp_views(src, in_whole(m), affine=True), how, deg
+    return _warp_views(src, in_whole(m), affine=True, big=big), how, deg
 
 
 # --- pipeline faults --------------------------------------------------------------
