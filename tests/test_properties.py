@@ -522,7 +522,7 @@ def test_measure_non_contiguous_views(img):
 @pytest.mark.parametrize("h, w", [(1200, 1500), (900, 300)])
 def test_large_image_optics_on_the_centre_crop_and_the_rest_on_an_overview(h, w):
     big = texture(h, w, seed=5)
-    top, left = max(0, (h - M.CROP_SIDE) // 2), max(0, (w - M.CROP_SIDE) // 2)
+    top, left = max(0, (h - M.CROP_SIDE) // 2) // 8 * 8, max(0, (w - M.CROP_SIDE) // 2) // 8 * 8
     crop = np.ascontiguousarray(big[top:top + M.CROP_SIDE, left:left + M.CROP_SIDE])
     s = M.OVERVIEW_SIDE / min(h, w)
     small = cv2.resize(big, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
@@ -549,6 +549,15 @@ def test_a_model_input_serves_as_the_overview_only_where_it_is_one(h, w, monkeyp
     monkeypatch.setattr(M, "overview", lambda img, real=M.overview: made.append(1) or real(img))
     assert M.measure(big, resized=squashed) == plain
     assert (not made) == (h == w and h > M.OVERVIEW_SIDE)  # square and larger: the model input is the overview
+
+
+def test_jpeg_blocks_of_a_large_image_are_seen_whatever_its_size():
+    """The centre crop starts on the 8-pixel JPEG grid, so blockiness reads the blocks."""
+    for side in (600, 612, 1000):
+        img = texture(side, side, seed=7)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 10])
+        jpeg = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        assert M.measure(jpeg)["blockiness"] > 1.3 > M.measure(img)["blockiness"], side
 
 
 def test_register_adds_a_measurement(monkeypatch, img):

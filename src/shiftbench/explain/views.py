@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..properties.measures import centre_crop
+from ..properties.measures import centre_crop, crop_origin
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ class Views:
         return resize_map(self.shape, self.whole.shape[:2])
 
     def crop_offset(self) -> tuple[int, int]:
-        """(left, top) of ``crop`` in full-resolution pixels."""
-        h, w = self.shape
-        return (w - self.crop.shape[1]) // 2, (h - self.crop.shape[0]) // 2
+        """(left, top) of ``crop`` in full-resolution pixels (as :func:`centre_crop` places it)."""
+        top, left = crop_origin(*self.shape)
+        return left, top
 
 
 def views(img: np.ndarray, size: tuple[int, int] | None = None) -> Views:

@@ -194,10 +194,17 @@ def pipeline(img: np.ndarray) -> dict[str, float]:
 
 
 def centre_crop(img: np.ndarray, side: int = CROP_SIDE) -> np.ndarray:
-    """The centre ``side`` x ``side`` pixels of ``img`` (a view; all of it along a shorter side)."""
-    h, w = img.shape[:2]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    """The centre ``side`` x ``side`` pixels of ``img`` (a view; all of it along a shorter side).
+
+    The offset is a multiple of 8, so that the crop keeps the image's JPEG block grid
+    (``blockiness`` looks for jumps every 8 pixels from the crop's corner)."""
+    top, left = crop_origin(*img.shape[:2], side)
     return img[top:top + side, left:left + side]
+
+
+def crop_origin(h: int, w: int, side: int = CROP_SIDE) -> tuple[int, int]:
+    """(top, left) of :func:`centre_crop` in an (h, w) image."""
+    return max(0, (h - side) // 2) // 8 * 8, max(0, (w - side) // 2) // 8 * 8
 
 
 def overview_size(h: int, w: int, side: int = OVERVIEW_SIDE) -> tuple[int, int]:
