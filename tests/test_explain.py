@@ -113,6 +113,33 @@ def test_a_large_image_is_worked_on_at_two_scales_that_agree():
     assert np.abs(moved.crop.astype(int) - views(full).crop).mean() < 3.0
 
 
+def test_an_unchanged_squashed_image_is_measured_as_the_bank_measures_it():
+    """A non-square image squashed to the model's 224 x 224 is measured with its proportions."""
+    from shiftbench.explain.attribution import _measure
+
+    img = rotate(cv2.resize(texture(2, angle=45), (1200, 1200)), 0)[:600]  # 600 x 1200, streaks at 45 degrees
+    v = views(img, (224, 224))
+    want, got = measure(img), _measure(v)
+    assert got["orientation"] == pytest.approx(want["orientation"], abs=2)
+    assert got["orientation_coherence"] == pytest.approx(want["orientation_coherence"], abs=0.05)
+    assert got["brightness"] == pytest.approx(want["brightness"], abs=0.01)
+
+
+def test_a_tall_image_is_warped_as_sharply_as_a_wide_one():
+    """The warped whole is made on a copy supersampled along both axes."""
+    import shiftbench.explain.interventions as iv
+
+    for shape in ((1200, 600), (600, 1200)):
+        img = cv2.resize(texture(3, angle=20), shape[::-1], interpolation=cv2.INTER_CUBIC)
+        v = views(img, (224, 224))
+        m = np.vstack([cv2.getRotationMatrix2D((111.5, 111.5), 10.0, 1.0), [0, 0, 1]])
+        full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()
+        truth = cv2.resize(cv2.warpAffine(img, full[:2], shape[::-1], borderMode=cv2.BORDER_REFLECT_101), (224, 224),
+                           interpolation=cv2.INTER_AREA)
+        moved = iv._warp_views(v, m, affine=True)
+        assert np.abs(moved.whole.astype(int) - truth).mean() < 0.75, shape  # 0.99 on a 256 px wide copy
+
+
 def test_a_large_image_is_relit_and_degraded_alike_at_both_scales(monkeypatch):
     """Candidates are measured on the full-resolution crop; the chosen blur lands on the whole
     as a full-size blur would; relighting gives crop and whole the reference's lighting."""

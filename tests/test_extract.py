@@ -12,7 +12,7 @@ from shiftbench.embedding.extract import default_workers
 from shiftbench.images import find_images, read_image
 
 
-def mean_grey(img: np.ndarray, resized: np.ndarray | None = None) -> dict:
+def mean_grey(img: np.ndarray) -> dict:
     """Module-level so that it pickles for spawned workers too."""
     return {"mean": float(img.mean()), "h": int(img.shape[0])}
 

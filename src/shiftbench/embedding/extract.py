@@ -9,6 +9,7 @@ process on the model's device, which keeps inter-process traffic 4x smaller.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class _Files(Dataset):
                  measure: Callable[..., dict] | None):
         self.root, self.paths, self.pre = root, paths, pre
         self.max_pixels, self.measure = max_pixels, measure
+        params = inspect.signature(measure).parameters if measure is not None else {}
+        self.pass_resized = "resized" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,7 +105,7 @@ class _Files(Dataset):
         pixels = resize_for_model(img, self.pre)
         if self.measure is not None:
             try:
-                item["measures"] = self.measure(img, resized=pixels)
+                item["measures"] = self.measure(img, resized=pixels) if self.pass_resized else self.measure(img)
             except Exception as e:  # a failed measurement leaves NaN columns, not a crash
                 item["measures"] = {"measure_error": f"{type(e).__name__}: {e}"}
         item["pixels"] = torch.from_numpy(pixels)
@@ -141,8 +144,8 @@ def embed_files(root: str | os.PathLike, paths: list[str], backbone: Backbone, *
         0 decodes in the main process.
     measure
         Optional function of the full-resolution RGB image, run in the workers as
-        ``measure(img, resized=pixels)`` (``pixels``: the (S, S, 3) model input, for a
-        measurement that can reuse it); its dict is returned per image in
+        ``measure(img, resized=pixels)`` where it takes ``resized`` (``pixels``: the
+        (S, S, 3) model input, for a measurement that can reuse it), else ``measure(img)``; its dict is returned per image in
         ``EmbeddedBatch.measures``.
 
     Yields

@@ -45,7 +45,7 @@ import pandas as pd
 from ..embedding import Backbone, embed_arrays
 from ..embedding.extract import model_scale
 from ..images import read_image
-from ..properties.measures import measure_views, overview
+from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
 from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
@@ -81,7 +81,7 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
 
 def _measure(v: Views) -> dict:
     """Measurements of made views, as :func:`~shiftbench.properties.measure` measures an image."""
-    return measure_views(overview(v.whole), v.crop, v.shape[1] / v.shape[0])
+    return measure_views(v.overview(), v.crop, v.shape[1] / v.shape[0])
 
 
 def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,

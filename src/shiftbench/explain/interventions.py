@@ -350,13 +350,14 @@ def _warp_views(v: Views, m: np.ndarray, affine: bool = False, big: np.ndarray |
     full-resolution image would be (interpolating at the model's own scale would blur what
     the model sees more than the camera did)."""
     wh, ww = v.whole.shape[:2]
-    if v.single or v.image is None:
+    if v.single:
         whole = _warp(v.whole, m, (ww, wh), affine)
-        return Views(whole, whole, whole.shape[:2], whole) if v.single else Views(whole, v.crop, v.shape)
+        return Views(whole, whole, whole.shape[:2], whole)
+    if v.image is None:
+        raise ValueError("warping views at two scales needs their full-resolution image")
     full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()  # the same map in full-resolution pixels
     if big is None:
-        f = min(2.0, v.shape[0] / wh, v.shape[1] / ww)
-        big = _pose_copy(v, (round(ww * f), round(wh * f)))
+        big = _pose_copy(v, (round(ww * min(2.0, v.shape[1] / ww)), round(wh * min(2.0, v.shape[0] / wh))))
     size = big.shape[1::-1]
     to_big = resize_map(v.shape, big.shape[:2])
     moved = _warp(big, to_big @ full @ np.linalg.inv(to_big), size, affine)
@@ -393,7 +394,8 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     to_small = resize_map(src.shape, small.shape[:2])
     to_whole = src.to_whole() @ np.linalg.inv(to_small)  # pose-copy pixels -> whole pixels
 
-    big = small if small.shape[0] >= 1.5 * src.whole.shape[0] else None  # supersamples the warped whole
+    # the pose copy supersamples the warped whole where it is much larger along both axes
+    big = small if all(a >= 1.5 * b for a, b in zip(small.shape[:2], src.whole.shape[:2])) else None
 
     def in_whole(m: np.ndarray) -> np.ndarray:
         return to_whole @ m @ np.linalg.inv(to_whole)

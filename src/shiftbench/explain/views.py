@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..properties.measures import centre_crop, crop_origin
+from ..properties.measures import centre_crop, crop_origin, overview_size
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,15 @@ class Views:
     def to_whole(self) -> np.ndarray:
         """3x3 map from full-resolution pixels to ``whole``'s."""
         return resize_map(self.shape, self.whole.shape[:2])
+
+    def overview(self) -> np.ndarray:
+        """The whole at the size :func:`~shiftbench.properties.measures.overview` gives the
+        full-resolution image (a squashed whole gets its proportions back)."""
+        oh, ow = overview_size(*self.shape)
+        if self.whole.shape[:2] == (oh, ow):
+            return self.whole
+        shrink = oh * ow < self.whole.shape[0] * self.whole.shape[1]
+        return cv2.resize(self.whole, (ow, oh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     def crop_offset(self) -> tuple[int, int]:
         """(left, top) of ``crop`` in full-resolution pixels (as :func:`centre_crop` places it)."""
