@@ -125,6 +125,13 @@ def test_an_unchanged_squashed_image_is_measured_as_the_bank_measures_it():
     assert got["brightness"] == pytest.approx(want["brightness"], abs=0.01)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 40), (20, 20)])
+def test_a_tiny_image_gets_a_pose_without_crashing(shape):
+    tiny = np.random.default_rng(0).integers(0, 255, shape + (3,), dtype=np.uint8)
+    warped, how, deg = warp_like(views(tiny), views(texture(0)))
+    assert warped.whole.shape == tiny.shape and not how.startswith("homography")
+
+
 def test_a_tall_image_is_warped_as_sharply_as_a_wide_one():
     """The warped whole is made on a copy supersampled along both axes."""
     import shiftbench.explain.interventions as iv

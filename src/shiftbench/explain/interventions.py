@@ -285,6 +285,8 @@ def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15,
     None when the images share too few consistent features (textures, other
     parts): then only the rotation estimate is available.
     """
+    if min(src.shape[:2]) < 32 or min(ref.shape[:2]) < 32:  # below ORB's 31 px patch (and its pyramid)
+        return None
     ka, da = _orb(src)
     kb, db = _cached(cache, ("orb", ref.shape), lambda: _orb(ref))
     if da is None or db is None or len(ka) < min_inliers or len(kb) < min_inliers:
