@@ -62,9 +62,10 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(-0.5, 0.5, w)[None, :], np.linspace(-0.5, 0.5, h)[:, None]
 
 
-def _illumination(img: np.ndarray) -> np.ndarray:
-    """Smooth illumination field (H, W) float32 with mean 1: quadratic surface fitted to 32x32 luma."""
-    full = _surface(_illumination_fit(img), *_grid(*img.shape[:2]))
+def _illumination(img: np.ndarray, coef: np.ndarray | None = None) -> np.ndarray:
+    """Smooth illumination field (H, W) float32 with mean 1: quadratic surface fitted to 32x32 luma
+    (``coef``: that fit, where it is known)."""
+    full = _surface(_illumination_fit(img) if coef is None else coef, *_grid(*img.shape[:2]))
     return (full / full.mean()).astype(np.float32)
 
 
@@ -108,13 +109,14 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
     """
     field = _cached(cache, ("illumination",), lambda: _illumination(ref.whole))
     sh, sw = src.whole.shape[:2]
-    lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole))
+    src_fit = _illumination_fit(src.whole)
+    lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole, src_fit))
     luts = _histogram_luts(lit, ref.whole)
     whole = _apply_luts(lit, luts)
     if src.single:
         return Views(whole, whole, whole.shape[:2], whole)
     ref_fit = _cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
-    ratio = _crop_illumination(src, ref_fit) / _crop_illumination(src, _illumination_fit(src.whole))
+    ratio = _crop_illumination(src, ref_fit) / _crop_illumination(src, src_fit)
     return Views(whole, _apply_luts(_scaled(src.crop, ratio), luts), src.shape)
 
 
@@ -359,7 +361,7 @@ def _warp_views(v: Views, m: np.ndarray, affine: bool = False, big: np.ndarray |
         raise ValueError("warping views at two scales needs their full-resolution image")
     full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()  # the same map in full-resolution pixels
     if big is None:
-        big = _pose_copy(v, (round(ww * min(2.0, v.shape[1] / ww)), round(wh * min(2.0, v.shape[0] / wh))))
+        big = _copy_at(v, (round(ww * min(2.0, v.shape[1] / ww)), round(wh * min(2.0, v.shape[0] / wh))))
     size = big.shape[1::-1]
     to_big = resize_map(v.shape, big.shape[:2])
     moved = _warp(big, to_big @ full @ np.linalg.inv(to_big), size, affine)
@@ -369,7 +371,7 @@ def _warp_views(v: Views, m: np.ndarray, affine: bool = False, big: np.ndarray |
     return Views(whole, _warp(v.image, in_crop, v.crop.shape[1::-1], affine), v.shape)
 
 
-def _pose_copy(v: Views, size: tuple[int, int]) -> np.ndarray:
+def _copy_at(v: Views, size: tuple[int, int]) -> np.ndarray:
     """``v`` at (w, h) = ``size`` (from the full-resolution image if there is one)."""
     if v.whole.shape[1::-1] == tuple(size):
         return v.whole
@@ -391,8 +393,8 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     h, w = src.shape
     s = min(1.0, POSE_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    small = _pose_copy(src, size)
-    target = _cached(cache, ("resized", *size), lambda: _pose_copy(ref, size))
+    small = _copy_at(src, size)
+    target = _cached(cache, ("resized", *size), lambda: _copy_at(ref, size))
     to_small = resize_map(src.shape, small.shape[:2])
     to_whole = src.to_whole() @ np.linalg.inv(to_small)  # pose-copy pixels -> whole pixels
 
@@ -423,12 +425,8 @@ def pipeline_faults(src: Views) -> dict[str, Views]:
 
     Channel swap only for colour images (it changes nothing in grey ones).
     """
-    def rot90(v: Views) -> Views:
-        if v.single:
-            return each(v, lambda a: np.ascontiguousarray(np.rot90(a)))
-        return Views(np.ascontiguousarray(np.rot90(v.whole)), np.ascontiguousarray(np.rot90(v.crop)), v.shape[::-1])
-
-    out = {"inverted": each(src, lambda a: 255 - a), "rotated 90": rot90(src)}
+    out = {"inverted": each(src, lambda a: 255 - a),
+           "rotated 90": each(src, lambda a: np.ascontiguousarray(np.rot90(a)), shape=src.shape[::-1])}
     whole = src.whole
     if np.abs(whole[..., 0].astype(np.int16) - whole[..., 2]).mean() > 2.0:
         out["channels swapped"] = each(src, lambda a: np.ascontiguousarray(a[..., ::-1]))

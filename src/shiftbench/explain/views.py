@@ -61,12 +61,13 @@ def views(img: np.ndarray, size: tuple[int, int] | None = None) -> Views:
     return Views(whole, img if whole is img and crop.shape == img.shape else crop, (h, w), img)
 
 
-def each(v: Views, fn) -> Views:
-    """A pixel-wise change ``fn`` made on both scales (once where they are one array)."""
+def each(v: Views, fn, shape: tuple[int, int] | None = None) -> Views:
+    """A change ``fn`` made alike on both scales (once where they are one array); ``shape``:
+    the full-resolution shape it gives (unchanged by default)."""
     if v.single:
         out = fn(v.whole)
         return Views(out, out, out.shape[:2], out)
-    return Views(fn(v.whole), fn(v.crop), v.shape)
+    return Views(fn(v.whole), fn(v.crop), v.shape if shape is None else shape)
 
 
 def resize_map(shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

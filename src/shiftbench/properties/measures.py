@@ -215,11 +215,8 @@ def overview_size(h: int, w: int, side: int = OVERVIEW_SIDE) -> tuple[int, int]:
 
 def overview(img: np.ndarray, side: int = OVERVIEW_SIDE) -> np.ndarray:
     """``img`` area-averaged to a shorter side of ``side`` pixels (``img`` itself when not larger)."""
-    h, w = img.shape[:2]
-    if min(h, w) <= side:
-        return img
-    oh, ow = overview_size(h, w, side)
-    return cv2.resize(img, (ow, oh), interpolation=cv2.INTER_AREA)
+    oh, ow = overview_size(*img.shape[:2], side)
+    return img if (oh, ow) == img.shape[:2] else cv2.resize(img, (ow, oh), interpolation=cv2.INTER_AREA)
 
 
 def measure(img: np.ndarray, resized: np.ndarray | None = None) -> dict[str, float]:
@@ -232,12 +229,8 @@ def measure(img: np.ndarray, resized: np.ndarray | None = None) -> dict[str, flo
     size), which saves resizing twice.
     """
     h, w = img.shape[:2]
-    small = overview_size(h, w)
-    if resized is not None and resized.shape[:2] == small and min(h, w) > OVERVIEW_SIDE:
-        view = resized
-    else:
-        view = overview(img)
-    return measure_views(view, centre_crop(img), w / h)
+    same = resized is not None and resized.shape[:2] == overview_size(h, w)
+    return measure_views(resized if same else overview(img), centre_crop(img), w / h)
 
 
 def measure_views(small: np.ndarray, crop: np.ndarray, aspect: float) -> dict[str, float]:
