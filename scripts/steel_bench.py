@@ -122,22 +122,27 @@ def _name(seed: int, i: int) -> str:
     return hashlib.blake2b(f"{seed}-{i}".encode(), digest_size=6).hexdigest() + ".png"
 
 
+LINES = {"neu": ("neu_det", "x_sdd"), "xsdd": ("x_sdd", "neu_det")}  # lab line, another line (content)
+
+
 def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
-          n_shift: int = 200, n_content: int = 200, strength: float = 1.0) -> Path:
+          n_shift: int = 200, n_content: int = 200, strength: float = 1.0, line: str = "neu") -> Path:
     """Write the benchmark into ``out`` (replaced if present); see the module docstring and
-    :func:`_variants` for ``strength``."""
+    :func:`_variants` for ``strength``. ``line``: which data set is the lab's (:data:`LINES`);
+    ``n_train`` 0 takes half of each class (X-SDD's classes hold 63-397 images)."""
     rng = np.random.default_rng(seed)
-    neu, xsdd = _images(data / "neu_det" / "images"), _images(data / "x_sdd" / "images")
+    lab, other = (_images(data / name / "images") for name in LINES[line])
     if out.exists():
         shutil.rmtree(out)
     (out / "prod").mkdir(parents=True)
-    sources = []  # held-out NEU images available for production
-    for cls, files in neu.items():
+    sources = []  # held-out lab images available for production
+    for cls, files in lab.items():
         files = [files[i] for i in rng.permutation(len(files))]
         (out / "train" / cls).mkdir(parents=True)
-        for f in files[:n_train]:
+        take = n_train or len(files) // 2
+        for f in files[:take]:
             shutil.copyfile(f, out / "train" / cls / f.name)
-        sources += [(cls, f) for f in files[n_train:]]
+        sources += [(cls, f) for f in files[take:]]
     sources = [sources[i] for i in rng.permutation(len(sources))]
     rows, counter = [], 0
 
@@ -169,10 +174,10 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
             t, params = fam_variants[variant]()
             t.set_random_seed(int(rng.integers(1 << 31)))
             put(t(image=load(f))["image"], family, variant, params, f, cls)
-    content = [(cls, f) for cls, files in xsdd.items() for f in files]
+    content = [(cls, f) for cls, files in other.items() for f in files]
     for i in rng.choice(len(content), min(n_content, len(content)), replace=False):
         cls, f = content[i]
-        put(load(f), "content", "x_sdd", {}, f, cls)
+        put(load(f), "content", LINES[line][1], {}, f, cls)
     pd.DataFrame(rows).to_csv(out / "truth.csv", index=False)
     return out
 
@@ -205,6 +210,8 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--mosaic", type=int, default=0, metavar="K",
                     help="build from K x K mosaics (larger images with native detail; see steel_bench.py)")
+    ap.add_argument("--line", choices=sorted(LINES), default="neu",
+                    help="the lab's line: neu (default; X-SDD is the other line) or xsdd (NEU is the other line)")
     ap.add_argument("--json", type=Path, help="write all figures here")
     return ap
 
@@ -218,6 +225,8 @@ def ensure_built(a: argparse.Namespace) -> Path:
             k2 = a.mosaic ** 2
             data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
             build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
+        elif getattr(a, "line", "neu") == "xsdd":  # 7 classes of 63-397 images: half of each trains
+            build(a.data, a.bench, a.seed, n_train=0, n_clean=25, line="xsdd")
         else:
             build(a.data, a.bench, a.seed)
     return a.bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,8 @@ import pytest
 
 from shiftbench.explain import agree_with_neighbours
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import (degrade_like, pipeline_faults, relight_like, rotation_between,
-                                              warp_like, zoom_between)
+from shiftbench.explain.interventions import (apply_pose, degrade_like, estimate_pose, pipeline_faults, relight_like,
+                                              rotation_between, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import optics
@@ -67,6 +68,25 @@ def test_rotation_of_an_isotropic_texture_has_low_confidence():
 def test_zoom_between_finds_the_magnification():
     assert zoom_between(texture(0, angle=0), rotate(texture(1, angle=0), 0, 1.3)) == pytest.approx(1.3, abs=0.16)
     assert zoom_between(texture(0, angle=0), texture(1, angle=0)) == pytest.approx(1.0, abs=0.16)
+
+
+def test_a_textures_first_neighbour_is_also_only_rotated():
+    """The zoom read from a texture's spectrum is weak evidence: the nearest neighbour's angle
+    counterfactuals hold the rotation with and without it."""
+    from shiftbench.explain.attribution import _counterfactuals
+
+    src, ref = views(texture(0, angle=20)), views(rotate(texture(1, angle=20), 25, 1.3))
+    pose = estimate_pose(src, ref)
+    assert pose.homography is None and pose.zoom > 1.0 and pose.deg == pytest.approx(25, abs=4)
+    zoomed, how = apply_pose(src, pose)
+    plain, how_plain = apply_pose(src, pose, zoom=False)
+    assert how.endswith(f"zoom {pose.zoom:.2f}") and how_plain.endswith("zoom 1.00")
+    assert np.array_equal(plain.whole, apply_pose(src, dataclasses.replace(pose, zoom=1.0))[0].whole)
+    assert not np.array_equal(plain.whole, zoomed.whole)
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    out, rotation = _counterfactuals(ref, measure(ref.whole), [src, views(texture(2, angle=20))], scale)
+    hows = [how for _, how in out["angle"]]
+    assert len(hows) == 3 and hows[:2] == [how, how_plain] and rotation == pytest.approx(25, abs=4)
 
 
 def test_warp_like_uses_a_homography_where_features_match():

@@ -51,3 +51,23 @@ def test_every_family_detected_better_than_penultimate_baseline(bench_scan):
         base = _auroc(shifted["knn_distance"].to_numpy(), clean["knn_distance"].to_numpy())
         assert fused >= base - 0.01, family
         assert fused > 0.8, family
+
+
+def test_the_benchmark_can_take_x_sdd_as_the_lab_line(tmp_path):
+    """``--line xsdd``: half of each X-SDD class trains, the rest feeds production, NEU is the other line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import steel_bench
+
+    out = steel_bench.build(DATA, tmp_path / "b", seed=0, n_train=0, n_clean=5, n_shift=12, n_content=10,
+                            line="xsdd")
+    lab = {d.name: len(list(d.iterdir())) for d in (DATA / "x_sdd" / "images").iterdir() if d.is_dir()}
+    trained = {d.name: len(list(d.iterdir())) for d in (out / "train").iterdir()}
+    assert trained == {cls: n // 2 for cls, n in lab.items()}
+    truth = pd.read_csv(out / "truth.csv")
+    assert truth.groupby("family").size().to_dict() == {"angle": 12, "content": 10, "lighting": 12, "none": 35,
+                                                         "resolution": 12}
+    assert truth.loc[truth.family == "content", "source_file"].str.startswith("neu_det/").all()
+    shown = truth.loc[truth.family != "content", "source_file"]
+    assert shown.str.startswith("x_sdd/").all()
+    train_files = {p.name for d in (out / "train").iterdir() for p in d.iterdir()}
+    assert not train_files & {Path(f).name for f in shown}  # production never shows a training image

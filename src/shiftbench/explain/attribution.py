@@ -48,7 +48,7 @@ from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
-from .interventions import degrade_like, pipeline_faults, relight_like, warp_like
+from .interventions import apply_pose, degrade_like, estimate_pose, pipeline_faults, relight_like
 from .views import Views, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
@@ -66,11 +66,15 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
     x_cache: dict = {}  # x's own features, orientations, spectrum: computed once for all neighbours
     for i, n in enumerate(neighbours):
         out["lighting"].append((relight_like(n, x, x_cache), "relit"))
-        warped, how, deg = warp_like(n, x, x_cache)
-        rotations.append(deg)
+        pose = estimate_pose(n, x, x_cache)
+        rotations.append(pose.rotation)
         # an unchanged neighbour is in the bank already: it cannot lower the score
-        if warped is not n:
-            out["angle"].append((warped, how))
+        out["angle"] += [(v, how) for v, how in [apply_pose(n, pose)] if v is not n]
+        if i == 0 and pose.homography is None and pose.zoom != 1.0 and pose.deg != 0:
+            # the nearest also only rotated: a texture's zoom is read from its spectrum, which
+            # another image's texture scale sways as much as a zoom does (a pure rotation
+            # with a misread zoom explains nothing)
+            out["angle"].append(apply_pose(n, pose, zoom=False))
         degraded, how = degrade_like(n, x_meas, scale, known[i])
         if degraded is not n:
             out["resolution"].append((degraded, how))

@@ -19,6 +19,7 @@ counterfactual of a 4000 px image costs about what one of a 224 px image does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import cv2
@@ -250,9 +251,10 @@ def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
     """Histogram of gradient orientations mod 180 degrees, weighted by squared magnitude."""
     g = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
     gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
-    ang = np.degrees(np.arctan2(gy, gx)) % 180.0
-    hist = np.bincount((ang * bins / 180).astype(int).ravel() % bins, weights=(gx * gx + gy * gy).ravel(),
-                       minlength=bins)
+    ang = cv2.phase(gx, gy, angleInDegrees=True)  # [0, 360]: OpenCV's atan2, ~0.3 degrees, 20x numpy's speed
+    idx = (ang * np.float32(bins / 180)).astype(np.int32).ravel()
+    idx[idx >= bins] -= bins  # mod 180 degrees
+    hist = np.bincount(np.minimum(idx, bins - 1), weights=(gx * gx + gy * gy).ravel(), minlength=bins)
     t = np.arange(-6, 7)
     kernel = np.exp(-0.5 * (t / 2.0) ** 2)  # circular smoothing: 0 and 179 degrees are neighbours
     hist = np.convolve(np.r_[hist[-6:], hist, hist[:6]], kernel / kernel.sum(), mode="valid")
@@ -380,42 +382,74 @@ def _copy_at(v: Views, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(v.image if v.image is not None else v.whole, size, interpolation=cv2.INTER_AREA)
 
 
-def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views, str, float]:
-    """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
+@dataclasses.dataclass(frozen=True)
+class Pose:
+    """``ref``'s camera pose against ``src``'s, in pixels of ``src``'s pose copy (:func:`estimate_pose`):
+    a homography where features match, else an in-plane rotation (degrees, with its confidence)
+    and a zoom."""
+    homography: np.ndarray | None
+    deg: float
+    conf: float
+    zoom: float
+    to_whole: np.ndarray  # pose-copy pixels -> whole pixels
+    copy: np.ndarray  # the pose copy
 
-    The pose is estimated on copies at most ``POSE_SIDE`` px (the model's input scale
-    loses the features a homography needs), ``ref``'s resized to ``src``'s frame. Returns
-    the warped views (``src`` itself when the pose is unchanged), a description and the
-    in-plane rotation in degrees. ``cache``: a dict kept across calls with the same
-    ``ref`` and several ``src`` (a production image and its neighbours), so that
-    ``ref``'s features, orientations and spectrum are computed once.
-    """
+    @property
+    def rotation(self) -> float:
+        """In-plane rotation in degrees (counter-clockwise), whichever way it was estimated."""
+        if self.homography is None:
+            return self.deg
+        h = self.homography
+        return -float(np.degrees(np.arctan2(h[1, 0] - h[0, 1], h[0, 0] + h[1, 1])))
+
+
+def estimate_pose(src: Views, ref: Views, cache: dict | None = None) -> Pose:
+    """The pose taking ``src`` to ``ref``, estimated on copies at most ``POSE_SIDE`` px (the
+    model's input scale loses the features a homography needs), ``ref``'s resized to ``src``'s
+    frame. ``cache``: see :func:`warp_like`."""
     h, w = src.shape
     s = min(1.0, POSE_SIDE / max(h, w))
     size = (max(1, round(w * s)), max(1, round(h * s)))
     small = _copy_at(src, size)
     target = _cached(cache, ("resized", *size), lambda: _copy_at(ref, size))
-    to_small = resize_map(src.shape, small.shape[:2])
-    to_whole = src.to_whole() @ np.linalg.inv(to_small)  # pose-copy pixels -> whole pixels
-
-    # the pose copy supersamples the warped whole where it is much larger along both axes
-    big = small if all(a >= 1.5 * b for a, b in zip(small.shape[:2], src.whole.shape[:2])) else None
-
-    def in_whole(m: np.ndarray) -> np.ndarray:
-        return to_whole @ m @ np.linalg.inv(to_whole)
-
+    to_whole = src.to_whole() @ np.linalg.inv(resize_map(src.shape, small.shape[:2]))
     hom = homography_between(small, target, cache=cache)
     if hom is not None:
-        deg = float(np.degrees(np.arctan2(hom[1, 0] - hom[0, 1], hom[0, 0] + hom[1, 1])))
-        return _warp_views(src, in_whole(hom), big=big), f"homography, rotate {-deg:+.0f}", -deg
+        return Pose(hom, 0.0, 1.0, 1.0, to_whole, small)
     deg, conf = rotation_between(small, target, cache)
-    z = zoom_between(small, target, cache=cache)
-    how = f"rotate {deg:+.0f} (conf {conf:.2f}) zoom {z:.2f}"
-    if deg == 0 and z == 1.0:
-        return src, how, deg
-    sh, sw = small.shape[:2]
-    m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), deg, z), [0, 0, 1]])
-    return _warp_views(src, in_whole(m), affine=True, big=big), how, deg
+    return Pose(None, deg, conf, zoom_between(small, target, cache=cache), to_whole, small)
+
+
+def apply_pose(src: Views, pose: Pose, zoom: bool = True) -> tuple[Views, str]:
+    """``src`` seen from ``pose`` (without its zoom if ``zoom`` is False), and a description;
+    ``src`` itself where that changes nothing."""
+    # the pose copy supersamples the warped whole where it is much larger along both axes
+    big = pose.copy if all(a >= 1.5 * b for a, b in zip(pose.copy.shape[:2], src.whole.shape[:2])) else None
+
+    def in_whole(m: np.ndarray) -> np.ndarray:
+        return pose.to_whole @ m @ np.linalg.inv(pose.to_whole)
+
+    if pose.homography is not None:
+        return _warp_views(src, in_whole(pose.homography), big=big), f"homography, rotate {pose.rotation:+.0f}"
+    z = pose.zoom if zoom else 1.0
+    how = f"rotate {pose.deg:+.0f} (conf {pose.conf:.2f}) zoom {z:.2f}"
+    if pose.deg == 0 and z == 1.0:
+        return src, how
+    sh, sw = pose.copy.shape[:2]
+    m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), pose.deg, z), [0, 0, 1]])
+    return _warp_views(src, in_whole(m), affine=True, big=big), how
+
+
+def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views, str, float]:
+    """``src`` seen from ``ref``'s camera pose: homography where features match, else rotation and zoom.
+
+    Returns the warped views (``src`` itself when the pose is unchanged), a description and the
+    in-plane rotation in degrees (:func:`estimate_pose`, :func:`apply_pose`). ``cache``: a dict
+    kept across calls with the same ``ref`` and several ``src`` (a production image and its
+    neighbours), so that ``ref``'s features, orientations and spectrum are computed once.
+    """
+    pose = estimate_pose(src, ref, cache)
+    return (*apply_pose(src, pose), pose.rotation)
 
 
 # --- pipeline faults --------------------------------------------------------------
