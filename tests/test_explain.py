@@ -12,8 +12,8 @@ import pytest
 
 from shiftbench.explain import agree_with_neighbours
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import (apply_pose, degrade_like, estimate_pose, pipeline_faults, relight_like,
-                                              rotation_between, warp_like, zoom_between)
+from shiftbench.explain.interventions import degrade_like, pipeline_faults, relight_like
+from shiftbench.explain.pose import apply_pose, estimate_pose, rotation_between, warp_like, zoom_between
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import optics
@@ -112,7 +112,7 @@ def _scene(h: int, w: int, n: int, seed: int = 3) -> np.ndarray:
 def test_a_large_image_is_worked_on_at_two_scales_that_agree():
     """The pose of a large image is estimated on its wholes; the warp made on the crop in
     full-resolution pixels equals the crop of the full-size warp."""
-    import shiftbench.explain.interventions as iv
+    import shiftbench.explain.pose as pose
 
     scene = _scene(1200, 1000, 120)
     target = rotate(scene, 12)
@@ -127,7 +127,7 @@ def test_a_large_image_is_worked_on_at_two_scales_that_agree():
     assert err < 0.1 * np.abs(src.crop.astype(int) - ref.crop).mean()
     # rotation and zoom (the texture fallback) agree across the scales too
     m = np.vstack([cv2.getRotationMatrix2D((111.5, 134.0), 20.0, 1.2), [0, 0, 1]])
-    moved = iv._warp_views(src, m, affine=True)
+    moved = pose._warp_views(src, m, affine=True)
     full = cv2.warpAffine(scene, cv2.getRotationMatrix2D((499.5, 599.5), 20.0, 1.2), (1000, 1200),
                           borderMode=cv2.BORDER_REFLECT_101)
     assert np.abs(moved.crop.astype(int) - views(full).crop).mean() < 3.0
@@ -154,7 +154,7 @@ def test_a_tiny_image_gets_a_pose_without_crashing(shape):
 
 def test_a_tall_image_is_warped_as_sharply_as_a_wide_one():
     """The warped whole is made on a copy supersampled along both axes."""
-    import shiftbench.explain.interventions as iv
+    import shiftbench.explain.pose as pose
 
     for shape in ((1200, 600), (600, 1200)):
         img = cv2.resize(texture(3, angle=20), shape[::-1], interpolation=cv2.INTER_CUBIC)
@@ -163,7 +163,7 @@ def test_a_tall_image_is_warped_as_sharply_as_a_wide_one():
         full = np.linalg.inv(v.to_whole()) @ m @ v.to_whole()
         truth = cv2.resize(cv2.warpAffine(img, full[:2], shape[::-1], borderMode=cv2.BORDER_REFLECT_101), (224, 224),
                            interpolation=cv2.INTER_AREA)
-        moved = iv._warp_views(v, m, affine=True)
+        moved = pose._warp_views(v, m, affine=True)
         assert np.abs(moved.whole.astype(int) - truth).mean() < 0.75, shape  # 0.99 on a 256 px wide copy
 
 

@@ -48,7 +48,8 @@ from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
-from .interventions import apply_pose, degrade_like, estimate_pose, pipeline_faults, relight_like
+from .interventions import degrade_like, pipeline_faults, relight_like
+from .pose import apply_pose, estimate_pose
 from .views import Views, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")

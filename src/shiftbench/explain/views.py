@@ -1,4 +1,5 @@
-"""An image at the two scales attribution works at (see :mod:`.interventions`)."""
+"""An image at the two scales attribution works at (see :mod:`.interventions`), and helpers
+the interventions share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import cv2
 import numpy as np
 
 from ..properties.measures import centre_crop, crop_origin, overview_size
+
+REFLECT = cv2.BORDER_REFLECT_101  # the border every warp and filter of attribution uses
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,13 @@ def resize_map(shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     ``size`` (h', w') (cv2.resize's pixel-centre mapping)."""
     sx, sy = size[1] / shape[1], size[0] / shape[0]
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
+def cached(cache: dict | None, key: tuple, fn):
+    """``fn()``, kept in ``cache`` under ``key``: a production image's own quantities are
+    computed once for all of its neighbours (no memo without a cache)."""
+    if cache is None:
+        return fn()
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]
