@@ -15,6 +15,9 @@
 Every image is written as PNG (lossless), clean ones included, so the file
 format does not give the family away. Same seed, same benchmark.
 
+``--line xsdd`` swaps the lines: half of each X-SDD class trains, held-out X-SDD images
+are shown clean and shifted, and NEU images are the other line (content).
+
 ``--mosaic K`` builds it from larger images with native detail instead (a factory
 camera gives more than 200 px; upsampling would give no detail at the pixel scale):
 K x K mosaics of same-class NEU images (K x 200 px) and (K + 1) x (K + 1) mosaics of
@@ -220,12 +223,20 @@ def ensure_built(a: argparse.Namespace) -> Path:
     """Build the benchmark of ``a`` (parsed :func:`bench_parser` options) unless it exists."""
     if not (a.data / "neu_det").is_dir():
         raise SystemExit(f"no steel data at {a.data} (see ../shared/data/README.md)")
+    line = getattr(a, "line", "neu")
+    if line != "neu" and getattr(a, "mosaic", 0) > 1:
+        raise SystemExit("--mosaic builds the NEU line only")
+    if (a.bench / "truth.csv").is_file() and not a.rebuild:
+        other = pd.read_csv(a.bench / "truth.csv").query("family == 'content'")["variant"]
+        if len(other) and other.iloc[0] != LINES[line][1]:
+            raise SystemExit(f"{a.bench} holds another line's benchmark (content: {other.iloc[0]}); "
+                             f"pass --rebuild or another --bench")
     if a.rebuild or not (a.bench / "truth.csv").is_file():
         if getattr(a, "mosaic", 0) > 1:
             k2 = a.mosaic ** 2
             data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
             build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
-        elif getattr(a, "line", "neu") == "xsdd":  # 7 classes of 63-397 images: half of each trains
+        elif line == "xsdd":  # 7 classes of 63-397 images: half of each trains
             build(a.data, a.bench, a.seed, n_train=0, n_clean=25, line="xsdd")
         else:
             build(a.data, a.bench, a.seed)

@@ -369,6 +369,26 @@ def test_undoing_lighting_removes_a_relit_images_distance_but_not_new_contents(b
     assert undone["dark"] >= 0.8 and undone["new"] < 0.3, undone
 
 
+def test_the_change_reported_is_the_counterfactual_that_explains_most(bank_workspace, lite0):
+    """Where a cause has several counterfactuals, ``how_<cause>`` names the one that alone
+    brings the image closest, not the first one made."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    x = rotate(train_img, 25)
+    feats = at._embed([views(x)], lite0, conditions)
+    score = float(scorer.score(feats)[0][0])
+    made = [("angle", views(rotate(train_img, 25, 1.3)), "rotate +25 (conf 0.50) zoom 1.30"),
+            ("angle", views(x), "rotate +25 (conf 0.50) zoom 1.00")]  # the second is x itself
+    made = (made, [at._measure(v) for _, v, _ in made], 25.0)
+    row = at.attribute_one(views(x), feats[0], measure(x), score, [views(train_img)], scorer, lite0, conditions,
+                           made=made)
+    assert row["how_angle"].endswith("zoom 1.00") and row["share_angle"] == 1.0
+    made[0].reverse()
+    assert at.attribute_one(views(x), feats[0], measure(x), score, [views(train_img)], scorer, lite0, conditions,
+                            made=(made[0], made[1][::-1], 25.0))["how_angle"].endswith("zoom 1.00")
+
+
 def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(bank_workspace, lite0, monkeypatch):
     from shiftbench.explain import attribution as at
     bank, train_img = _bank_and_image(bank_workspace)

@@ -69,8 +69,9 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
         out["lighting"].append((relight_like(n, x, x_cache), "relit"))
         pose = estimate_pose(n, x, x_cache)
         rotations.append(pose.rotation)
-        # an unchanged neighbour is in the bank already: it cannot lower the score
-        out["angle"] += [(v, how) for v, how in [apply_pose(n, pose)] if v is not n]
+        warped, how = apply_pose(n, pose)
+        if warped is not n:  # an unchanged neighbour is in the bank already: it cannot lower the score
+            out["angle"].append((warped, how))
         if i == 0 and pose.homography is None and pose.zoom != 1.0 and pose.deg != 0:
             # the nearest also only rotated: a texture's zoom is read from its spectrum, which
             # another image's texture scale sways as much as a zoom does (a pure rotation
@@ -135,18 +136,13 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     explained = {}  # cause -> x's score with that cause's counterfactuals in the bank
     for c in CAUSES:
         idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
-        if c == "pipeline":  # discrete faults: each tested on its own, the best kept
-            per = {}
-            for i in idx:
-                per.setdefault(flat[i][2], []).append(i)
-            scores = {how: scorer.score_with(x_features[None], feats[ii][None])[0] for how, ii in per.items()}
-            how = min(scores, key=scores.get)
-            s_c = scores[how]
-        elif idx:
-            s_c = scorer.score_with(x_features[None], feats[idx][None])[0]
-            how = flat[idx[0]][2]
-        else:  # no neighbour needed a change of this kind to look like x
+        if not idx:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"
+        else:  # each counterfactual alone: the one that explains most describes the change
+            alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
+            how = flat[idx[int(np.argmin(alone))]][2]
+            # discrete pipeline faults count one by one, other changes with all their counterfactuals
+            s_c = float(alone.min()) if c == "pipeline" else scorer.score_with(x_features[None], feats[idx][None])[0]
         row[f"share_{c}"] = share(s_c)
         row[f"how_{c}"] = how
         explained[c] = s_c
