@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..embedding import Backbone, embed_arrays
+from ..embedding import Backbone, embed_arrays, one_core_spared
 from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
@@ -233,10 +233,10 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
         return x, nbrs, x_meas, _make(x, x_meas, nbrs, conditions, [optics_known.setdefault(t, {}) for t in nn[j]])
 
     rows = []
-    # One thread prepares the next image while this one runs the model: the interventions are
-    # mostly single-threaded and the model's forward leaves a core idle between its layers.
+    # One thread prepares the next image while this one runs the model (with a core fewer): the
+    # interventions are mostly single-threaded and the model's forward leaves a core idle between its layers.
     # (optics_known is only touched by that thread, one image after another.)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, one_core_spared():
         ahead = pool.submit(prepare, 0) if len(table) else None
         for j in range(len(table)):
             current, ahead = ahead.result(), (pool.submit(prepare, j + 1) if j + 1 < len(table) else None)
