@@ -146,8 +146,8 @@ def embed_files(root: str | os.PathLike, paths: list[str], backbone: Backbone, *
     measure
         Optional function of the full-resolution RGB image, run in the workers as
         ``measure(img, resized=pixels)`` where it takes ``resized`` (``pixels``: the
-        (S, S, 3) model input, for a measurement that can reuse it), else ``measure(img)``; its dict is returned per image in
-        ``EmbeddedBatch.measures``.
+        (S, S, 3) model input, for a measurement that can reuse it), else ``measure(img)``;
+        its dict is returned per image in ``EmbeddedBatch.measures``.
 
     Yields
     ------

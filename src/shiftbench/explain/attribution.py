@@ -142,7 +142,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
             alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
             how = flat[idx[int(np.argmin(alone))]][2]
             # discrete pipeline faults count one by one, other changes with all their counterfactuals
-            s_c = float(alone.min()) if c == "pipeline" else scorer.score_with(x_features[None], feats[idx][None])[0]
+            together = c != "pipeline" and len(idx) > 1  # (one counterfactual: scored already)
+            s_c = scorer.score_with(x_features[None], feats[idx][None])[0] if together else float(alone.min())
         row[f"share_{c}"] = share(s_c)
         row[f"how_{c}"] = how
         explained[c] = s_c
