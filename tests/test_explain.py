@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shiftbench.explain import agree_with_neighbours
+from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import degrade_like, pipeline_faults, relight_like
 from shiftbench.explain.pose import apply_pose, estimate_pose, rotation_between, warp_like, zoom_between
@@ -409,6 +409,39 @@ def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(
     assert row["cause"].startswith("lighting") and np.isnan(row["undo_lighting"])
 
 
+def test_a_relit_image_at_a_pixel_size_no_training_image_has_is_not_lighting(bank_workspace, lite0):
+    """Lighting (and angle) keep the camera's pixel grid: an image at another size that only a
+    relighting explains is another camera's or line's, so it is content."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    dark = (train_img.astype(np.float32) * 0.45).astype(np.uint8)
+    feats = at._embed([views(dark)], lite0, conditions)
+    args = (views(dark), feats[0], measure(dark), float(scorer.score(feats)[0][0]), [views(train_img)], scorer,
+            lite0, conditions)
+    assert at.attribute_one(*args)["cause"].startswith("lighting")
+    row = at.attribute_one(*args, new_size=True)
+    assert row["cause"] == "content" and row["share_lighting"] >= at.MIN_SHARE  # the share is still reported
+    assert np.isnan(row["undo_lighting"])  # not asked: lighting cannot be named anyway
+
+
+def test_new_pixel_size_is_outside_the_training_range():
+    train_h, train_w = np.array([128, 128, 128]), np.array([128, 128, 128])
+    got = new_pixel_size([128, 200, 128, 64], [128, 200, 130, 128], train_h, train_w)
+    assert list(got) == [False, True, True, True]
+    many_h, many_w = np.array([100, 300, 200]), np.array([150, 400, 90])  # a training set of many sizes
+    assert list(new_pixel_size([250, 250, 99], [200, 401, 200], many_h, many_w)) == [False, True, True]
+    assert not new_pixel_size([10], [10], [np.nan], [np.nan]).any()  # no readable training size
+
+
+def test_describe_change_names_a_new_pixel_size():
+    t = pd.DataFrame({"width": [200, 200, 200], "height": [200, 200, 200], "share_lighting": 0.3,
+                      "new_pixel_size": [True, True, False]})
+    lines = describe_change(t, "content", {"width": 128.0, "height": 128.0})
+    assert "pixel size no training image has (median 200x200, training 128x128)" in lines[-1]
+    assert len(describe_change(t.assign(new_pixel_size=False), "content", {})) == 1
+
+
 # ------------------------------------------------------------------ agreement among alike images
 
 def test_an_isolated_misreading_takes_the_cause_of_its_alike_images():
@@ -438,3 +471,16 @@ def test_fewer_flagged_images_than_a_neighbourhood_keep_their_causes():
     causes = np.array(["lighting", "lighting", "lighting", "angle"], dtype=object)
     agreed, agreement = agree_with_neighbours(causes, np.zeros((4, 3)), np.zeros((4, 4)))
     assert list(agreed) == list(causes) and agreement[3] == pytest.approx(0.25)
+
+
+def test_images_at_a_new_pixel_size_vote_only_among_themselves():
+    """Another line's images can look like a relit station's in the measurements; they are
+    not alike, so neither group takes the other's cause."""
+    rng = np.random.default_rng(2)
+    conditions = rng.normal(0, 0.3, (16, 3))  # all alike in their measurements
+    causes = np.array(["lighting"] * 10 + ["content"] * 6, dtype=object)
+    new_size = np.arange(16) >= 10
+    mixed, _ = agree_with_neighbours(causes, conditions, np.zeros((16, 4)))
+    assert (mixed[10:] == "lighting").any()  # without groups the majority swallows the six
+    agreed, agreement = agree_with_neighbours(causes, conditions, np.zeros((16, 4)), groups=new_size)
+    assert list(agreed) == list(causes) and agreement[10:].min() == 1.0

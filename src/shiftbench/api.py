@@ -23,7 +23,7 @@ from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
-from .explain import CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged
+from .explain import CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, new_pixel_size
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
@@ -181,7 +181,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     -------
     ScanResult
         ``table`` (one row per image: path, status, error, ood_score, p_value,
-        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha, then
+        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha,
+        ``new_pixel_size`` (a size outside the training images' range), then
         the condition measurements of :mod:`shiftbench.properties`, then the attribution
         details: ``cause_own``, the cause from the image's own interventions, and
         ``cause_agreement``; ``cause`` is the cause of the majority of alike flagged
@@ -234,6 +235,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
         **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
+        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)),
     })
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
@@ -315,12 +317,18 @@ def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:
             {c: robust_scale(ok[c].dropna().to_numpy(float)) for c in cols})
 
 
+def _train_sizes(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
+    ok = bank.table[bank.table["status"] == "ok"]
+    return ok["height"].to_numpy(float), ok["width"].to_numpy(float)
+
+
 def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, progress) -> list[dict]:
     """Fill cause, confidence, shares and cluster of the flagged rows in place; return the cluster cards."""
     flagged = np.where(table["is_ood"].to_numpy())[0]
     rows = table.iloc[flagged]
+    new_size = rows["new_pixel_size"].to_numpy()
     got = attribute(rows, feats[flagged], root, bank.meta["root"], bank.table["path"].to_numpy()[bank.rows],
-                    bank.scorer, bb, bank.meta["conditions"], progress=progress)
+                    bank.scorer, bb, bank.meta["conditions"], new_size=new_size, progress=progress)
     known = (got["cause"] != "unknown").to_numpy()
     # (rows whose images could not be read have no shares: all of them, when the training set moved)
     shares = got.reindex(columns=[f"share_{c}" for c in CAUSES]).loc[known].to_numpy(float)
@@ -328,7 +336,7 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     got["cause_agreement"] = np.nan
     conditions = feats[flagged][known, -len(bank.meta["conditions"]["columns"]):]  # the appended view
     got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(
-        got.loc[known, "cause"].to_numpy(), conditions, shares)
+        got.loc[known, "cause"].to_numpy(), conditions, shares, groups=new_size[known])
     taken = (got["cause"] != got["cause_own"]).to_numpy()  # the own call's confidence does not apply
     got.loc[taken, "confidence"] = got.loc[taken, "cause_agreement"]
     for col in got.columns:
@@ -336,6 +344,7 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
             table[col] = np.nan if pd.api.types.is_numeric_dtype(got[col]) else ""
         table.loc[table.index[flagged], col] = got[col].to_numpy()
     center, scale = _train_stats(bank)
+    center["height"], center["width"] = map(float, map(np.median, _train_sizes(bank)))  # for the cards' words
     scale["rotation_deg"] = 1.0
     table.loc[table.index[flagged], "cluster"] = cluster_flagged(table.iloc[flagged], center, scale)
     table["cluster"] = table["cluster"].astype(np.int64)

@@ -26,6 +26,12 @@ relighting steel with the flat tone of another plant's images explains a fifth o
 their distance, but stretching those images back to steel's tone leaves them as far
 as before, since what differs is the content.
 
+Lighting and a camera's angle keep the pixel grid: an image at a pixel size that no
+training image has (:func:`new_pixel_size`) came from another camera or pipeline, and
+neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` where
+those explain it, else ``content`` (steel of another plant, stretched to the training
+set's tone, is otherwise "explained" by a relighting).
+
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
 mostly name another cause takes theirs.
@@ -101,7 +107,8 @@ def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,
 
 def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float,
                   neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
-                  conditions: dict, optics_known: list[dict] | None = None, made: tuple | None = None) -> dict:
+                  conditions: dict, optics_known: list[dict] | None = None, made: tuple | None = None,
+                  new_size: bool = False) -> dict:
     """Shares explained by each cause for one image; see the module docstring.
 
     Parameters
@@ -114,6 +121,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     optics_known : optional, one dict per neighbour kept across calls (see
         :func:`~.interventions.degrade_like`).
     made : optional, what :func:`_make` returns for these arguments, made beforehand.
+    new_size : whether ``x``'s pixel size is one no training image has (see :func:`new_pixel_size`):
+        then neither lighting nor angle is named.
 
     Returns
     -------
@@ -149,6 +158,10 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         explained[c] = s_c
     shares = {c: row[f"share_{c}"] for c in CAUSES}
     row["undo_lighting"] = np.nan
+    if new_size:  # the same camera under other light or at another angle gives the same pixel grid
+        for c in ("lighting", "angle"):
+            shares[c] = 0.0
+            del explained[c]
     clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
     # asked only where lighting would be named (an unmeasured clip is asked too)
     if shares["lighting"] >= max(MIN_SHARE, 0.5 * max(shares.values())) and not (clipped >= CLIPPED):
@@ -184,6 +197,17 @@ def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, ba
     return float(scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0].min())
 
 
+def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.ndarray,
+                   train_widths: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each (N,) height and width lies outside the range of the training images'
+    (a fixed-size training set: any other size; a training set of many sizes: one beyond them all)."""
+    th, tw = np.asarray(train_heights, float), np.asarray(train_widths, float)
+    h, w = np.asarray(heights, float), np.asarray(widths, float)
+    if not (np.isfinite(th).any() and np.isfinite(tw).any()):
+        return np.zeros(len(h), dtype=bool)
+    return (h < np.nanmin(th)) | (h > np.nanmax(th)) | (w < np.nanmin(tw)) | (w > np.nanmax(tw))
+
+
 def _spread(conditions: dict) -> dict[str, float]:
     return dict(zip(conditions["columns"], conditions["scale"]))
 
@@ -206,17 +230,19 @@ def _neighbours(scorer: FusedKNNScorer, features: np.ndarray, n: int) -> list[li
 
 def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, train_root: str | Path,
               train_paths: np.ndarray, scorer: FusedKNNScorer, backbone: Backbone, conditions: dict,
-              n_neighbours: int = 2, progress=None) -> pd.DataFrame:
+              n_neighbours: int = 2, new_size: np.ndarray | None = None, progress=None) -> pd.DataFrame:
     """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
 
     ``features`` (N, D) are their features with the conditions view;
     ``train_paths`` the training path of each scorer row; ``n_neighbours`` the
     nearest training images taken from the penultimate view (one more from each
-    early-layer view). Returns a frame indexed
+    early-layer view); ``new_size`` (N,) bool, the rows at a pixel size no training
+    image has (:func:`new_pixel_size`; none if not given). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     """
     nn = _neighbours(scorer, features, n_neighbours)
+    new_size = np.zeros(len(table), dtype=bool) if new_size is None else np.asarray(new_size, dtype=bool)
     optics_known: dict[int, dict] = {}  # training row -> optics of its degradations (small dicts)
 
     def load(path: Path) -> Views:  # worked on at the scale the model sees it (and a crop)
@@ -246,7 +272,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
                 continue
             x, nbrs, x_meas, made = current
             rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
-                                      backbone, conditions, made=made))
+                                      backbone, conditions, made=made, new_size=bool(new_size[j])))
             if progress:
                 progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
@@ -257,7 +283,7 @@ SHARE_WEIGHT = 2.0  # explained shares (0-1) against measurements in training sp
 
 
 def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np.ndarray,
-                          k: int = AGREE_K) -> tuple[np.ndarray, np.ndarray]:
+                          k: int = AGREE_K, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Causes made consistent among flagged images that look alike.
 
     One failure mode (a relit station, a tilted camera) gives many images the same
@@ -275,6 +301,8 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     causes : (N,) str, per-image causes (``lighting+angle`` counts as ``lighting``).
     conditions : (N, C) float, measurements standardised by the training set.
     shares : (N, S) float in [0, 1], the share of the distance each cause explains.
+    groups : optional (N,) labels: images vote only within their own group (images at a
+        pixel size the training set has, and images at another: they are not alike).
 
     Returns
     -------
@@ -282,6 +310,13 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     (N,) agreement: the fraction of its neighbourhood whose primary cause is the returned one's.
     """
     causes = np.asarray(causes, dtype=object)
+    if groups is not None:
+        groups = np.asarray(groups)
+        out, agreement = causes.copy(), np.zeros(len(causes))
+        for g in np.unique(groups):
+            m = groups == g
+            out[m], agreement[m] = agree_with_neighbours(causes[m], conditions[m], shares[m], k)
+        return out, agreement
     primary = np.array([str(c).split("+")[0] for c in causes], dtype=object)
     if len(causes) < k:
         return causes, np.array([np.mean(primary == p) for p in primary], dtype=float)
