@@ -400,6 +400,22 @@ def test_darker_and_brighter_images_get_their_own_exposure_ranges():
     assert sum(k["name"] == "RandomBrightnessContrast" for k in entry["children"]) == 1
 
 
+def test_a_cluster_of_two_modes_is_planned_mode_by_mode():
+    """A lighting cluster whose images went darker at one station and brighter at another:
+    each mode's conditions and numbers, and the images to collect split by size."""
+    from shiftbench.collection import plan as planmod
+    levels = [0.2] * 6 + [0.8] * 3
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", cluster=0, mode=int(b > 0.5),
+                              brightness=b, brightness_p50=b) for i, b in enumerate(levels)])
+    d = planmod.describe(rows, "lighting", TRAIN, 10, ["0", "1", "2"])
+    assert [(m["mode"], m["size"], m["collect"]) for m in d["modes"]] == [(0, 6, 7), (1, 3, 3)]
+    assert d["modes"][0]["numbers"]["brightness_p50"]["production"] == pytest.approx(0.2)
+    assert d["modes"][1]["conditions"][0].startswith("median brightness 0.80 (training 0.50, 60% higher")
+    assert d["conditions"][1].startswith("mode 1 (3 images; collect 3): median brightness 0.80")
+    assert d["action"].startswith("Add 10 images under the new lighting: mode 0 (6 images; collect 7)")
+    assert "modes" not in planmod.describe(rows.assign(mode=0), "lighting", TRAIN, 10, ["0"])
+
+
 def test_clipped_dark_images_read_as_an_offset_not_a_lost_gain():
     """A training-like image darkened by an offset of -0.6 clips most pixels to black: its
     contrast collapses, which a mean-and-contrast match reads as a near-zero gain. Matched on

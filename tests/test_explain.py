@@ -294,38 +294,44 @@ def _flagged(n_each: int = 12, seed: int = 0) -> pd.DataFrame:
     return t.assign(path=[f"{i}.png" for i in range(len(t))], confidence=0.9, share_lighting=0.5)
 
 
-def test_clusters_follow_causes_and_split_clear_modes():
+def test_clusters_follow_causes_and_modes_split_within():
     t = _flagged()
     center = {"brightness_p50": 0.5, "contrast": 0.2, "illum_gradient": 0.01, "sharpness": 2.0, "hf_ratio": 0.1,
               "blockiness": 1.0, "blur_anisotropy": 0.2}
     scale = {c: 0.1 for c in center}
-    t["cluster"] = cluster_flagged(t, center, scale)
-    # dark and bright split; resolution and content one each; ids by size
-    assert t["cluster"].nunique() == 4
-    for cause in ["resolution+lighting", "content"]:
+    t["cluster"], t["mode"] = cluster_flagged(t, center, scale)
+    # one cluster per primary cause (ids by size: lighting has 24, the others 12); dark and bright are two modes
+    assert t["cluster"].nunique() == 3
+    for cause in ["lighting", "resolution+lighting", "content"]:
         assert t.loc[t["cause"] == cause, "cluster"].nunique() == 1
-    dark = t["brightness_p50"] < 0.5
     lit = t["cause"] == "lighting"
-    assert t.loc[lit & dark, "cluster"].nunique() == 1 and t.loc[lit & ~dark, "cluster"].nunique() == 1
-    assert t.loc[lit & dark, "cluster"].iloc[0] != t.loc[lit & ~dark, "cluster"].iloc[0]
+    assert (t.loc[lit, "cluster"] == 0).all() and (t.loc[~lit, "mode"] == 0).all()
+    dark = t["brightness_p50"] < 0.5
+    assert t.loc[lit & dark, "mode"].nunique() == 1 and t.loc[lit & ~dark, "mode"].nunique() == 1
+    assert t.loc[lit & dark, "mode"].iloc[0] != t.loc[lit & ~dark, "mode"].iloc[0]
     cards = cluster_cards(t, np.random.default_rng(0).normal(size=(len(t), 4)), center)
     assert [c["size"] for c in cards] == sorted((c["size"] for c in cards), reverse=True)
-    dark_card = next(c for c in cards if c["cause"] == "lighting" and "below" in c["change"][0])
-    assert dark_card["change"][0].startswith("median brightness 70% below training")
-    assert len(dark_card["medoids"]) == 3
-    assert "taken_from_alike" not in dark_card  # no cause_own column: nothing to count
+    light = cards[0]
+    assert light["cause"] == "lighting" and [m["size"] for m in light["modes"]] == [12, 12]
+    dark_mode = next(m for m in light["modes"] if "below" in m["change"][0])
+    assert dark_mode["change"][0].startswith("median brightness 70% below training")
+    assert any(line.startswith(f"mode {dark_mode['mode']} (12 images): median brightness 70% below")
+               for line in light["change"])
+    assert "modes" not in cards[1] and len(light["medoids"]) == 3
+    assert "taken_from_alike" not in light  # no cause_own column: nothing to count
     t["cause_own"] = t["cause"]
     t.loc[t.index[lit & dark][:2], "cause_own"] = "content"  # two dark images took the cause of alike ones
     cards = {c["cluster"]: c for c in cluster_cards(t, np.zeros((len(t), 4)), center)}
-    assert cards[dark_card["cluster"]]["taken_from_alike"] == 2
+    assert cards[0]["taken_from_alike"] == 2
     assert sum(c["taken_from_alike"] for c in cards.values()) == 2
 
 
-def test_a_unimodal_group_stays_one_cluster():
+def test_a_unimodal_group_stays_one_mode():
     t = _flagged()
     t = t[(t["cause"] != "lighting") | (t["brightness_p50"] < 0.5)]
     center = {"brightness_p50": 0.5, "sharpness": 2.0}
-    assert cluster_flagged(t, center, {"brightness_p50": 0.1, "sharpness": 0.1}).max() == 2
+    cluster, mode = cluster_flagged(t, center, {"brightness_p50": 0.1, "sharpness": 0.1})
+    assert cluster.max() == 2 and mode.max() == 0
 
 
 def test_describe_change_for_angle_and_content():

@@ -25,7 +25,7 @@ from shiftbench.images import InputError, find_images
 # documented in api.scan's docstring
 COLUMNS = ["path", "status", "error", "ood_score", "p_value", "is_ood", "nearest_train", "knn_distance",
            "cause", "confidence", "share_lighting", "share_angle", "share_resolution", "share_pipeline", "cluster",
-           "width", "height", "sha"]
+           "mode", "width", "height", "sha", "new_pixel_size"]
 
 
 def read_csv(path: Path) -> pd.DataFrame:

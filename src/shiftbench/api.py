@@ -181,7 +181,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     -------
     ScanResult
         ``table`` (one row per image: path, status, error, ood_score, p_value,
-        is_ood, nearest_train, knn_distance, cause, cluster, width, height, sha,
+        is_ood, nearest_train, knn_distance, cause, cluster, mode (within
+        the cluster: separate modes of its measured change), width, height, sha,
         ``new_pixel_size`` (a size outside the training images' range), then
         the condition measurements of :mod:`shiftbench.properties`, then the attribution
         details: ``cause_own``, the cause from the image's own interventions, and
@@ -233,7 +234,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
         "knn_distance": distances["penultimate"],
         "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
-        **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1,
+        **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1, "mode": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
         "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)),
     })
@@ -346,8 +347,10 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     center, scale = _train_stats(bank)
     center["height"], center["width"] = map(float, map(np.median, _train_sizes(bank)))  # for the cards' words
     scale["rotation_deg"] = 1.0
-    table.loc[table.index[flagged], "cluster"] = cluster_flagged(table.iloc[flagged], center, scale)
-    table["cluster"] = table["cluster"].astype(np.int64)
+    cluster, mode = cluster_flagged(table.iloc[flagged], center, scale)
+    table.loc[table.index[flagged], "cluster"] = cluster
+    table.loc[table.index[flagged], "mode"] = mode
+    table[["cluster", "mode"]] = table[["cluster", "mode"]].astype(np.int64)
     d = bank.scorer.views[0][1]
     cards = cluster_cards(table.iloc[flagged], feats[flagged, :d], center)
     if any("error_rate" in c for c in cards):  # with labels: most harmful cluster first

@@ -63,10 +63,11 @@ def _entry(cause: str, name: str, params: dict, why: str, p: float) -> dict:
 
 
 def _modes(rows: pd.DataFrame) -> list[pd.DataFrame]:
-    """The rows split by failure cluster (one mode each: darker *and* brighter, +20 *and* -20 degrees)."""
-    if "cluster" not in rows or rows["cluster"].nunique() < 2:
+    """The rows split by failure cluster and its modes (darker *and* brighter, +20 *and* -20 degrees)."""
+    keys = [c for c in ("cluster", "mode") if c in rows]
+    if not keys or len(rows.groupby(keys)) < 2:
         return [rows]
-    return [g for _, g in rows.groupby("cluster", sort=True)]
+    return [g for _, g in rows.groupby(keys, sort=True)]
 
 
 def _one_of(cause: str, children: list[dict], why: str, p: float) -> dict:

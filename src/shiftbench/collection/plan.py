@@ -169,14 +169,35 @@ def cluster_causes(members: pd.DataFrame, primary: str) -> list[str]:
     return out
 
 
-def describe(members: pd.DataFrame, primary: str, train: dict[str, float], n: int,
-             examples: list[str]) -> dict:
-    """Conditions (strings), numbers and the instruction for one cluster of ``n`` images to collect."""
-    causes = cluster_causes(members, primary)
-    conditions = []
+def _conditions(members: pd.DataFrame, primary: str, causes: list[str], train: dict[str, float]) -> list[str]:
+    out = []
     for c in causes:
         rows = members[has_cause(members["cause"], c)] if c != primary else members
-        conditions += _DESCRIBE[c](rows, train) if c in _DESCRIBE and len(rows) else []
+        out += _DESCRIBE[c](rows, train) if c in _DESCRIBE and len(rows) else []
+    return out
+
+
+def describe(members: pd.DataFrame, primary: str, train: dict[str, float], n: int,
+             examples: list[str]) -> dict:
+    """Conditions (strings), numbers and the instruction for one cluster of ``n`` images to collect.
+
+    A cluster of several modes (a ``mode`` column: darker and brighter images, say) is
+    described mode by mode (``modes``), and its ``n`` images are split between them by size.
+    """
+    causes = cluster_causes(members, primary)
+    parts = [g for _, g in members.groupby("mode", sort=True)] if "mode" in members else [members]
+    if len(parts) > 1 and primary in _DESCRIBE:
+        sizes = np.array([len(g) for g in parts], dtype=float)
+        counts = np.floor(n * sizes / sizes.sum()).astype(int)
+        counts[np.argsort(-(n * sizes / sizes.sum() - counts))[:n - counts.sum()]] += 1  # largest remainder
+        modes = [{"mode": int(g["mode"].iloc[0]), "size": len(g), "collect": int(k),
+                  "conditions": _conditions(g, primary, causes, train), "numbers": numbers(g, causes, train)}
+                 for g, k in zip(parts, counts)]
+        conditions = [f"mode {m['mode']} ({m['size']} images; collect {m['collect']}): " + "; ".join(m["conditions"])
+                      for m in modes]
+        return {"causes": causes, "conditions": conditions, "numbers": numbers(members, causes, train),
+                "modes": modes, "action": _action(causes, n, conditions, examples)}
+    conditions = _conditions(members, primary, causes, train)
     if primary == "content":
         shares = members.filter(like="share_").max(axis=1)
         conditions.append("no change of lighting, angle, optics or pipeline explains these images "

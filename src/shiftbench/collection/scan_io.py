@@ -74,6 +74,8 @@ def load_scan(scan_dir: str | Path) -> ScanOutputs:
     table["path"] = table["path"].astype(str)
     table["cause"] = table["cause"].fillna("none").astype(str)
     table["cluster"] = pd.to_numeric(table["cluster"], errors="coerce").fillna(-1).astype(np.int64)
+    if "mode" in table:  # scans before modes have none: one mode per cluster
+        table["mode"] = pd.to_numeric(table["mode"], errors="coerce").fillna(-1).astype(np.int64)
     for c in table.columns:  # how_* columns are text; empty cells must not become NaN floats
         if c.startswith("how_"):
             table[c] = table[c].astype("string").fillna("").astype(str)

@@ -1,13 +1,14 @@
-"""Failure clusters: group flagged images by cause, then by how the conditions changed.
+"""Failure clusters: group flagged images by cause, then into modes by how the conditions changed.
 
-Images are first grouped by their attributed primary cause (the evidence that
-matters most to the engineer). A group splits further only where its own
-measurements show clearly separate modes (darker *and* brighter images; two
+Images are grouped by their attributed primary cause (the evidence that matters
+most to the engineer, and what to fix): one cluster per cause, so the number of
+clusters comes from the data. Within a cluster, ``mode`` separates images whose
+own measurements show clearly separate modes (darker *and* brighter images; two
 rotation angles): k-means for k = 2..4 on the cause's measurements,
 standardised by the training set, kept only when the silhouette reaches
-``MIN_SILHOUETTE`` and no part is tiny. The number of clusters thus comes from
-the data. Each cluster gets a card: size, cause, the measured change in words
-and numbers, and its medoid images.
+``MIN_SILHOUETTE`` and no part is tiny. Each cluster gets a card: size, cause,
+the measured change in words and numbers (per mode where there are several),
+and its medoid images.
 """
 
 from __future__ import annotations
@@ -52,29 +53,31 @@ def _split(x: np.ndarray) -> np.ndarray:
     return best
 
 
-def cluster_flagged(table: pd.DataFrame, center: dict[str, float], scale: dict[str, float]) -> np.ndarray:
-    """Cluster id per row of ``table`` (flagged rows with ``cause`` and measurements).
+def cluster_flagged(table: pd.DataFrame, center: dict[str, float],
+                    scale: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster and mode per row of ``table`` (flagged rows with ``cause`` and measurements).
 
     ``center``/``scale``: training median and spread of each measurement (the
-    bank's standardiser), so distances are in training-spread units. Ids are
-    ordered by cluster size, largest first. Returns (N,) int64.
+    bank's standardiser), so distances are in training-spread units. Returns (N,)
+    int64 cluster ids, one per primary cause, ordered by size (largest first), and
+    (N,) int64 modes within each cluster, also by size (0 for a cluster of one mode).
     """
     primary = table["cause"].astype(str).str.split("+").str[0].to_numpy()
-    raw = np.full(len(table), -1, dtype=np.int64)
-    groups = []
-    for cause in pd.unique(primary):
-        rows = np.where(primary == cause)[0]
+    cluster, mode = np.full(len(table), -1, dtype=np.int64), np.zeros(len(table), dtype=np.int64)
+    groups = [np.where(primary == cause)[0] for cause in pd.unique(primary)]
+    for new_id, rows in enumerate(sorted(groups, key=len, reverse=True)):
+        cluster[rows] = new_id
+        cause = primary[rows[0]]
         cols = [c for c in CAUSE_MEASURES.get(cause, ()) if c in table.columns]
         x = np.column_stack([(table[c].to_numpy(float)[rows] - center.get(c, 0.0)) / scale.get(c, 1.0)
                              for c in cols]) if cols else np.zeros((len(rows), 0))
         x = np.nan_to_num(x)
         if cause == "angle" and cols:
             x = x / 10.0  # rotation in degrees: modes closer than ~10 degrees are one camera move
-        for lab in np.unique(sub := _split(x)):
-            groups.append(rows[sub == lab])
-    for new_id, rows in enumerate(sorted(groups, key=len, reverse=True)):
-        raw[rows] = new_id
-    return raw
+        sub = _split(x)
+        by_size = np.argsort(-np.bincount(sub), kind="stable")
+        mode[rows] = np.argsort(by_size)[sub]
+    return cluster, mode
 
 
 def _pct(new: float, old: float) -> str:
@@ -135,9 +138,11 @@ def medoids(features: np.ndarray, n: int = 3) -> np.ndarray:
 def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, float]) -> list[dict]:
     """One card per cluster of ``table`` (rows with ``cluster`` >= 0), largest first.
 
-    ``features`` (N, D) aligned with ``table`` choose the medoids. A ``correct``
-    column (model-aware scans) adds the cluster's error rate; a ``cause_own`` column
-    adds ``taken_from_alike``, the members whose own interventions named another cause.
+    ``features`` (N, D) aligned with ``table`` choose the medoids. A ``mode`` column
+    with several modes in a cluster describes the change per mode (``modes``: size and
+    change of each). A ``correct`` column (model-aware scans) adds the cluster's error
+    rate; a ``cause_own`` column adds ``taken_from_alike``, the members whose own
+    interventions named another cause.
     """
     cards = []
     for cid in sorted(c for c in table["cluster"].unique() if c >= 0):
@@ -150,6 +155,11 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
                 "confidence": float(members["confidence"].median()),
                 "change": describe_change(members, cause, center),
                 "medoids": members["path"].to_numpy()[medoids(features[mask])].tolist()}
+        if "mode" in members and members["mode"].nunique() > 1:
+            card["modes"] = [{"mode": int(m), "size": len(part), "change": describe_change(part, cause, center)}
+                             for m, part in members.groupby("mode", sort=True)]
+            card["change"] = [f"mode {m['mode']} ({m['size']} images): " + "; ".join(m["change"])
+                              for m in card["modes"]]
         if "cause_own" in members:  # how many members took their cause from alike images
             card["taken_from_alike"] = int((members["cause_own"] != members["cause"]).sum())
         if "correct" in members and members["correct"].notna().any():
