@@ -121,7 +121,7 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
         out.append("no change of lighting, angle, optics or pipeline explains these images "
                    f"(best explained share {members.filter(like='share_').max(axis=1).median():.2f}): "
                    "new parts, defects or another line")
-    if "new_pixel_size" in members and members["new_pixel_size"].eq(True).mean() >= 0.5:
+    if {"new_pixel_size", "width", "height"} <= set(members) and members["new_pixel_size"].eq(True).mean() >= 0.5:
         size = f"median {med['width']:.0f}x{med['height']:.0f}"
         if "width" in center and "height" in center:
             size += f", training {center['width']:.0f}x{center['height']:.0f}"
