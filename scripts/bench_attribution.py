@@ -85,6 +85,7 @@ def main() -> None:
         cv = cleanvision_causes(a.bench / "prod", table["path"][flagged].tolist())
         table.loc[flagged, "cause"] = cv.to_numpy()
         table.loc[flagged, "cluster"] = pd.factorize(cv)[0]
+        table.loc[flagged, "mode"] = 0  # one mode per cleanvision cluster
         base = a.bench / "scan_cleanvision"
         write_table(base / "images.csv", table)
         figures["cleanvision"] = score(score_py, a.bench, base)

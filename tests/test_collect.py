@@ -366,13 +366,20 @@ def test_augmentation_round_trips_and_covers_the_shift(fake_scan):
     assert "rotated +" in md and "sigma 1." in md
 
 
-def test_both_rotation_signs_give_both_ranges(tmp_path):
+@pytest.mark.parametrize("as_modes", [False, True])
+def test_both_rotation_signs_give_both_ranges(tmp_path, as_modes):
     rows = standard_rows(rotations=[15, 20, 28, -16, -22])
-    rows[-6]["cluster"] = rows[-7]["cluster"] = 3  # the negative ones form their own cluster
-    cards = [_card(c, cause, rows) for c, cause in [(0, "lighting"), (1, "angle"), (3, "angle"), (2, "resolution")]]
+    for r in rows:
+        r["mode"] = 0 if r["is_ood"] else -1
+    if as_modes:  # the negative ones are a mode of the angle cluster (what scans write)
+        rows[-6]["mode"] = rows[-7]["mode"] = 1
+        cards = [_card(c, cause, rows) for c, cause in [(0, "lighting"), (1, "angle"), (2, "resolution")]]
+    else:  # ... or a cluster of their own (scans before modes)
+        rows[-6]["cluster"] = rows[-7]["cluster"] = 3
+        cards = [_card(c, cause, rows) for c, cause in [(0, "lighting"), (1, "angle"), (3, "angle"), (2, "resolution")]]
     aug = build_augmentation(make_scan(tmp_path, rows, cards))
     ranges = sorted(tuple(t.rotate) for t in _of(aug, "Affine"))
-    # each within its cluster's rotations (the central part of them)
+    # each within its own images' rotations (the central part of them)
     (nlo, nhi), (plo, phi) = ranges
     assert -22 <= nlo < nhi <= -16 and 15 <= plo < phi <= 28 and (plo, phi) != (15, 28)
 
@@ -414,6 +421,8 @@ def test_a_cluster_of_two_modes_is_planned_mode_by_mode():
     assert d["conditions"][1].startswith("mode 1 (3 images; collect 3): median brightness 0.80")
     assert d["action"].startswith("Add 10 images under the new lighting: mode 0 (6 images; collect 7)")
     assert "modes" not in planmod.describe(rows.assign(mode=0), "lighting", TRAIN, 10, ["0"])
+    assert [m["collect"] for m in planmod.describe(rows, "lighting", TRAIN, 2, ["0"])["modes"]] == [1, 1]
+    assert [m["collect"] for m in planmod.describe(rows, "lighting", TRAIN, 1, ["0"])["modes"]] == [1, 0]
 
 
 def test_clipped_dark_images_read_as_an_offset_not_a_lost_gain():

@@ -201,11 +201,14 @@ def test_scan_of_a_mixed_folder_gives_every_file_a_row(tmp_path, workspace, synt
         assert rows.loc[name, "status"] == "unreadable" and rows.loc[name, "error"] != ""
         assert rows.loc[name, "p_value"] == "" and rows.loc[name, "is_ood"] == "false"
         assert rows.loc[name, "cause"] == "none" and rows.loc[name, "nearest_train"] == ""
+        assert rows.loc[name, "new_pixel_size"] == "false"  # no size was read: not a new one
     assert rows.loc["empty.jpg", "error"] == "empty file"
     assert rows.loc["text.jpg", "error"].startswith("not an image")
     for name in odd_valid_corpus():
         assert rows.loc[f"odd/{name}", "status"] == "ok" and rows.loc[f"odd/{name}", "p_value"] != ""
     assert (rows.loc["odd/grey16.png", "width"], rows.loc["odd/grey16.png", "height"]) == ("50", "40")
+    assert rows.loc["odd/grey16.png", "new_pixel_size"] == "true"  # the training images are 96 x 96
+    assert rows.loc["clean_0000.png", "new_pixel_size"] == "false"
     # same bytes, same score
     assert rows.loc["odd/défaut 1.png", "ood_score"] == rows.loc["clean_0000.png", "ood_score"]
     s = result.summary
@@ -534,3 +537,34 @@ def test_a_scan_whose_training_images_moved_still_finishes(synth, tmp_path):
     assert len(flagged) > 0 and (flagged["cause"] == "unknown").all() and (flagged["cause_own"] == "unknown").all()
     assert flagged["how_lighting"].str.startswith("cannot read").all() and flagged["cause_agreement"].isna().all()
     assert (tmp_path / "out" / "images.csv").is_file()
+
+
+def test_images_at_a_new_pixel_size_reach_attribution_and_agreement(tmp_path, workspace, synth, monkeypatch):
+    """The scan tells attribution which flagged images are at a new pixel size, and lets them
+    agree only among themselves; none of them is named lighting or angle."""
+    import shiftbench.api as api
+    prod = copy_tree(synth / "prod", tmp_path / "prod")
+    for p in sorted(prod.glob("*.png"))[:4]:  # another camera's size
+        img = cv2.imread(str(p))
+        cv2.imwrite(str(prod / f"small_{p.name}"), cv2.resize(img, (72, 72), interpolation=cv2.INTER_AREA))
+    seen = {}
+    attribute, agree = api.attribute, api.agree_with_neighbours
+
+    def spy_attribute(rows, *args, new_size=None, **kw):
+        seen["attribute"] = (rows["path"].tolist(), np.asarray(new_size).tolist())
+        return attribute(rows, *args, new_size=new_size, **kw)
+
+    def spy_agree(causes, conditions, shares, groups=None, **kw):
+        seen["groups"] = np.asarray(groups).tolist()
+        return agree(causes, conditions, shares, groups=groups, **kw)
+    monkeypatch.setattr(api, "attribute", spy_attribute)
+    monkeypatch.setattr(api, "agree_with_neighbours", spy_agree)
+    result = shiftbench.scan(prod, workspace=workspace, out=tmp_path / "out", fpr=0.9, device="cpu", num_workers=0)
+    t = result.table.set_index("path")
+    paths, new_size = seen["attribute"]
+    assert new_size == [p.startswith("small_") for p in paths] and any(new_size)
+    assert seen["groups"] == new_size  # every flagged image here was readable
+    small = t.loc[[p for p in paths if p.startswith("small_")]]
+    assert small["new_pixel_size"].all() and not t.loc[[p for p in paths if not p.startswith("small_")],
+                                                        "new_pixel_size"].any()
+    assert not small["cause"].str.contains("lighting|angle").any()

@@ -236,7 +236,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
         **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1, "mode": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
-        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)),
+        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)) & (t["status"] == "ok"),
     })
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
@@ -324,7 +324,7 @@ def _train_sizes(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, progress) -> list[dict]:
-    """Fill cause, confidence, shares and cluster of the flagged rows in place; return the cluster cards."""
+    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards."""
     flagged = np.where(table["is_ood"].to_numpy())[0]
     rows = table.iloc[flagged]
     new_size = rows["new_pixel_size"].to_numpy()

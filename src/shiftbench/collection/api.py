@@ -164,7 +164,8 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     -------
     CollectResult
         ``plan``: one dict per cluster (cluster, cause, size, share_of_flagged, harm,
-        collect, label_now, conditions, numbers, action, representatives, to_label);
+        collect, label_now, conditions, numbers, action, representatives, to_label, and
+        ``modes`` where the cluster has several: see :func:`.plan.describe`);
         ``selection``: the rows of selection.csv; ``out_dir``.
     """
     scan = load_scan(scan_dir)

@@ -65,9 +65,8 @@ def _entry(cause: str, name: str, params: dict, why: str, p: float) -> dict:
 def _modes(rows: pd.DataFrame) -> list[pd.DataFrame]:
     """The rows split by failure cluster and its modes (darker *and* brighter, +20 *and* -20 degrees)."""
     keys = [c for c in ("cluster", "mode") if c in rows]
-    if not keys or len(rows.groupby(keys)) < 2:
-        return [rows]
-    return [g for _, g in rows.groupby(keys, sort=True)]
+    parts = [g for _, g in rows.groupby(keys, sort=True, dropna=False)] if keys else []
+    return parts if len(parts) > 1 else [rows]
 
 
 def _one_of(cause: str, children: list[dict], why: str, p: float) -> dict:
@@ -212,7 +211,8 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     hi = max(c["params"]["rotate"][1] for c in children)
     signs = "both signs seen" if lo < 0 < hi else "one sign seen"
     # Perspective is not added: the scan estimates in-plane rotation and zoom, not tilt.
-    return [_one_of("angle", children, f"{'; '.join(whys)} ({signs}; one Affine per cluster, chosen by size)", p)]
+    return [_one_of("angle", children,
+                    f"{'; '.join(whys)} ({signs}; one Affine per cluster or mode, chosen by size)", p)]
 
 
 def _odd(n: float) -> int:

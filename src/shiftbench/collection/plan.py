@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..explain.clusters import explained_share
 from .scan_io import circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
+from .select import allocate
 
 # Measurements reported per cause in plan.json's "numbers".
 PLAN_MEASURES = {
@@ -182,14 +184,14 @@ def describe(members: pd.DataFrame, primary: str, train: dict[str, float], n: in
     """Conditions (strings), numbers and the instruction for one cluster of ``n`` images to collect.
 
     A cluster of several modes (a ``mode`` column: darker and brighter images, say) is
-    described mode by mode (``modes``), and its ``n`` images are split between them by size.
+    described mode by mode (``modes``), and its ``n`` images are split between them by size
+    (at least one each, budget allowing). Its ``numbers`` still pool all its images: read
+    ``modes`` for each mode's own.
     """
     causes = cluster_causes(members, primary)
     parts = [g for _, g in members.groupby("mode", sort=True)] if "mode" in members else [members]
     if len(parts) > 1 and primary in _DESCRIBE:
-        sizes = np.array([len(g) for g in parts], dtype=float)
-        counts = np.floor(n * sizes / sizes.sum()).astype(int)
-        counts[np.argsort(-(n * sizes / sizes.sum() - counts))[:n - counts.sum()]] += 1  # largest remainder
+        counts = allocate([len(g) for g in parts], n, minimum=1)
         modes = [{"mode": int(g["mode"].iloc[0]), "size": len(g), "collect": int(k),
                   "conditions": _conditions(g, primary, causes, train), "numbers": numbers(g, causes, train)}
                  for g, k in zip(parts, counts)]
@@ -199,7 +201,7 @@ def describe(members: pd.DataFrame, primary: str, train: dict[str, float], n: in
                 "modes": modes, "action": _action(causes, n, conditions, examples)}
     conditions = _conditions(members, primary, causes, train)
     if primary == "content":
-        shares = members.filter(like="share_").max(axis=1)
+        shares = explained_share(members)
         conditions.append("no change of lighting, angle, optics or pipeline explains these images "
                           f"(best explained share {shares.median():.2f})" if len(shares) and shares.notna().any()
                           else "no change of lighting, angle, optics or pipeline explains these images")

@@ -26,8 +26,8 @@ relighting steel with the flat tone of another plant's images explains a fifth o
 their distance, but stretching those images back to steel's tone leaves them as far
 as before, since what differs is the content.
 
-Lighting and a camera's angle keep the pixel grid: an image at a pixel size that no
-training image has (:func:`new_pixel_size`) came from another camera or pipeline, and
+Lighting and a camera's angle keep the pixel grid: an image whose height or width lies
+outside the training images' range (:func:`new_pixel_size`) came from another camera or pipeline, and
 neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` where
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting).
@@ -121,7 +121,7 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     optics_known : optional, one dict per neighbour kept across calls (see
         :func:`~.interventions.degrade_like`).
     made : optional, what :func:`_make` returns for these arguments, made beforehand.
-    new_size : whether ``x``'s pixel size is one no training image has (see :func:`new_pixel_size`):
+    new_size : whether ``x``'s pixel size is outside the training images' range (:func:`new_pixel_size`):
         then neither lighting nor angle is named.
 
     Returns
@@ -199,8 +199,9 @@ def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, ba
 
 def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.ndarray,
                    train_widths: np.ndarray) -> np.ndarray:
-    """(N,) bool: whether each (N,) height and width lies outside the range of the training images'
-    (a fixed-size training set: any other size; a training set of many sizes: one beyond them all)."""
+    """(N,) bool: whether each (N,) height or width lies outside the range of the training images'
+    heights or widths (a fixed-size training set: any other size; a training set of many sizes:
+    one beyond them all)."""
     th, tw = np.asarray(train_heights, float), np.asarray(train_widths, float)
     h, w = np.asarray(heights, float), np.asarray(widths, float)
     if not (np.isfinite(th).any() and np.isfinite(tw).any()):
@@ -236,8 +237,8 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     ``features`` (N, D) are their features with the conditions view;
     ``train_paths`` the training path of each scorer row; ``n_neighbours`` the
     nearest training images taken from the penultimate view (one more from each
-    early-layer view); ``new_size`` (N,) bool, the rows at a pixel size no training
-    image has (:func:`new_pixel_size`; none if not given). Returns a frame indexed
+    early-layer view); ``new_size`` (N,) bool, the rows at a pixel size outside the training
+    images' range (:func:`new_pixel_size`; none if not given). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     """
@@ -293,8 +294,8 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     included) in the space of its standardised measurements and its explained shares
     (times ``SHARE_WEIGHT``), and keeps its own where there is none. A group of
     ``k // 2 + 1`` or more alike images thus keeps its own cause, however many
-    images of other causes surround it; with fewer than ``k`` flagged images nothing
-    changes.
+    images of other causes surround it; with fewer than ``k`` flagged images (in a
+    group, with ``groups``) nothing changes.
 
     Parameters
     ----------

@@ -87,6 +87,17 @@ def _pct(new: float, old: float) -> str:
     return f"{abs(change):.0f}% {'above' if change > 0 else 'below'} training ({new:.3g} vs {old:.3g})"
 
 
+def explained_share(members: pd.DataFrame) -> pd.Series:
+    """Per row, the largest share of its distance that a cause it may be named for explains
+    (at a new pixel size, lighting and angle may not: :mod:`.attribution`)."""
+    shares = members.filter(like="share_")
+    if "new_pixel_size" in members:
+        ruled_out = members["new_pixel_size"].eq(True).to_numpy()
+        shares = shares.copy()
+        shares.loc[ruled_out, [c for c in ("share_lighting", "share_angle") if c in shares]] = np.nan
+    return shares.max(axis=1)
+
+
 def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float]) -> list[str]:
     """The measured change of a cluster in plain words and numbers (medians over its members)."""
     med = members.median(numeric_only=True)
@@ -119,7 +130,7 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
         out.append("matches a preprocessing fault: " + members["how_pipeline"].mode().iloc[0])
     else:
         out.append("no change of lighting, angle, optics or pipeline explains these images "
-                   f"(best explained share {members.filter(like='share_').max(axis=1).median():.2f}): "
+                   f"(best explained share {explained_share(members).median():.2f}): "
                    "new parts, defects or another line")
     if {"new_pixel_size", "width", "height"} <= set(members) and members["new_pixel_size"].eq(True).mean() >= 0.5:
         size = f"median {med['width']:.0f}x{med['height']:.0f}"
