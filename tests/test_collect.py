@@ -191,6 +191,18 @@ def test_selection_spreads_over_the_cluster(tmp_path):
     assert int(sel["path"].tolist()[1][2:-4]) >= 8  # the second pick comes from the other mode
 
 
+def test_each_mode_of_a_cluster_gets_an_image_to_label(tmp_path):
+    """A small mode that looks like the big one in the embedding still gets its own pick."""
+    rows = [_row(f"a/{i}.png", is_ood=True, cause="lighting", cluster=0, mode=int(i >= 10)) for i in range(12)]
+    scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows)])
+    emb = np.zeros((12, 3), np.float32)
+    emb[:10, 0] = np.linspace(0, 1, 10)  # the big mode spreads out; the small one sits at its start
+    np.save(scan / "embeddings.npy", emb)
+    sel = collect(scan, budget=2).selection
+    assert sorted(sel["mode"]) == [0, 1] and (sel["cluster"] == 0).all()
+    assert sel.loc[sel["mode"] == 1, "reason"].iloc[0].startswith("cluster 0 mode 1 (lighting, 2 images)")
+
+
 def test_error_rates_steer_the_budget(tmp_path):
     rows = standard_rows()
     cards = [_card(0, "lighting", rows, 0.05), _card(1, "angle", rows, 0.9), _card(2, "resolution", rows, 0.5)]

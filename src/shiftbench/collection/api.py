@@ -5,7 +5,7 @@ temporary sibling and then swapped in, so a reader or a crash never sees half
 of it:
 
     plan.json / plan.md      per cluster: conditions to reproduce, images to collect and why
-    selection.csv            rank, path, cluster, cause, ood_score, reason, copy, source
+    selection.csv            rank, path, cluster, cause, ood_score, reason, copy, source, mode
     to_label/                copies of the selected images + labels_template.csv (path,label)
     augment.yaml / .md       albumentations pipeline matched to the shift, and where its ranges came from
 """
@@ -87,7 +87,8 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
     paths = scan.table["path"].to_numpy()[rows]
     emb = scan.embeddings[rows] if scan.embeddings is not None else None
     usable = np.isfinite(emb).all(1) if emb is not None else np.zeros(len(rows), bool)
-    where = f"cluster {cid} ({cause}, {len(rows)} images)"
+    where = f"cluster {cid}" + (f" mode {group['mode']}" if "mode" in group else "")
+    where += f" ({cause}, {len(rows)} images)"
     medoids = [p for p in group["card"].get("medoids", []) if p in set(paths)]
     if usable.sum() >= 1:
         idx = np.flatnonzero(usable)
@@ -113,6 +114,21 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
     order += [int(j) for j in rng.permutation(len(rows)) if int(j) not in order]
     return [(int(rows[j]), f"{where}: {'medoid' if j in order[:len(medoids)] else 'random (no embeddings.npy)'}")
             for j in order[:k]]
+
+
+def _pick_by_mode(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> list[tuple[int, str]]:
+    """:func:`_pick` in each mode of a cluster (at least one image each, budget allowing, the rest
+    by size), interleaved as clusters are; a cluster of one mode as :func:`_pick`."""
+    modes = scan.table["mode"].to_numpy()[group["rows"]] if "mode" in scan.table else np.zeros(len(group["rows"]))
+    names = np.unique(modes)
+    if len(names) < 2 or k < 2:
+        return _pick(scan, group, k, rng)
+    parts = [np.flatnonzero(modes == m) for m in names]
+    ks = [int(n) for n in allocate([len(p) for p in parts], k, minimum=1, caps=[len(p) for p in parts])]
+    picks = [_pick(scan, {**group, "mode": int(m), "rows": group["rows"][p], "explained": group["explained"][p],
+                          "uncertainty": None if group["uncertainty"] is None else group["uncertainty"][p]}, n, rng)
+             for m, p, n in zip(names, parts, ks)]
+    return [picks[c][j] for c, j in label_order(picks, ks)]
 
 
 CONTENT_TRIAGE = 3  # images to label now from a content cluster, when condition clusters exist
@@ -193,18 +209,19 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     floor = min(planmod.MIN_COLLECT, budget // max(2 * len(groups), 1))
     collect_alloc = allocate(harm, budget, minimum=floor)
     rng = np.random.default_rng(seed)
-    picks = [_pick(scan, g, int(k), rng) for g, k in zip(groups, label_alloc)]
+    picks = [_pick_by_mode(scan, g, int(k), rng) for g, k in zip(groups, label_alloc)]
     ranked = [picks[c][j] + (groups[c],) for c, j in label_order(picks, [int(k) for k in label_alloc])]
 
     rows = []
     for rank, (i, reason, g) in enumerate(ranked, 1):
         path = scan.table.at[i, "path"]
         rows.append({"rank": rank, "path": path, "cluster": g["cluster"], "cause": scan.table.at[i, "cause"],
+                     "mode": int(scan.table.at[i, "mode"]) if "mode" in scan.table else -1,
                      "ood_score": float(scan.table.at[i, "ood_score"]), "reason": reason,
                      "copy": f"to_label/{_unique_name(rank, path)}" if copy else "",
                      "source": str(scan.prod_dir / path)})
     selection = pd.DataFrame(rows, columns=["rank", "path", "cluster", "cause", "ood_score", "reason", "copy",
-                                            "source"])
+                                            "source", "mode"])
     clusters = []
     total = max(sum(sizes), 1)
     for g, h, n_col, n_lab in zip(groups, harm, collect_alloc, label_alloc):
