@@ -271,6 +271,17 @@ def test_clusters_matched_by_content_then_unique_name():
     assert causes == {"1": "blur", "2": "glare", "-1": "not flagged", card.UNMATCHED: ""}
 
 
+def test_a_cluster_of_two_modes_is_reported_mode_by_mode(tmp_path):
+    pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png", "e.png"], "cluster": [0, 0, 1, 1, -1],
+                  "mode": [0, 1, 0, 0, -1], "cause": ["lighting", "lighting", "angle", "angle", "none"],
+                  "sha": ["s0", "s1", "s2", "s3", "s4"]}).to_csv(tmp_path / "images.csv", index=False)
+    scan = card.read_scan(tmp_path)
+    assert scan["cluster"].tolist() == ["0.0", "0.1", "1", "1", "-1"]
+    found, causes = card.match_clusters(scan, ["x.png", "y.png", "z.png"], ["s1", "s2", "s0"])
+    assert found == ["0.1", "1", "0.0"] and causes == {"0.0": "lighting", "0.1": "lighting", "1": "angle"}
+    assert sorted(["1", "0.1", "-1", "0.0", "10"], key=card._cluster_order) == ["-1", "0.0", "0.1", "1", "10"]
+
+
 # ------------------------------------------------------------------ bad input
 
 

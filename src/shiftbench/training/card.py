@@ -30,7 +30,10 @@ def accuracy(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
 
 
 def read_scan(scan_dir: str | os.PathLike) -> pd.DataFrame:
-    """``images.csv`` of a ``shiftbench scan`` folder: path, cluster (str), cause, sha (may be empty)."""
+    """``images.csv`` of a ``shiftbench scan`` folder: path, cluster (str), cause, sha (may be empty).
+
+    A cluster of several modes (``mode``: darker and brighter images, say) is reported mode by
+    mode, as ``"<cluster>.<mode>"``: one mode can be fixed while the other is not."""
     path = Path(scan_dir) / "images.csv"
     if not path.is_file():
         raise InputError(f"--scan {scan_dir}: no images.csv (give a folder written by 'shiftbench scan')")
@@ -44,6 +47,11 @@ def read_scan(scan_dir: str | os.PathLike) -> pd.DataFrame:
     for col in ("cause", "sha"):
         if col not in table:
             table[col] = ""
+    if "mode" in table:
+        flagged = ~table["cluster"].isin(["-1", ""])
+        several = table[flagged].groupby("cluster")["mode"].nunique()
+        split = flagged & table["cluster"].isin(several.index[several > 1])
+        table.loc[split, "cluster"] = table.loc[split, "cluster"] + "." + table.loc[split, "mode"]
     return table[["path", "cluster", "cause", "sha"]]
 
 
@@ -87,9 +95,11 @@ def unmeasured(scan: pd.DataFrame, measured: dict[str, dict]) -> list[dict]:
 
 
 def _cluster_order(c: str) -> tuple:
-    """Numeric clusters in numeric order (-1, the unflagged images, first), then the rest."""
-    numeric = c.lstrip("-").isdigit()
-    return (not numeric, int(c) if numeric else 0, c)
+    """Numeric clusters (and their modes, ``"2.1"``) in numeric order (-1, the unflagged images,
+    first), then the rest."""
+    head, _, tail = c.partition(".")
+    numeric = head.lstrip("-").isdigit() and (not tail or tail.isdigit())
+    return (not numeric, int(head) if numeric else 0, int(tail) if numeric and tail else -1, c)
 
 
 def gate(original: dict, production: dict, max_regression: float) -> dict:
