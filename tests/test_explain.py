@@ -431,6 +431,25 @@ def test_a_relit_image_at_a_pixel_size_no_training_image_has_is_not_lighting(ban
     assert np.isnan(row["undo_lighting"])  # not asked: lighting cannot be named anyway
 
 
+def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(bank_workspace, lite0):
+    """Production at half the training's pixel size: the neighbours resized to it are the
+    counterfactual (the same view through a lower-resolution camera), and it explains the image."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    h, w = train_img.shape[:2]
+    small = cv2.resize(train_img, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    feats = at._embed([views(small)], lite0, conditions)
+    score = float(scorer.score(feats)[0][0])
+    row = at.attribute_one(views(small), feats[0], measure(small), score, [views(train_img)], scorer, lite0,
+                           conditions, new_size=True)
+    assert row["cause"] == "resolution" and row["how_resolution"] == f"resized to {w // 2}x{h // 2}"
+    scale = dict(zip(conditions["columns"], conditions["scale"]))
+    for same_or_larger in (train_img, cv2.resize(train_img, (w * 2, h * 2))):
+        out, _ = at._counterfactuals(views(same_or_larger), measure(same_or_larger), [views(train_img)], scale)
+        assert not any(how.startswith("resized") for _, how in out["resolution"])
+
+
 def test_new_pixel_size_is_outside_the_training_range():
     train_h, train_w = np.array([128, 128, 128]), np.array([128, 128, 128])
     got = new_pixel_size([128, 200, 128, 64], [128, 200, 130, 128], train_h, train_w)

@@ -30,7 +30,9 @@ Lighting and a camera's angle keep the pixel grid: an image whose height or widt
 outside the training images' range (:func:`new_pixel_size`) came from another camera or pipeline, and
 neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` where
 those explain it, else ``content`` (steel of another plant, stretched to the training
-set's tone, is otherwise "explained" by a relighting).
+set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
+neighbour on both sides also gets that neighbour resized to its pixel size as a
+resolution counterfactual: the same view through a lower-resolution camera.
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
@@ -45,6 +47,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -86,6 +89,10 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
         degraded, how = degrade_like(n, x_meas, scale, known[i])
         if degraded is not n:
             out["resolution"].append((degraded, how))
+        if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1]:
+            # fewer pixels than the neighbour: the same view through a lower-resolution camera
+            small = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
+            out["resolution"].append((views(small, x.whole.shape[:2]), f"resized to {x.shape[1]}x{x.shape[0]}"))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
     return out, float(np.median(rotations)) if rotations else float("nan")
