@@ -431,7 +431,7 @@ def test_a_relit_image_at_a_pixel_size_no_training_image_has_is_not_lighting(ban
     assert np.isnan(row["undo_lighting"])  # not asked: lighting cannot be named anyway
 
 
-def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(bank_workspace, lite0):
+def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(bank_workspace, lite0, monkeypatch):
     """Production at half the training's pixel size: the neighbours resized to it are the
     counterfactual (the same view through a lower-resolution camera), and it explains the image."""
     from shiftbench.explain import attribution as at
@@ -444,6 +444,17 @@ def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(ba
     row = at.attribute_one(views(small), feats[0], measure(small), score, [views(train_img)], scorer, lite0,
                            conditions, new_size=True)
     assert row["cause"] == "resolution" and row["how_resolution"] == f"resized to {w // 2}x{h // 2}"
+    # this bank calibrates on 24 images: no p-value is below 1/25, so the bar is raised above it
+    monkeypatch.setattr(at, "RESIZED_MIN_P", 0.05)
+    row = at.attribute_one(views(small), feats[0], measure(small), score, [views(train_img)], scorer, lite0,
+                           conditions, new_size=True)
+    assert row["cause"] == "resolution" and row["how_resolution"].startswith("resized")
+    checker = np.kron((np.indices((6, 6)).sum(0) % 2), np.ones((8, 8)))  # another line's parts, as small
+    other = np.repeat((60 + 30 * checker).astype(np.uint8)[..., None], 3, axis=2)
+    feats = at._embed([views(other)], lite0, conditions)
+    row = at.attribute_one(views(other), feats[0], measure(other), float(scorer.score(feats)[0][0]),
+                           [views(train_img)], scorer, lite0, conditions, new_size=True)
+    assert row["cause"] == "content" and not row["how_resolution"].startswith("resized")
     scale = dict(zip(conditions["columns"], conditions["scale"]))
     for same_or_larger in (train_img, cv2.resize(train_img, (w * 2, h * 2))):
         out, _ = at._counterfactuals(views(same_or_larger), measure(same_or_larger), [views(train_img)], scale)

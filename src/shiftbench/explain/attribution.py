@@ -32,7 +32,9 @@ neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` w
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
 neighbour on both sides also gets that neighbour resized to its pixel size as a
-resolution counterfactual: the same view through a lower-resolution camera.
+resolution counterfactual: the same view through a lower-resolution camera. It counts
+only where it makes ``x`` look in distribution (p-value at least ``RESIZED_MIN_P``):
+another line's images, resized, come closer by their texture's scale alone.
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
@@ -65,6 +67,9 @@ CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
 MIN_UNDO = 0.3
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
+# p-value a neighbour resized to x's smaller pixel size must give x: such images of the same
+# line reached 0.03 and more, another line's 0.015 at most (docs/benchmarks.md)
+RESIZED_MIN_P = 0.02
 
 
 def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dict[str, float],
@@ -152,10 +157,15 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     explained = {}  # cause -> x's score with that cause's counterfactuals in the bank
     for c in CAUSES:
         idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
+        if idx:  # each counterfactual alone: the one that explains most describes the change
+            alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
+            if c == "resolution":  # a lower-resolution camera must account for x, not only for its scale
+                ok = np.array([not flat[i][2].startswith("resized") for i in idx])
+                ok |= scorer.calibration_.p_values(alone) >= RESIZED_MIN_P
+                idx, alone = [i for i, k in zip(idx, ok) if k], alone[ok]
         if not idx:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"
-        else:  # each counterfactual alone: the one that explains most describes the change
-            alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
+        else:
             how = flat[idx[int(np.argmin(alone))]][2]
             # discrete pipeline faults count one by one, other changes with all their counterfactuals
             together = c != "pipeline" and len(idx) > 1  # (one counterfactual: scored already)
