@@ -159,9 +159,9 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
         if idx:  # each counterfactual alone: the one that explains most describes the change
             alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
-            if c == "resolution":  # a lower-resolution camera must account for x, not only for its scale
-                ok = np.array([not flat[i][2].startswith("resized") for i in idx])
-                ok |= scorer.calibration_.p_values(alone) >= RESIZED_MIN_P
+            resized = np.array([flat[i][2].startswith("resized") for i in idx])
+            if resized.any():  # a lower-resolution camera must account for x, not only for its scale
+                ok = ~resized | (scorer.calibration_.p_values(alone) >= RESIZED_MIN_P)
                 idx, alone = [i for i, k in zip(idx, ok) if k], alone[ok]
         if not idx:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"

@@ -163,14 +163,15 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
         cause = str(causes.index[0])
         card = {"cluster": int(cid), "size": int(mask.sum()), "cause": cause,
                 "causes": {str(k): int(v) for k, v in causes.items()},
-                "confidence": float(members["confidence"].median()),
-                "change": describe_change(members, cause, center),
-                "medoids": members["path"].to_numpy()[medoids(features[mask])].tolist()}
-        if "mode" in members and members["mode"].nunique() > 1:
+                "confidence": float(members["confidence"].median())}
+        if "mode" in members and members["mode"].nunique() > 1:  # the change of each mode, not their mix
             card["modes"] = [{"mode": int(m), "size": len(part), "change": describe_change(part, cause, center)}
                              for m, part in members.groupby("mode", sort=True)]
             card["change"] = [f"mode {m['mode']} ({m['size']} images): " + "; ".join(m["change"])
                               for m in card["modes"]]
+        else:
+            card["change"] = describe_change(members, cause, center)
+        card["medoids"] = members["path"].to_numpy()[medoids(features[mask])].tolist()
         if "cause_own" in members:  # how many members took their cause from alike images
             card["taken_from_alike"] = int((members["cause_own"] != members["cause"]).sum())
         if "correct" in members and members["correct"].notna().any():
