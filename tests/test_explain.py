@@ -13,7 +13,8 @@ import pytest
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import degrade_like, pipeline_faults, relight_like
-from shiftbench.explain.pose import apply_pose, estimate_pose, rotation_between, warp_like, zoom_between
+from shiftbench.explain.pose import (_best_alignment, _orientation_hist, _stretch, apply_pose, estimate_pose,
+                                     rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import optics
@@ -87,6 +88,31 @@ def test_a_textures_first_neighbour_is_also_only_rotated():
     out, rotation = _counterfactuals(ref, measure(ref.whole), [src, views(texture(2, angle=20))], scale)
     hows = [how for _, how in out["angle"]]
     assert len(hows) == 3 and hows[:2] == [how, how_plain] and rotation == pytest.approx(25, abs=4)
+
+
+def hatch(seed: int, size: int = 160) -> np.ndarray:
+    """Two streak directions 60 degrees apart: a rotation keeps their angle, a stretch does not."""
+    return np.maximum(texture(seed, size, 0), texture(seed + 100, size, 60))
+
+
+def stretch(img: np.ndarray, a: float, phi: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    return cv2.warpAffine(img, _stretch(a, phi, w, h)[:2], (w, h), borderMode=cv2.BORDER_REFLECT_101)
+
+
+@pytest.mark.parametrize("a,phi,deg", [(1.25, 45, 0.0), (1.25, 45, 15.0), (1.12, 135, -10.0), (1.25, 90, 10.0)])
+def test_stretched_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
+    src, ref = views(hatch(0)), views(rotate(stretch(hatch(1), a, phi), deg))
+    pose = estimate_pose(src, ref)
+    got = stretched_pose(src, ref, pose)
+    assert got.stretch == (a, phi) and got.deg == pytest.approx(deg, abs=4)
+    warped, how = apply_pose(src, got)
+    assert how.startswith(f"stretch {a:.2f} along {phi}, rotate {got.deg:+.0f}")
+    target = _orientation_hist(ref.whole)
+    # the stretched neighbour's orientations match the tilted image's better than the rotated one's do
+    assert _best_alignment(_orientation_hist(warped.whole), target)[1] > \
+        _best_alignment(_orientation_hist(apply_pose(src, pose)[0].whole), target)[1]
+    assert stretched_pose(src, ref, dataclasses.replace(pose, homography=np.eye(3))) is None  # a homography has it
 
 
 def test_warp_like_uses_a_homography_where_features_match():
@@ -445,7 +471,7 @@ def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(ba
                            conditions, new_size=True)
     assert row["cause"] == "resolution" and row["how_resolution"] == f"resized to {w // 2}x{h // 2}"
     # this bank calibrates on 24 images: no p-value is below 1/25, so the bar is raised above it
-    monkeypatch.setattr(at, "RESIZED_MIN_P", 0.05)
+    monkeypatch.setattr(at, "STRICT_MIN_P", 0.05)
     row = at.attribute_one(views(small), feats[0], measure(small), score, [views(train_img)], scorer, lite0,
                            conditions, new_size=True)
     assert row["cause"] == "resolution" and row["how_resolution"].startswith("resized")
@@ -459,6 +485,23 @@ def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(ba
     for same_or_larger in (train_img, cv2.resize(train_img, (w * 2, h * 2))):
         out, _ = at._counterfactuals(views(same_or_larger), measure(same_or_larger), [views(train_img)], scale)
         assert not any(how.startswith("resized") for _, how in out["resolution"])
+
+
+def test_a_stretched_camera_explains_a_tilt_only_where_it_brings_the_image_into_distribution(bank_workspace, lite0,
+                                                                                            monkeypatch):
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    tilted = stretch(train_img, 1.25, 45)
+    feats = at._embed([views(tilted)], lite0, conditions)
+    args = (views(tilted), feats[0], measure(tilted), float(scorer.score(feats)[0][0]), [views(train_img)], scorer,
+            lite0, conditions)
+    row = at.attribute_one(*args)
+    assert row["cause"] == "angle" and row["share_angle"] > 0.9
+    assert row["how_angle"].startswith("stretch 1.25 along 45, rotate -0")
+    monkeypatch.setattr(at, "STRICT_MIN_P", 1.01)  # no image can reach it: the stretch never counts
+    row = at.attribute_one(*args)
+    assert not row["how_angle"].startswith("stretch") and row["share_angle"] < 0.5
 
 
 def test_new_pixel_size_is_outside_the_training_range():

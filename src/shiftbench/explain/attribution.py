@@ -32,9 +32,13 @@ neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` w
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
 neighbour on both sides also gets that neighbour resized to its pixel size as a
-resolution counterfactual: the same view through a lower-resolution camera. It counts
-only where it makes ``x`` look in distribution (p-value at least ``RESIZED_MIN_P``):
-another line's images, resized, come closer by their texture's scale alone.
+resolution counterfactual: the same view through a lower-resolution camera.
+
+Two counterfactuals are held to a stricter bar, since they fit more than their cause:
+that resized neighbour (another line's images, resized, come closer by their texture's
+scale alone) and a stretched camera pose (:func:`~.pose.stretched_pose`; a motion blur
+changes a texture's gradient orientations as a stretch does). Each counts only where it
+makes ``x`` look in distribution (p-value at least ``STRICT_MIN_P``).
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
@@ -60,16 +64,18 @@ from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
 from .interventions import degrade_like, pipeline_faults, relight_like
-from .pose import apply_pose, estimate_pose
+from .pose import apply_pose, estimate_pose, stretched_pose
 from .views import Views, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
 MIN_UNDO = 0.3
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
-# p-value a neighbour resized to x's smaller pixel size must give x: such images of the same
-# line reached 0.03 and more, another line's 0.015 at most (docs/benchmarks.md)
-RESIZED_MIN_P = 0.02
+# p-value that a resized neighbour or a stretched pose must give x. Resized to x's smaller pixel
+# size: images of the same line reached 0.03 and more, another line's 0.015 at most; stretched:
+# sheared images reach a median 0.10, motion-blurred ones 0.008 (docs/benchmarks.md)
+STRICT_MIN_P = 0.02
+STRICT = ("resized", "stretch")  # how those counterfactuals' descriptions begin
 
 
 def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dict[str, float],
@@ -91,6 +97,9 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             # another image's texture scale sways as much as a zoom does (a pure rotation
             # with a misread zoom explains nothing)
             out["angle"].append(apply_pose(n, pose, zoom=False))
+        stretched = stretched_pose(n, x, pose, x_cache)
+        if stretched is not None:
+            out["angle"].append(apply_pose(n, stretched))
         degraded, how = degrade_like(n, x_meas, scale, known[i])
         if degraded is not n:
             out["resolution"].append((degraded, how))
@@ -159,9 +168,9 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         idx = [i for i, (cc, _, _) in enumerate(flat) if cc == c]
         if idx:  # each counterfactual alone: the one that explains most describes the change
             alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
-            resized = np.array([flat[i][2].startswith("resized") for i in idx])
-            if resized.any():  # a lower-resolution camera must account for x, not only for its scale
-                ok = ~resized | (scorer.calibration_.p_values(alone) >= RESIZED_MIN_P)
+            strict = np.array([flat[i][2].startswith(STRICT) for i in idx])
+            if strict.any():  # a lower-resolution camera or a tilt must account for x, not only come closer
+                ok = ~strict | (scorer.calibration_.p_values(alone) >= STRICT_MIN_P)
                 idx, alone = [i for i, k in zip(idx, ok) if k], alone[ok]
         if not idx:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"

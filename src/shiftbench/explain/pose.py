@@ -2,9 +2,11 @@
 
 Where the two images share features, ORB matches and a RANSAC homography give the
 pose; on textures, the rotation comes from their gradient-orientation histograms and
-the zoom from where their spectra's energy lies (:func:`estimate_pose`). The pose is
-estimated on copies at most ``POSE_SIDE`` px and applied to both of an image's
-scales (:class:`~.views.Views`) by :func:`apply_pose`.
+the zoom from where their spectra's energy lies (:func:`estimate_pose`), and a tilted
+or sheared camera's foreshortening from the stretch that best matches those
+histograms (:func:`stretched_pose`). The pose is estimated on copies at most
+``POSE_SIDE`` px and applied to both of an image's scales (:class:`~.views.Views`) by
+:func:`apply_pose`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import numpy as np
 from .views import REFLECT, Views, cached, resize_map
 
 POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
+# area-keeping stretches tried for a tilted or sheared camera: factor along a direction (degrees),
+# its inverse across it (a 14 degree shear is a 1.13 stretch along a diagonal, and a rotation)
+STRETCHES = tuple((a, phi) for a in (1.12, 1.25) for phi in (0, 45, 90, 135))
 
 
 def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
@@ -31,6 +36,14 @@ def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
     kernel = np.exp(-0.5 * (t / 2.0) ** 2)  # circular smoothing: 0 and 179 degrees are neighbours
     hist = np.convolve(np.r_[hist[-6:], hist, hist[:6]], kernel / kernel.sum(), mode="valid")
     return hist / max(hist.sum(), 1e-12)
+
+
+def _best_alignment(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """The circular shift (bins) that best aligns orientation histogram ``a`` with ``b``, and
+    their cosine similarity at that shift."""
+    corr = np.real(np.fft.ifft(np.conj(np.fft.fft(a)) * np.fft.fft(b)))
+    shift = int(np.argmax(corr))
+    return shift, float(corr[shift] / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def rotation_between(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tuple[float, float]:
@@ -166,6 +179,7 @@ class Pose:
     zoom: float
     to_whole: np.ndarray  # pose-copy pixels -> whole pixels
     copy: np.ndarray  # the pose copy
+    stretch: tuple[float, float] | None = None  # (factor, direction in degrees), made before the rotation
 
     @property
     def rotation(self) -> float:
@@ -206,10 +220,14 @@ def apply_pose(src: Views, pose: Pose, zoom: bool = True) -> tuple[Views, str]:
         return _warp_views(src, in_whole(pose.homography), big=big), f"homography, rotate {pose.rotation:+.0f}"
     z = pose.zoom if zoom else 1.0
     how = f"rotate {pose.deg:+.0f} (conf {pose.conf:.2f}) zoom {z:.2f}"
-    if pose.deg == 0 and z == 1.0:
+    if pose.stretch is not None:
+        how = f"stretch {pose.stretch[0]:.2f} along {pose.stretch[1]:.0f}, {how}"
+    elif pose.deg == 0 and z == 1.0:
         return src, how
     sh, sw = pose.copy.shape[:2]
     m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), pose.deg, z), [0, 0, 1]])
+    if pose.stretch is not None:
+        m = m @ _stretch(*pose.stretch, sw, sh)
     return _warp_views(src, in_whole(m), affine=True, big=big), how
 
 
@@ -223,3 +241,46 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     """
     pose = estimate_pose(src, ref, cache)
     return (*apply_pose(src, pose), pose.rotation)
+
+
+def _stretch(a: float, phi: float, w: int, h: int) -> np.ndarray:
+    """3x3 map stretching a (w, h) image by ``a`` along ``phi`` degrees and by 1/a across it,
+    about its centre."""
+    t = np.deg2rad(phi)
+    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    d = r @ np.diag([a, 1 / a]) @ r.T
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    m = np.eye(3)
+    m[:2, :2], m[:2, 2] = d, c - d @ c
+    return m
+
+
+def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> Pose | None:
+    """``pose`` (from :func:`estimate_pose`) with a stretch: a camera tilted against the surface
+    foreshortens it along one direction, which a rotation cannot give a texture.
+
+    Of :data:`STRETCHES`, the one after which ``src``'s gradient orientations best match
+    ``ref``'s (at their best relative rotation) is kept if it matches better than none;
+    rotation and zoom are then estimated as for a plain texture. None where ``pose`` is a
+    homography (it holds any tilt already) or no stretch matches better. A motion blur
+    also changes a texture's orientations, so :mod:`.attribution` counts this counterfactual
+    only where it makes the image look in distribution.
+    """
+    if pose.homography is not None:
+        return None
+    small, (h, w) = pose.copy, pose.copy.shape[:2]
+    target = cached(cache, ("resized", w, h), lambda: _copy_at(ref, (w, h)))
+    want = cached(cache, ("orientation", target.shape), lambda: _orientation_hist(target))
+    best, pick = _best_alignment(_orientation_hist(small), want)[1], None
+    for a, phi in STRETCHES:
+        stretched = cv2.warpAffine(small, _stretch(a, phi, w, h)[:2], (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=REFLECT)
+        similarity = _best_alignment(_orientation_hist(stretched), want)[1]
+        if similarity > best:
+            best, pick = similarity, (a, phi, stretched)
+    if pick is None:
+        return None
+    a, phi, stretched = pick
+    deg, conf = rotation_between(stretched, target, cache)
+    return dataclasses.replace(pose, deg=deg, conf=conf, zoom=zoom_between(stretched, target, cache=cache),
+                               stretch=(a, phi))
