@@ -104,14 +104,15 @@ def stretch(img: np.ndarray, a: float, phi: float) -> np.ndarray:
 def test_stretched_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
     src, ref = views(hatch(0)), views(rotate(stretch(hatch(1), a, phi), deg))
     pose = estimate_pose(src, ref)
-    got = stretched_pose(src, ref, pose)
+    got, similarity = stretched_pose(src, ref, pose)
     assert got.stretch == (a, phi) and got.deg == pytest.approx(deg, abs=4)
     warped, how = apply_pose(src, got)
     assert how.startswith(f"stretch {a:.2f} along {phi}, rotate {got.deg:+.0f}")
     target = _orientation_hist(ref.whole)
     # the stretched neighbour's orientations match the tilted image's better than the rotated one's do
-    assert _best_alignment(_orientation_hist(warped.whole), target)[1] > \
-        _best_alignment(_orientation_hist(apply_pose(src, pose)[0].whole), target)[1]
+    plain = _best_alignment(_orientation_hist(apply_pose(src, pose)[0].whole), target)[1]
+    assert _best_alignment(_orientation_hist(warped.whole), target)[1] > plain
+    assert similarity > _best_alignment(_orientation_hist(src.whole), target)[1]
     assert stretched_pose(src, ref, dataclasses.replace(pose, homography=np.eye(3))) is None  # a homography has it
 
 

@@ -255,14 +255,15 @@ def _stretch(a: float, phi: float, w: int, h: int) -> np.ndarray:
     return m
 
 
-def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> Pose | None:
+def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> tuple[Pose, float] | None:
     """``pose`` (from :func:`estimate_pose`) with a stretch: a camera tilted against the surface
     foreshortens it along one direction, which a rotation cannot give a texture.
 
     Of :data:`STRETCHES`, the one after which ``src``'s gradient orientations best match
     ``ref``'s (at their best relative rotation) is kept if it matches better than none;
-    rotation and zoom are then estimated as for a plain texture. None where ``pose`` is a
-    homography (it holds any tilt already) or no stretch matches better. A motion blur
+    rotation and zoom are then estimated as for a plain texture. Returns that pose and the
+    histograms' cosine similarity after the stretch; None where ``pose`` is a homography (it
+    holds any tilt already) or no stretch matches better. A motion blur
     also changes a texture's orientations, so :mod:`.attribution` counts this counterfactual
     only where it makes the image look in distribution.
     """
@@ -283,4 +284,4 @@ def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None
     a, phi, stretched = pick
     deg, conf = rotation_between(stretched, target, cache)
     return dataclasses.replace(pose, deg=deg, conf=conf, zoom=zoom_between(stretched, target, cache=cache),
-                               stretch=(a, phi))
+                               stretch=(a, phi)), best
