@@ -210,7 +210,8 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     lo = min(c["params"]["rotate"][0] for c in children)
     hi = max(c["params"]["rotate"][1] for c in children)
     signs = "both signs seen" if lo < 0 < hi else "one sign seen"
-    # Perspective is not added: the scan estimates in-plane rotation and zoom, not tilt.
+    # Perspective is not added: the scan's stretch (tilt) estimates come from one counterfactual per
+    # image and have not been measured as a range on the fine-tuning benchmark.
     return [_one_of("angle", children,
                     f"{'; '.join(whys)} ({signs}; one Affine per cluster or mode, chosen by size)", p)]
 
@@ -421,5 +422,6 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
             lines.append(f"- **{c}**: no transform ({why})")
     if not spec:
         lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
-    lines += ["", "Not covered: camera tilt (Perspective) - the scan estimates in-plane rotation and zoom only.", ""]
+    lines += ["", "Not covered: camera tilt (Perspective) - the scan's tilt estimates (`how_angle` \"stretch A along D\") "
+              "are not turned into a range; rotation and zoom are.", ""]
     return "\n".join(lines)
