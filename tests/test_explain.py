@@ -13,7 +13,7 @@ import pytest
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import degrade_like, pipeline_faults, relight_like
-from shiftbench.explain.pose import (_best_alignment, _orientation_hist, _stretch, apply_pose, estimate_pose,
+from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, estimate_pose, orientation_similarity,
                                      rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
@@ -110,9 +110,9 @@ def test_stretched_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
     assert how.startswith(f"stretch {a:.2f} along {phi}, rotate {got.deg:+.0f}")
     target = _orientation_hist(ref.whole)
     # the stretched neighbour's orientations match the tilted image's better than the rotated one's do
-    plain = _best_alignment(_orientation_hist(apply_pose(src, pose)[0].whole), target)[1]
-    assert _best_alignment(_orientation_hist(warped.whole), target)[1] > plain
-    assert similarity > _best_alignment(_orientation_hist(src.whole), target)[1]
+    plain = orientation_similarity(_orientation_hist(apply_pose(src, pose)[0].whole), target)
+    assert orientation_similarity(_orientation_hist(warped.whole), target) > plain
+    assert similarity > orientation_similarity(_orientation_hist(src.whole), target)
     assert stretched_pose(src, ref, dataclasses.replace(pose, homography=np.eye(3))) is None  # a homography has it
 
 

@@ -40,8 +40,8 @@ is also seen through that stretched pose (one such counterfactual per image, for
 Two counterfactuals are held to a stricter bar, since they fit more than their cause:
 that resized neighbour (another line's images, resized, come closer by their texture's
 scale alone) and the stretched pose (a motion blur changes a texture's gradient
-orientations as a stretch does). Each counts only where it
-makes ``x`` look in distribution (p-value at least ``STRICT_MIN_P``).
+orientations as a stretch does). Each counts only where it makes ``x`` look in
+distribution (p-value at least ``STRICT_MIN_P``).
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images

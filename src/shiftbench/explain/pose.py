@@ -38,12 +38,10 @@ def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
     return hist / max(hist.sum(), 1e-12)
 
 
-def _best_alignment(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
-    """The circular shift (bins) that best aligns orientation histogram ``a`` with ``b``, and
-    their cosine similarity at that shift."""
+def orientation_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of orientation histograms ``a`` and ``b`` at their best relative rotation."""
     corr = np.real(np.fft.ifft(np.conj(np.fft.fft(a)) * np.fft.fft(b)))
-    shift = int(np.argmax(corr))
-    return shift, float(corr[shift] / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    return float(corr.max() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def rotation_between(src: np.ndarray, ref: np.ndarray, cache: dict | None = None) -> tuple[float, float]:
@@ -171,8 +169,8 @@ def _copy_at(v: Views, size: tuple[int, int]) -> np.ndarray:
 class Pose:
     """``ref``'s camera pose against ``src``'s, in pixels of ``src``'s pose copy (:func:`estimate_pose`):
     a homography where features match, else an in-plane rotation (``deg``, with its confidence
-    ``conf``) and a ``zoom``; those three are 0, 1, 1 beside a homography (:attr:`rotation`
-    reads the rotation either way)."""
+    ``conf``) and a ``zoom``, after a ``stretch`` where :func:`stretched_pose` found one; those
+    three are 0, 1, 1 beside a homography (:attr:`rotation` reads the rotation either way)."""
     homography: np.ndarray | None
     deg: float
     conf: float
@@ -272,11 +270,11 @@ def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None
     small, (h, w) = pose.copy, pose.copy.shape[:2]
     target = cached(cache, ("resized", w, h), lambda: _copy_at(ref, (w, h)))
     want = cached(cache, ("orientation", target.shape), lambda: _orientation_hist(target))
-    best, pick = _best_alignment(_orientation_hist(small), want)[1], None
+    best, pick = orientation_similarity(_orientation_hist(small), want), None
     for a, phi in STRETCHES:
         stretched = cv2.warpAffine(small, _stretch(a, phi, w, h)[:2], (w, h), flags=cv2.INTER_LINEAR,
                                    borderMode=REFLECT)
-        similarity = _best_alignment(_orientation_hist(stretched), want)[1]
+        similarity = orientation_similarity(_orientation_hist(stretched), want)
         if similarity > best:
             best, pick = similarity, (a, phi, stretched)
     if pick is None:
