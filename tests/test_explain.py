@@ -365,6 +365,10 @@ def test_describe_change_for_angle_and_content():
     t = pd.DataFrame({"rotation_deg": [18.0, 22.0, 30.0, 25.0], "share_angle": 0.8})
     assert "rotated +19 to +28 degrees" in describe_change(t, "angle", {})[0]
     assert "new parts" in describe_change(t, "content", {})[0]
+    assert not any("tilted" in line for line in describe_change(t, "angle", {}))
+    t["how_angle"] = ["stretch 1.25 along 45, rotate +18 (conf 0.40) zoom 1.00"] * 2 + ["rotate +30 (conf 0.5)"] * 2
+    tilted = "foreshortened, as by a camera tilted against the surface, in 2 of 4 images"
+    assert describe_change(t, "angle", {})[1] == tilted
 
 
 def test_describe_change_for_rotations_both_ways():
