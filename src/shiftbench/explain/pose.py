@@ -169,15 +169,18 @@ def _copy_at(v: Views, size: tuple[int, int]) -> np.ndarray:
 class Pose:
     """``ref``'s camera pose against ``src``'s, in pixels of ``src``'s pose copy (:func:`estimate_pose`):
     a homography where features match, else an in-plane rotation (``deg``, with its confidence
-    ``conf``) and a ``zoom``, after a ``stretch`` where :func:`stretched_pose` found one; those
-    three are 0, 1, 1 beside a homography (:attr:`rotation` reads the rotation either way)."""
+    ``conf``) and a ``zoom``, after a ``stretch`` where :func:`stretched_pose` found one; beside a
+    homography ``deg``, ``conf``, ``zoom`` are 0, 1, 1 and ``stretch`` is None (:attr:`rotation`
+    reads the rotation either way)."""
     homography: np.ndarray | None
     deg: float
     conf: float
     zoom: float
     to_whole: np.ndarray  # pose-copy pixels -> whole pixels
     copy: np.ndarray  # the pose copy
-    stretch: tuple[float, float] | None = None  # (factor, direction in degrees), made before the rotation
+    # (factor, direction in degrees from the image's x axis towards its y axis, i.e. clockwise on
+    # screen; 45 = towards the bottom right), made before the rotation
+    stretch: tuple[float, float] | None = None
 
     @property
     def rotation(self) -> float:
@@ -265,9 +268,9 @@ def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None
     also changes a texture's orientations, so :mod:`.attribution` counts this counterfactual
     only where it makes the image look in distribution.
     """
-    if pose.homography is not None:
-        return None
     small, (h, w) = pose.copy, pose.copy.shape[:2]
+    if pose.homography is not None or min(h, w) < 32:  # (as homography_between: too small to read)
+        return None
     target = cached(cache, ("resized", w, h), lambda: _copy_at(ref, (w, h)))
     want = cached(cache, ("orientation", target.shape), lambda: _orientation_hist(target))
     best, pick = orientation_similarity(_orientation_hist(small), want), None
