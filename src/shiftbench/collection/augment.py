@@ -422,6 +422,6 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
             lines.append(f"- **{c}**: no transform ({why})")
     if not spec:
         lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
-    lines += ["", "Not covered: camera tilt (Perspective) - the scan's tilt estimates (`how_angle` \"stretch A along D\") "
-              "are not turned into a range; rotation and zoom are.", ""]
+    lines += ["", "Not covered: camera tilt (Perspective) - the scan's tilt estimates "
+              "(`how_angle` \"stretch A along D\") are not turned into a range; rotation and zoom are.", ""]
     return "\n".join(lines)

@@ -155,8 +155,9 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     -------
     dict with ``share_<cause>`` for each cause, ``how_<cause>`` (the estimated change,
     e.g. ``rotate -21``), ``rotation_deg`` (estimated in-plane rotation against the
-    neighbours: the median of their plain poses', without a stretch), ``undo_lighting`` (the share removed by relighting ``x`` like its
-    neighbours; NaN where lighting would not be named anyway), ``cause``, ``confidence``, ``residual_score``
+    neighbours: the median of their plain poses', without a stretch), ``undo_lighting``
+    (the share removed by relighting ``x`` like its neighbours; NaN where lighting would
+    not be named anyway), ``cause``, ``confidence``, ``residual_score``
     (the score under the best-explaining change that was not ruled out) and
     ``residual_p`` (its conformal p-value: at least the scan's ``fpr`` when that change
     alone makes the image look in-distribution).

@@ -119,9 +119,10 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
             lo, hi = np.percentile(rot, [10, 90])
             out.append(f"rotated {lo:+.0f} to {hi:+.0f} degrees against the nearest training images "
                        f"(median {np.median(rot):+.0f})")
-        tilted = members["how_angle"].astype(str).str.startswith("stretch") if "how_angle" in members else []
-        if len(tilted) and tilted.mean() >= 0.25:  # the stretched pose explained these best (pose.stretched_pose)
-            out.append(f"foreshortened, as by a camera tilted against the surface, in {tilted.sum()} of "
+        # images that a stretched pose explained best (pose.stretched_pose)
+        tilted = int(members["how_angle"].astype(str).str.startswith("stretch").sum()) if "how_angle" in members else 0
+        if tilted and tilted >= 0.25 * len(members):
+            out.append(f"foreshortened, as by a camera tilted against the surface, in {tilted} of "
                        f"{len(members)} images")
     elif cause == "resolution":
         out.append("sharpness " + _pct(med["sharpness"], center["sharpness"]))

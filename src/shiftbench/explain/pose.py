@@ -125,6 +125,18 @@ def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
 
 
+def _stretch(a: float, phi: float, w: int, h: int) -> np.ndarray:
+    """3x3 map stretching a (w, h) image by ``a`` along ``phi`` degrees and by 1/a across it,
+    about its centre."""
+    t = np.deg2rad(phi)
+    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    d = r @ np.diag([a, 1 / a]) @ r.T
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    m = np.eye(3)
+    m[:2, :2], m[:2, 2] = d, c - d @ c
+    return m
+
+
 def _warp(img: np.ndarray, m: np.ndarray, size: tuple[int, int], affine: bool) -> np.ndarray:
     """``img`` warped by the 3x3 ``m`` into a (w, h) = ``size`` output."""
     if affine:
@@ -244,18 +256,6 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     return (*apply_pose(src, pose), pose.rotation)
 
 
-def _stretch(a: float, phi: float, w: int, h: int) -> np.ndarray:
-    """3x3 map stretching a (w, h) image by ``a`` along ``phi`` degrees and by 1/a across it,
-    about its centre."""
-    t = np.deg2rad(phi)
-    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    d = r @ np.diag([a, 1 / a]) @ r.T
-    c = np.array([(w - 1) / 2, (h - 1) / 2])
-    m = np.eye(3)
-    m[:2, :2], m[:2, 2] = d, c - d @ c
-    return m
-
-
 def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> tuple[Pose, float] | None:
     """``pose`` (from :func:`estimate_pose`) with a stretch: a camera tilted against the surface
     foreshortens it along one direction, which a rotation cannot give a texture.
@@ -264,9 +264,9 @@ def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None
     ``ref``'s (at their best relative rotation) is kept if it matches better than none;
     rotation and zoom are then estimated as for a plain texture. Returns that pose and the
     histograms' cosine similarity after the stretch; None where ``pose`` is a homography (it
-    holds any tilt already) or no stretch matches better. A motion blur
-    also changes a texture's orientations, so :mod:`.attribution` counts this counterfactual
-    only where it makes the image look in distribution.
+    holds any tilt already), the copy is under 32 px or no stretch matches better. A motion
+    blur also changes a texture's orientations, so :mod:`.attribution` counts this
+    counterfactual only where it makes the image look in distribution.
     """
     small, (h, w) = pose.copy, pose.copy.shape[:2]
     if pose.homography is not None or min(h, w) < 32:  # (as homography_between: too small to read)
