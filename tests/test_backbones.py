@@ -230,6 +230,18 @@ def test_cuda_features_match_cpu(lite0):
     assert (l_gpu.argmax(1).cpu() == l_cpu.argmax(1)).all()
 
 
+def test_cpu_embedding_in_chunks_equals_one_image_at_a_time(lite0):
+    """Backbone.embed runs CPU_CHUNK images per forward pass; every view and the logits line up."""
+    from shiftbench.embedding.backbones import CPU_CHUNK
+
+    x = _x(2 * CPU_CHUNK + 3, size=64).contiguous(memory_format=torch.channels_last)
+    feats, logits = lite0.embed(x)
+    one = [lite0.embed(x[i:i + 1]) for i in range(len(x))]
+    assert feats.shape == (len(x), lite0.feature_dim) and logits.shape == (len(x), 1000)
+    torch.testing.assert_close(feats, torch.cat([f for f, _ in one]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, torch.cat([lg for _, lg in one]), rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------ BatchNorm folding
 
 

@@ -176,23 +176,3 @@ def test_missing_file_is_a_row(lite0, tmp_path):
     assert batch.error[0].startswith("cannot read file") and batch.sha == [""]
     assert np.isnan(batch.features).all() and batch.logits is None  # no image reached the model
 
-
-def test_one_core_spared_leaves_torch_one_thread_fewer_and_restores_it():
-    import torch
-
-    from shiftbench.embedding import one_core_spared
-
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        with one_core_spared():
-            assert torch.get_num_threads() == 2
-        assert torch.get_num_threads() == 3
-        torch.set_num_threads(1)
-        with pytest.raises(RuntimeError), one_core_spared():  # never below one; restored on errors too
-            assert torch.get_num_threads() == 1
-            torch.set_num_threads(5)
-            raise RuntimeError
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)

@@ -93,6 +93,23 @@ def test_same_conv_pads_symmetric_on_odd_input():
     assert out[0, 0].tolist() == [[1, 3, 5], [11, 13, 15], [21, 23, 25]]
 
 
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("h, w", [(8, 8), (9, 9), (8, 11), (2, 3), (1, 1)])
+def test_stride2_same_conv_equals_explicit_tf_padding(kernel, h, w):
+    """The zero-row kernel trick gives what padding the input TF's way gives, and the same gradients."""
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 4, kernel, 2, groups=2)
+    x = torch.randn(2, 4, h, w)
+    ph, pw = (max((-(-n // 2) - 1) * 2 + kernel - n, 0) for n in (h, w))
+    want = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]),
+        conv.weight, None, 2, 0, 1, 2)
+    got = conv(x)
+    torch.testing.assert_close(got, want)
+    grads = [torch.autograd.grad(y.square().sum(), conv.weight)[0] for y in (got, want)]
+    torch.testing.assert_close(*grads)
+
+
 def test_stride1_same_conv_is_centred():
     x = torch.arange(1, 26, dtype=torch.float32).view(1, 1, 5, 5)
     out = _tap_conv(5, 1, (2, 2))(x)  # centre tap of a 5x5 kernel: identity

@@ -1,8 +1,8 @@
 """Embedding: the only layer that imports torch models."""
 
 from .backbones import Backbone, BackboneError, Preprocess, load_backbone, resolve_device
-from .extract import EmbeddedBatch, embed_arrays, embed_files, one_core_spared, resize_for_model
+from .extract import EmbeddedBatch, embed_arrays, embed_files, resize_for_model
 from .store import Embeddings, embed_folder
 
 __all__ = ["Backbone", "BackboneError", "Preprocess", "load_backbone", "resolve_device", "EmbeddedBatch",
-           "embed_arrays", "embed_files", "one_core_spared", "resize_for_model", "Embeddings", "embed_folder"]
+           "embed_arrays", "embed_files", "resize_for_model", "Embeddings", "embed_folder"]

