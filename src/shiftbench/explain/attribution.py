@@ -33,9 +33,9 @@ those explain it, else ``content`` (steel of another plant, stretched to the tra
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
 neighbour on both sides also gets that neighbour resized to its pixel size as a
 resolution counterfactual: the same view through a lower-resolution camera. A camera
-tilted against the surface foreshortens it, which a rotation cannot give a texture: the
-neighbour whose stretched gradient orientations best match ``x``'s (:func:`~.pose.stretched_pose`)
-is also seen through that stretched pose (one such counterfactual per image, for cost).
+tilted against the surface foreshortens it, which a rotation cannot give a texture: each
+neighbour is also seen through the stretched pose after which its gradient orientations best
+match ``x``'s (:func:`~.pose.stretched_pose`), where one matches better than none.
 
 Two counterfactuals are held to a stricter bar, since they fit more than their cause:
 that resized neighbour (another line's images, resized, come closer by their texture's
@@ -90,7 +90,6 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
     rotations = []
     known = optics_known or [None] * len(neighbours)
     x_cache: dict = {}  # x's own features, orientations, spectrum: computed once for all neighbours
-    best_stretch = None  # (neighbour, pose, similarity) of the stretch that matches x's orientations best
     for i, n in enumerate(neighbours):
         out["lighting"].append((relight_like(n, x, x_cache), "relit"))
         pose = estimate_pose(n, x, x_cache)
@@ -104,8 +103,8 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             # with a misread zoom explains nothing)
             out["angle"].append(apply_pose(n, pose, zoom=False))
         stretched = stretched_pose(n, x, pose, x_cache)
-        if stretched is not None and (best_stretch is None or stretched[1] > best_stretch[2]):
-            best_stretch = (n, *stretched)
+        if stretched is not None:
+            out["angle"].append(apply_pose(n, stretched[0]))
         degraded, how = degrade_like(n, x_meas, scale, known[i])
         if degraded is not n:
             out["resolution"].append((degraded, how))
@@ -115,8 +114,6 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             out["resolution"].append((views(small, x.whole.shape[:2]), f"resized to {x.shape[1]}x{x.shape[0]}"))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
-    if best_stretch is not None:  # one, for the embeddings' cost: the neighbour whose stretch fits best
-        out["angle"].append(apply_pose(*best_stretch[:2]))
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 
@@ -277,7 +274,7 @@ def _neighbours(scorer: FusedKNNScorer, features: np.ndarray, n: int) -> list[li
 
 def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, train_root: str | Path,
               train_paths: np.ndarray, scorer: FusedKNNScorer, backbone: Backbone, conditions: dict,
-              n_neighbours: int = 2, new_size: np.ndarray | None = None, progress=None) -> pd.DataFrame:
+              n_neighbours: int = 3, new_size: np.ndarray | None = None, progress=None) -> pd.DataFrame:
     """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
 
     ``features`` (N, D) are their features with the conditions view;
