@@ -18,6 +18,11 @@ format does not give the family away. Same seed, same benchmark.
 ``--line xsdd`` swaps the lines: half of each X-SDD class trains, held-out X-SDD images
 are shown clean and shifted, and NEU images are the other line (content).
 
+``--content-size train`` resizes the other line's images to the lab line's pixel size
+(``cv2.INTER_AREA`` down, ``INTER_CUBIC`` up), as a plant whose pipeline resizes every
+camera's images to the model's size would: then their pixel size tells nothing. The
+content variant is named ``<line>@<w>x<h>``.
+
 ``--mosaic K`` builds it from larger images with native detail instead (a factory
 camera gives more than 200 px; upsampling would give no detail at the pixel scale):
 K x K mosaics of same-class NEU images (K x 200 px) and (K + 1) x (K + 1) mosaics of
@@ -129,10 +134,12 @@ LINES = {"neu": ("neu_det", "x_sdd"), "xsdd": ("x_sdd", "neu_det")}  # lab line,
 
 
 def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
-          n_shift: int = 200, n_content: int = 200, strength: float = 1.0, line: str = "neu") -> Path:
+          n_shift: int = 200, n_content: int = 200, strength: float = 1.0, line: str = "neu",
+          content_size: str = "native") -> Path:
     """Write the benchmark into ``out`` (replaced if present); see the module docstring and
     :func:`_variants` for ``strength``. ``line``: which data set is the lab's (:data:`LINES`);
-    ``n_train`` 0 takes half of each class (X-SDD's classes hold 63-397 images)."""
+    ``n_train`` 0 takes half of each class (X-SDD's classes hold 63-397 images); ``content_size``
+    ``train`` resizes the other line's images to the first training image's size."""
     rng = np.random.default_rng(seed)
     lab, other = (_images(data / name / "images") for name in LINES[line])
     if out.exists():
@@ -178,9 +185,19 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
             t.set_random_seed(int(rng.integers(1 << 31)))
             put(t(image=load(f))["image"], family, variant, params, f, cls)
     content = [(cls, f) for cls, files in other.items() for f in files]
+    size = None
+    if content_size == "train":
+        h, w = load(next(iter(lab.values()))[0]).shape[:2]
+        size = (w, h)
     for i in rng.choice(len(content), min(n_content, len(content)), replace=False):
         cls, f = content[i]
-        put(load(f), "content", LINES[line][1], {}, f, cls)
+        img = load(f)
+        if size is None:
+            put(img, "content", LINES[line][1], {}, f, cls)
+            continue
+        up = size[0] * size[1] > img.shape[0] * img.shape[1]
+        img = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC if up else cv2.INTER_AREA)
+        put(img, "content", f"{LINES[line][1]}@{size[0]}x{size[1]}", {"resized_to": list(size)}, f, cls)
     pd.DataFrame(rows).to_csv(out / "truth.csv", index=False)
     return out
 
@@ -215,6 +232,8 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
                     help="build from K x K mosaics (larger images with native detail; see steel_bench.py)")
     ap.add_argument("--line", choices=sorted(LINES), default="neu",
                     help="the lab's line: neu (default; X-SDD is the other line) or xsdd (NEU is the other line)")
+    ap.add_argument("--content-size", choices=["native", "train"], default="native",
+                    help="the other line's images at their own pixel size (default) or resized to the lab's")
     ap.add_argument("--json", type=Path, help="write all figures here")
     return ap
 
@@ -226,9 +245,13 @@ def ensure_built(a: argparse.Namespace) -> Path:
     line = getattr(a, "line", "neu")
     if line != "neu" and getattr(a, "mosaic", 0) > 1:
         raise SystemExit("--mosaic builds the NEU line only")
+    if getattr(a, "mosaic", 0) > 1 and getattr(a, "content_size", "native") != "native":
+        raise SystemExit("--content-size train builds the native-size lines only, not --mosaic")
     if (a.bench / "truth.csv").is_file() and not a.rebuild:
         other = pd.read_csv(a.bench / "truth.csv").query("family == 'content'")["variant"]
-        if len(other) and other.iloc[0] != LINES[line][1]:
+        want = LINES[line][1]
+        if len(other) and (other.iloc[0].split("@")[0] != want
+                           or ("@" in other.iloc[0]) != (getattr(a, "content_size", "native") == "train")):
             raise SystemExit(f"{a.bench} holds another line's benchmark (content: {other.iloc[0]}); "
                              f"pass --rebuild or another --bench")
     if a.rebuild or not (a.bench / "truth.csv").is_file():
@@ -237,9 +260,9 @@ def ensure_built(a: argparse.Namespace) -> Path:
             data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
             build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
         elif line == "xsdd":  # 7 classes of 63-397 images: half of each trains
-            build(a.data, a.bench, a.seed, n_train=0, n_clean=25, line="xsdd")
+            build(a.data, a.bench, a.seed, n_train=0, n_clean=25, line="xsdd", content_size=a.content_size)
         else:
-            build(a.data, a.bench, a.seed)
+            build(a.data, a.bench, a.seed, content_size=a.content_size)
     return a.bench
 
 
