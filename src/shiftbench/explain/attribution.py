@@ -306,6 +306,8 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     rows = []
     # A block of images at a time: their counterfactuals are made in parallel (OpenCV and numpy
     # release the GIL; mostly single-threaded work), then embedded together with all of torch's threads.
+    # Threads share optics_known, whose entries depend only on the training image and the candidate:
+    # whichever thread measures one first, the result is the same.
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
         for lo in range(0, len(table), BLOCK):
             block = list(range(lo, min(lo + BLOCK, len(table))))
