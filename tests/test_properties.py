@@ -577,3 +577,15 @@ def test_register_cleanup_left_registry_alone():
     assert "red_mean" not in M.MEASURES
     assert {"lighting", "optics", "geometry", "pipeline"} <= set(M.MEASURES)
     assert "red_mean" not in M.measure(np.full((8, 8, 3), 50, np.uint8))
+
+
+@pytest.mark.parametrize("h, w", [(200, 200), (199, 200), (200, 199), (37, 64), (8, 9), (1, 6), (6, 1), (2, 2)])
+def test_packed_spectrum_weights_sum_the_rfft2_power(h, w):
+    """optics sums its spectrum from OpenCV's packed real DFT: the same sums numpy's rfft2 gives."""
+    x = np.random.default_rng(h * 1000 + w).standard_normal((h, w)).astype(np.float32)
+    _, every, high = M._window_and_weights(h, w)
+    packed = cv2.dft(x).astype(np.float64) ** 2
+    power = np.abs(np.fft.rfft2(x.astype(np.float64))) ** 2
+    mask = np.maximum(np.fft.rfftfreq(w)[None, :], np.abs(np.fft.fftfreq(h))[:, None]) > 0.25
+    np.testing.assert_allclose((packed * every).sum(), power.sum(), rtol=1e-5)
+    np.testing.assert_allclose((packed * high).sum(), power[mask].sum(), rtol=1e-5, atol=1e-6)
