@@ -210,8 +210,8 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     lo = min(c["params"]["rotate"][0] for c in children)
     hi = max(c["params"]["rotate"][1] for c in children)
     signs = "both signs seen" if lo < 0 < hi else "one sign seen"
-    # Perspective is not added: the scan's stretch (tilt) estimates come from one counterfactual per
-    # image and have not been measured as a range on the fine-tuning benchmark.
+    # Perspective is not added: the scan's stretch (tilt) estimates (how_angle "stretch A along D")
+    # have not been measured as a range on the fine-tuning benchmark.
     return [_one_of("angle", children,
                     f"{'; '.join(whys)} ({signs}; one Affine per cluster or mode, chosen by size)", p)]
 

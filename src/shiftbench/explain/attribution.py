@@ -315,8 +315,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
             made = [p[3] for p in prepared if not isinstance(p, str)]
             feats = _embed([v for flat, _, _ in made for _, v, _ in flat], backbone, conditions,
                            [m for _, measures, _ in made for m in measures]) if made else None
-            ends = np.cumsum([len(flat) for flat, _, _ in made])
-            k = 0
+            per_image = iter(np.split(feats, np.cumsum([len(flat) for flat, _, _ in made])[:-1]) if made else [])
             for j, current in zip(block, prepared):
                 if isinstance(current, str):
                     rows.append({"cause": "unknown", "confidence": 0.0, "how_lighting": current})
@@ -324,8 +323,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
                 x, nbrs, x_meas, mine = current
                 rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
                                           backbone, conditions, made=mine, new_size=bool(new_size[j]),
-                                          made_features=feats[ends[k] - len(mine[0]):ends[k]]))
-                k += 1
+                                          made_features=next(per_image)))
                 if progress:
                     progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
