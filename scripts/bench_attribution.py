@@ -75,7 +75,7 @@ def main() -> None:
     for card in res.summary["clusters"]:
         print(f"  cluster {card['cluster']}: {card['size']} images, {card['cause']} {card['causes']}; "
               + "; ".join(card["change"]))
-    score_py = a.data.parent / "eval" / "score.py"
+    score_py = steel_bench.score_script(a.data)
     figures = {"shiftbench": score(score_py, a.bench, out), "timings_s": t, "clusters": res.summary["clusters"]}
 
     if not a.no_baseline:

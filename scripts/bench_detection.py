@@ -59,7 +59,7 @@ def main() -> None:
     res = shiftbench.scan(a.bench / "prod", workspace=ws, out=out)
     t2 = time.perf_counter()
     print(f"index {t1 - t0:.1f}s, scan {t2 - t1:.1f}s ({len(res.table)} images)")
-    score_py = a.data.parent / "eval" / "score.py"
+    score_py = steel_bench.score_script(a.data)
     subprocess.run([sys.executable, str(score_py), "--bench", str(a.bench), "--scan", str(out)], check=True)
 
     # Re-score the same features with other k, from the bank and the scan's cache.

@@ -18,6 +18,10 @@ format does not give the family away. Same seed, same benchmark.
 ``--line xsdd`` swaps the lines: half of each X-SDD class trains, held-out X-SDD images
 are shown clean and shifted, and NEU images are the other line (content).
 
+``--line LAB:OTHER`` takes any two data sets laid out like those (``--data``/NAME/images/<class>/),
+e.g. procedurally rendered colour parts (``python datasets/factory.py``) against X-SDD steel:
+images of another kind than steel, with the same shifts (half of each class trains).
+
 ``--content-size train`` resizes the other line's images to the lab line's pixel size
 (``cv2.INTER_AREA`` down, ``INTER_CUBIC`` up), as a plant whose pipeline resizes every
 camera's images to the model's size would: then their pixel size tells nothing. The
@@ -133,6 +137,11 @@ def _name(seed: int, i: int) -> str:
 LINES = {"neu": ("neu_det", "x_sdd"), "xsdd": ("x_sdd", "neu_det")}  # lab line, another line (content)
 
 
+def line_sets(line: str) -> tuple[str, str]:
+    """(lab, other) data set names of ``line``: a key of :data:`LINES` or ``LAB:OTHER``."""
+    return LINES[line] if line in LINES else tuple(line.split(":", 1))
+
+
 def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
           n_shift: int = 200, n_content: int = 200, strength: float = 1.0, line: str = "neu",
           content_size: str = "native") -> Path:
@@ -141,7 +150,7 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
     ``n_train`` 0 takes half of each class (X-SDD's classes hold 63-397 images); ``content_size``
     ``train`` resizes the other line's images to the first training image's size."""
     rng = np.random.default_rng(seed)
-    lab, other = (_images(data / name / "images") for name in LINES[line])
+    lab, other = (_images(data / name / "images") for name in line_sets(line))
     if out.exists():
         shutil.rmtree(out)
     (out / "prod").mkdir(parents=True)
@@ -193,11 +202,11 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
         cls, f = content[i]
         img = load(f)
         if size is None:
-            put(img, "content", LINES[line][1], {}, f, cls)
+            put(img, "content", line_sets(line)[1], {}, f, cls)
             continue
         up = size[0] * size[1] > img.shape[0] * img.shape[1]
         img = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC if up else cv2.INTER_AREA)
-        put(img, "content", f"{LINES[line][1]}@{size[0]}x{size[1]}", {"resized_to": list(size)}, f, cls)
+        put(img, "content", f"{line_sets(line)[1]}@{size[0]}x{size[1]}", {"resized_to": list(size)}, f, cls)
     pd.DataFrame(rows).to_csv(out / "truth.csv", index=False)
     return out
 
@@ -221,17 +230,33 @@ def mosaics(data: Path, out: Path, k: int, seed: int = 0) -> Path:
     return out
 
 
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def score_script(data: Path) -> Path:
+    """``eval/score.py`` beside ``data`` (``../shared/data``), else the shared folder's."""
+    beside = data.parent / "eval" / "score.py"
+    return beside if beside.is_file() else SHARED / "eval" / "score.py"
+
+
+def _line(value: str) -> str:
+    if value in LINES or (value.count(":") == 1 and all(value.split(":"))):
+        return value
+    raise argparse.ArgumentTypeError(f"expected one of {sorted(LINES)} or LAB:OTHER, got {value!r}")
+
+
 def bench_parser(doc: str) -> argparse.ArgumentParser:
     """The options every steel benchmark script shares: --bench, --data, --seed, --rebuild, --json."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", type=Path, default=Path("/tmp/steel_bench"))
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=SHARED / "data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--mosaic", type=int, default=0, metavar="K",
                     help="build from K x K mosaics (larger images with native detail; see steel_bench.py)")
-    ap.add_argument("--line", choices=sorted(LINES), default="neu",
-                    help="the lab's line: neu (default; X-SDD is the other line) or xsdd (NEU is the other line)")
+    ap.add_argument("--line", default="neu", type=_line,
+                    help="the lab's line: neu (default; X-SDD is the other line), xsdd (NEU is the other line) "
+                         "or LAB:OTHER, two data sets under --data")
     ap.add_argument("--content-size", choices=["native", "train"], default="native",
                     help="the other line's images at their own pixel size (default) or resized to the lab's")
     ap.add_argument("--json", type=Path, help="write all figures here")
@@ -240,16 +265,17 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
 
 def ensure_built(a: argparse.Namespace) -> Path:
     """Build the benchmark of ``a`` (parsed :func:`bench_parser` options) unless it exists."""
-    if not (a.data / "neu_det").is_dir():
-        raise SystemExit(f"no steel data at {a.data} (see ../shared/data/README.md)")
     line = getattr(a, "line", "neu")
+    missing = [name for name in line_sets(line) if not (a.data / name / "images").is_dir()]
+    if missing:
+        raise SystemExit(f"no {' or '.join(missing)} images at {a.data} (see ../shared/data/README.md)")
     if line != "neu" and getattr(a, "mosaic", 0) > 1:
         raise SystemExit("--mosaic builds the NEU line only")
     if getattr(a, "mosaic", 0) > 1 and getattr(a, "content_size", "native") != "native":
         raise SystemExit("--content-size train builds the native-size lines only, not --mosaic")
     if (a.bench / "truth.csv").is_file() and not a.rebuild:
         other = pd.read_csv(a.bench / "truth.csv").query("family == 'content'")["variant"]
-        want = LINES[line][1]
+        want = line_sets(line)[1]
         if len(other) and (other.iloc[0].split("@")[0] != want
                            or ("@" in other.iloc[0]) != (getattr(a, "content_size", "native") == "train")):
             raise SystemExit(f"{a.bench} holds another line's benchmark (content: {other.iloc[0]}); "
@@ -259,8 +285,10 @@ def ensure_built(a: argparse.Namespace) -> Path:
             k2 = a.mosaic ** 2
             data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
             build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
-        elif line == "xsdd":  # 7 classes of 63-397 images: half of each trains
-            build(a.data, a.bench, a.seed, n_train=0, n_clean=25, line="xsdd", content_size=a.content_size)
+        elif line != "neu":  # X-SDD's 7 classes hold 63-397 images: half of each trains
+            n_classes = len(_images(a.data / line_sets(line)[0] / "images"))
+            build(a.data, a.bench, a.seed, n_train=0, n_clean=max(25, 200 // n_classes), line=line,
+                  content_size=a.content_size)
         else:
             build(a.data, a.bench, a.seed, content_size=a.content_size)
     return a.bench
@@ -269,7 +297,7 @@ def ensure_built(a: argparse.Namespace) -> Path:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=SHARED / "data")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if not (a.data / "neu_det").is_dir():

@@ -53,6 +53,27 @@ def test_relight_gives_the_reference_brightness_and_gradient():
     assert abs(out["illum_direction"] - want["illum_direction"]) < 20
 
 
+def part_on_belt(seed: int, size: int = 128) -> np.ndarray:
+    """A bright plate with a hole in the middle of a dark textured belt (a structured scene)."""
+    g = 40 + 0.3 * (texture(seed, size)[..., 0].astype(np.float32) - 128)
+    q = size // 4
+    g[q:size - q, q:size - q] = 190 + 0.2 * (g[q:size - q, q:size - q] - 40)
+    cv2.circle(g, (size // 2, size // 2), size // 10, 35.0, -1)
+    return np.repeat(np.clip(g, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_relighting_a_part_back_paints_no_vignette():
+    """A part in the middle of the frame is not uneven light: relit to its own scene's lighting,
+    a gamma-brightened copy comes back everywhere, corners included (a curved illumination
+    surface fitted the bright part, and moving it darkened the corners and burnt the centre)."""
+    scene = part_on_belt(0)
+    x = (255 * (scene / 255.0) ** 0.45).astype(np.uint8)
+    back = relight_like(views(x), views(scene)).whole.astype(np.float32)
+    err = np.abs(back - scene)
+    corners = np.concatenate([err[:16, :16].ravel(), err[-16:, -16:].ravel()])
+    assert err.mean() < 4.0 and corners.mean() < 4.0, (err.mean(), corners.mean())
+
+
 @pytest.mark.parametrize("deg", [-25.0, 12.0, 30.0])
 def test_rotation_between_two_samples_of_a_texture(deg):
     est, conf = rotation_between(texture(0), rotate(texture(1), deg))
