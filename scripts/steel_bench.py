@@ -22,6 +22,10 @@ are shown clean and shifted, and NEU images are the other line (content).
 e.g. procedurally rendered colour parts (``python datasets/factory.py``) against X-SDD steel:
 images of another kind than steel, with the same shifts (half of each class trains).
 
+``--variants unseen`` shifts with other transformations of each family (colour cast, vignette,
+harsher contrast; camera moved away, shear, turned and closer; sensor noise, defocus, nearest-
+neighbour resize): none of them was used to tune attribution.
+
 ``--content-size train`` resizes the other line's images to the lab line's pixel size
 (``cv2.INTER_AREA`` down, ``INTER_CUBIC`` up), as a plant whose pipeline resizes every
 camera's images to the model's size would: then their pixel size tells nothing. The
@@ -125,6 +129,70 @@ def _variants(rng: np.random.Generator, strength: float = 1.0) -> dict[str, dict
             "resolution": {"downscale": downscale, "blur": blur, "jpeg": jpeg, "motion_blur": motion}}
 
 
+def _unseen_variants(rng: np.random.Generator, strength: float = 1.0) -> dict[str, dict]:
+    """Other shifts of the same families, none of which attribution was tuned on (``--variants
+    unseen``): a warm or cool colour cast, a vignette and a harsher tone curve; a camera moved
+    away, a pure shear and a turned camera moved closer; sensor noise, a defocused lens and a
+    nearest-neighbour resize. ``strength`` as in :func:`_variants`."""
+    k = float(strength)
+
+    def u(lo, hi):
+        return float(rng.uniform(lo, hi))
+
+    def sign():
+        return float(rng.choice([-1.0, 1.0]))
+
+    def cast():
+        c = sign() * k * u(15, 30)  # warm (red up, blue down) or cool
+        return A.RGBShift((c, c), (0, 0), (-c, -c), p=1), {"red_minus_blue": 2 * c}
+
+    def vignette():  # albumentations' Illumination stops at 0.2: darker corners drawn here
+        i = min(k * u(0.3, 0.5), 0.9)
+
+        def darken(img, **_):
+            h, w = img.shape[:2]
+            y, x = np.ogrid[-1:1:h * 1j, -1:1:w * 1j]
+            gain = 1 - i * (x * x + y * y) / 2  # 1 in the centre, 1 - i in the corners
+            return np.clip(img * gain[..., None], 0, 255).astype(np.uint8)
+        return A.Lambda(image=darken, p=1), {"intensity": i}
+
+    def tone_curve():
+        c = min(k * u(0.35, 0.6), 0.9)
+        return A.RandomBrightnessContrast((0, 0), (c, c), p=1), {"contrast": c}
+
+    def zoom_out():
+        z = u(0.72, 0.85) ** k
+        return A.Affine(scale=(z, z), border_mode=REFLECT, p=1), {"zoom": z}
+
+    def shear():
+        sh = sign() * k * u(10, 18)
+        return A.Affine(shear={"x": (sh, sh), "y": (0, 0)}, border_mode=REFLECT, p=1), {"shear_x": sh}
+
+    def turn_closer():
+        r, z = sign() * k * u(6, 15), u(1.1, 1.25) ** k
+        return A.Affine(rotate=(r, r), scale=(z, z), border_mode=REFLECT, p=1), {"rotate": r, "zoom": z}
+
+    def noise():
+        sd = min(k * u(0.04, 0.08), 0.5)
+        return A.GaussNoise(std_range=(sd, sd), per_channel=False, p=1), {"std": sd}
+
+    def defocus():
+        r = max(1, round(k * u(2.5, 4.5)))
+        return A.Defocus(radius=(r, r), alias_blur=(0.1, 0.1), p=1), {"radius": r}
+
+    def nearest():
+        s = u(0.3, 0.5) ** k
+        return A.Downscale((s, s), interpolation_pair={"downscale": cv2.INTER_NEAREST,
+                                                       "upscale": cv2.INTER_NEAREST}, p=1), {"scale": s}
+
+    return {"lighting": {"cast": cast, "vignette": vignette, "tone_curve": tone_curve},
+            "angle": {"zoom_out": zoom_out, "shear": shear, "turn_closer": turn_closer},
+            "resolution": {"noise": noise, "defocus": defocus, "nearest": nearest}}
+
+
+VARIANTS = {"default": _variants, "unseen": _unseen_variants}
+
+
 def _images(folder: Path) -> dict[str, list[Path]]:
     return {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".png", ".bmp"))
             for d in sorted(folder.iterdir()) if d.is_dir()}
@@ -144,11 +212,12 @@ def line_sets(line: str) -> tuple[str, str]:
 
 def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int = 50,
           n_shift: int = 200, n_content: int = 200, strength: float = 1.0, line: str = "neu",
-          content_size: str = "native") -> Path:
+          content_size: str = "native", variants: str = "default") -> Path:
     """Write the benchmark into ``out`` (replaced if present); see the module docstring and
     :func:`_variants` for ``strength``. ``line``: which data set is the lab's (:data:`LINES`);
     ``n_train`` 0 takes half of each class (X-SDD's classes hold 63-397 images); ``content_size``
-    ``train`` resizes the other line's images to the first training image's size."""
+    ``train`` resizes the other line's images to the first training image's size; ``variants``: the
+    shifts (:data:`VARIANTS`)."""
     rng = np.random.default_rng(seed)
     lab, other = (_images(data / name / "images") for name in line_sets(line))
     if out.exists():
@@ -184,11 +253,11 @@ def build(data: Path, out: Path, seed: int = 0, n_train: int = 150, n_clean: int
             put(load(f), "none", "none", {}, f, cls)
         else:
             pool.append((cls, f))
-    variants = _variants(rng, strength)
-    for family, fam_variants in variants.items():
+    shifts = VARIANTS[variants](rng, strength)
+    for family, fam_variants in shifts.items():
         names = list(fam_variants)
         for j in range(n_shift):
-            cls, f = pool[(j + 997 * list(variants).index(family)) % len(pool)]
+            cls, f = pool[(j + 997 * list(shifts).index(family)) % len(pool)]
             variant = names[j % len(names)]
             t, params = fam_variants[variant]()
             t.set_random_seed(int(rng.integers(1 << 31)))
@@ -259,6 +328,8 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
                          "or LAB:OTHER, two data sets under --data")
     ap.add_argument("--content-size", choices=["native", "train"], default="native",
                     help="the other line's images at their own pixel size (default) or resized to the lab's")
+    ap.add_argument("--variants", choices=sorted(VARIANTS), default="default",
+                    help="the shifts: default, or unseen (other shifts of each family; see steel_bench.py)")
     ap.add_argument("--json", type=Path, help="write all figures here")
     return ap
 
@@ -280,17 +351,23 @@ def ensure_built(a: argparse.Namespace) -> Path:
                            or ("@" in other.iloc[0]) != (getattr(a, "content_size", "native") == "train")):
             raise SystemExit(f"{a.bench} holds another line's benchmark (content: {other.iloc[0]}); "
                              f"pass --rebuild or another --bench")
+        names = {n for fam in VARIANTS[getattr(a, "variants", "default")](np.random.default_rng(0)).values() for n in fam}
+        shifted = set(pd.read_csv(a.bench / "truth.csv").query("family in ['lighting', 'angle', 'resolution']")["variant"])
+        if shifted - names:
+            raise SystemExit(f"{a.bench} holds other shifts ({', '.join(sorted(shifted - names))}); "
+                             f"pass --rebuild or another --bench")
     if a.rebuild or not (a.bench / "truth.csv").is_file():
+        variants = getattr(a, "variants", "default")
         if getattr(a, "mosaic", 0) > 1:
             k2 = a.mosaic ** 2
             data = mosaics(a.data, a.bench.parent / f"{a.bench.name}_mosaic{a.mosaic}_data", a.mosaic)
-            build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150)
+            build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150, variants=variants)
         elif line != "neu":  # X-SDD's 7 classes hold 63-397 images: half of each trains
             n_classes = len(_images(a.data / line_sets(line)[0] / "images"))
             build(a.data, a.bench, a.seed, n_train=0, n_clean=max(25, 200 // n_classes), line=line,
-                  content_size=a.content_size)
+                  content_size=a.content_size, variants=variants)
         else:
-            build(a.data, a.bench, a.seed, content_size=a.content_size)
+            build(a.data, a.bench, a.seed, content_size=a.content_size, variants=variants)
     return a.bench
 
 

@@ -276,17 +276,47 @@ def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
 
 
 def test_degrade_like_does_not_low_pass_towards_a_sharper_image():
-    """A reference sharper than the neighbour cannot be explained by blurring it: only JPEG is tried."""
+    """A reference sharper than the neighbour cannot be explained by blurring it: only blocky
+    candidates (a nearest-neighbour resize, JPEG) are tried."""
     soft, sharp = cv2.GaussianBlur(texture(0, angle=60), (0, 0), 1.5), texture(1, angle=60)
     ref = {**measure(sharp), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     known: dict = {}
     out, how = degrade_like(views(soft), ref, scale, known)
-    assert set(known) == {"none", "jpeg 5", "jpeg 10", "jpeg 20", "jpeg 40"}
-    assert how.split()[0] in ("none", "jpeg")
+    assert set(known) == {"none", *iv_blocky()}
+    assert how.split()[0] in ("none", "jpeg", "pixelate")
     # the other way round, the full search runs and finds a blur
     assert degrade_like(views(sharp), {**measure(soft), "blur_direction": 0.0}, scale)[1].split()[0] in ("blur",
                                                                                                        "downscale")
+
+
+def iv_blocky() -> tuple[str, ...]:
+    import shiftbench.explain.interventions as iv
+    return iv.BLOCKY
+
+
+def test_degrade_like_finds_a_nearest_neighbour_resize():
+    """A texture shown at a third of its pixels, repeated (a resize by nearest neighbour), is
+    matched by pixelating the neighbour, not by blurring it."""
+    import shiftbench.explain.interventions as iv
+
+    src, other = texture(0, angle=60), texture(1, angle=60)
+    x = iv.degrade(other, "pixelate 0.35")
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    out, how = degrade_like(views(src), {**measure(x), "blur_direction": 0.0}, scale)
+    assert how.startswith("pixelate"), how
+
+
+def test_noise_added_to_a_grey_image_stays_grey():
+    """A monochrome camera's noise is the same in every channel: a counterfactual gets no colour speckle."""
+    import shiftbench.explain.interventions as iv
+
+    grey, colour = texture(0), texture(0).copy()
+    colour[..., 0] = np.clip(colour[..., 0].astype(int) + 20, 0, 255)
+    noisy = iv._add_noise(grey, 12.0)
+    assert (noisy == noisy[..., :1]).all() and np.abs(noisy.astype(float) - grey).mean() > 5
+    noisy = iv._add_noise(colour, 12.0)
+    assert not (noisy[..., 1] == noisy[..., 2]).all()
 
 
 def test_every_named_degradation_can_be_made_and_others_are_refused():

@@ -132,12 +132,14 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 LOW_PASS = tuple([f"blur {s}" for s in (0.6, 0.9, 1.2, 1.6, 2.0, 2.6, 3.4, 4.5)]
                  + [f"downscale {f}" for f in (0.2, 0.3, 0.4, 0.5, 0.65, 0.8)]
                  + [f"motion {n}" for n in (5, 9, 13, 17)])
-DEGRADATIONS = ("none", *LOW_PASS, *(f"jpeg {q}" for q in (5, 10, 20, 40)))
+# tried whatever the sharpness: hard block edges can read sharper than the image itself
+BLOCKY = tuple([f"pixelate {f}" for f in (0.25, 0.35, 0.5)] + [f"jpeg {q}" for q in (5, 10, 20, 40)])
+DEGRADATIONS = ("none", *LOW_PASS, *BLOCKY)
 
 
 def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarray:
-    """``src`` under one named candidate degradation (blur, lower resolution, motion, compression)
-    of :data:`DEGRADATIONS`, e.g. ``"blur 2.0"`` or ``"jpeg 10"``."""
+    """``src`` under one named candidate degradation (blur, lower resolution, motion, compression,
+    a nearest-neighbour resize) of :data:`DEGRADATIONS`, e.g. ``"blur 2.0"`` or ``"jpeg 10"``."""
     kind, _, value = name.partition(" ")
     h, w = src.shape[:2]
     if kind == "none":
@@ -150,6 +152,10 @@ def degrade(src: np.ndarray, name: str, blur_direction: float = 0.0) -> np.ndarr
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     if kind == "motion":
         return cv2.filter2D(src, -1, _motion_kernel(int(value), blur_direction), borderType=REFLECT)
+    if kind == "pixelate":  # fewer pixels shown by repeating them: blocks with hard edges
+        f = float(value)
+        small = cv2.resize(src, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_NEAREST)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     if kind == "jpeg":
         return _jpeg(src, int(value))
     raise ValueError(f"unknown degradation {name!r}")
@@ -172,13 +178,17 @@ def _degrade_whole(v: Views, name: str, blur_direction: float) -> np.ndarray:
     if kind == "motion":
         length = round(int(value) * np.sqrt(sx * sy))
         return degrade(v.whole, f"motion {length}", blur_direction) if length >= 2 else v.whole
-    if kind == "jpeg" and v.image is not None:  # 8x8 blocks are a full-resolution artefact: made there
+    if kind in ("jpeg", "pixelate") and v.image is not None:  # blocks are full-resolution artefacts: made there
         return cv2.resize(degrade(v.image, name), (ww, wh), interpolation=cv2.INTER_AREA)
     return degrade(v.whole, name, blur_direction)
 
 
 def _add_noise(img: np.ndarray, sigma: float) -> np.ndarray:
-    noise = np.random.default_rng(0).normal(0, sigma, img.shape)
+    """``img`` with Gaussian noise of ``sigma`` grey levels: one noise for all channels of a grey
+    image (a monochrome sensor's; noise per channel would add colour speckle it never shows)."""
+    rng = np.random.default_rng(0)
+    grey = img.ndim == 3 and (img == img[..., :1]).all()
+    noise = rng.normal(0, sigma, img.shape[:2] + (1,) if grey else img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
@@ -196,7 +206,8 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
 
     Blur, downscaling and motion blur only lower sharpness and high-frequency energy,
     so they are not tried when the reference is at least as sharp as ``src`` on both:
-    nothing low-passed can explain a sharper image (and the search is cut to JPEG).
+    nothing low-passed can explain a sharper image (and the search is cut to blocky
+    candidates: a nearest-neighbour resize and JPEG).
     Candidates are measured on ``src``'s crop, as ``ref_measures`` were on the
     reference's; the chosen one is then made on the crop and, scaled, on the whole.
     """
