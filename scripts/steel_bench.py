@@ -364,7 +364,8 @@ def ensure_built(a: argparse.Namespace) -> Path:
             build(data, a.bench, a.seed, n_train=-(-150 // k2), n_clean=-(-50 // k2), n_content=150, variants=variants)
         elif line != "neu":  # X-SDD's 7 classes hold 63-397 images: half of each trains
             n_classes = len(_images(a.data / line_sets(line)[0] / "images"))
-            build(a.data, a.bench, a.seed, n_train=0, n_clean=max(25, 200 // n_classes), line=line,
+            n_clean = 25 if line == "xsdd" else max(25, 200 // n_classes)  # about 200 clean images
+            build(a.data, a.bench, a.seed, n_train=0, n_clean=n_clean, line=line,
                   content_size=a.content_size, variants=variants)
         else:
             build(a.data, a.bench, a.seed, content_size=a.content_size, variants=variants)
