@@ -56,6 +56,11 @@ import pandas as pd  # noqa: E402
 REFLECT = cv2.BORDER_REFLECT_101
 
 
+def _draws(rng: np.random.Generator):
+    """``u(lo, hi)``, a uniform float, and ``sign()``, -1.0 or 1.0, drawn from ``rng``."""
+    return (lambda lo, hi: float(rng.uniform(lo, hi))), (lambda: float(rng.choice([-1.0, 1.0])))
+
+
 def _variants(rng: np.random.Generator, strength: float = 1.0) -> dict[str, dict]:
     """family -> variant -> function(rng) returning (albumentations transform, params).
 
@@ -64,12 +69,7 @@ def _variants(rng: np.random.Generator, strength: float = 1.0) -> dict[str, dict
     sigma, motion kernel, JPEG quality divided); 1 is the default benchmark.
     """
     k = float(strength)
-
-    def u(lo, hi):
-        return float(rng.uniform(lo, hi))
-
-    def sign():
-        return float(rng.choice([-1.0, 1.0]))
+    u, sign = _draws(rng)
 
     def dark():
         b = max(k * u(-0.45, -0.25), -0.9)
@@ -135,12 +135,7 @@ def _unseen_variants(rng: np.random.Generator, strength: float = 1.0) -> dict[st
     away, a pure shear and a turned camera moved closer; sensor noise, a defocused lens and a
     nearest-neighbour resize. ``strength`` as in :func:`_variants`."""
     k = float(strength)
-
-    def u(lo, hi):
-        return float(rng.uniform(lo, hi))
-
-    def sign():
-        return float(rng.choice([-1.0, 1.0]))
+    u, sign = _draws(rng)
 
     def cast():
         c = sign() * k * u(15, 30)  # warm (red up, blue down) or cool
@@ -345,14 +340,15 @@ def ensure_built(a: argparse.Namespace) -> Path:
     if getattr(a, "mosaic", 0) > 1 and getattr(a, "content_size", "native") != "native":
         raise SystemExit("--content-size train builds the native-size lines only, not --mosaic")
     if (a.bench / "truth.csv").is_file() and not a.rebuild:
-        other = pd.read_csv(a.bench / "truth.csv").query("family == 'content'")["variant"]
+        truth = pd.read_csv(a.bench / "truth.csv")
+        other = truth.query("family == 'content'")["variant"]
         want = line_sets(line)[1]
         if len(other) and (other.iloc[0].split("@")[0] != want
                            or ("@" in other.iloc[0]) != (getattr(a, "content_size", "native") == "train")):
             raise SystemExit(f"{a.bench} holds another line's benchmark (content: {other.iloc[0]}); "
                              f"pass --rebuild or another --bench")
         names = {n for fam in VARIANTS[getattr(a, "variants", "default")](np.random.default_rng(0)).values() for n in fam}
-        shifted = set(pd.read_csv(a.bench / "truth.csv").query("family in ['lighting', 'angle', 'resolution']")["variant"])
+        shifted = set(truth.query("family in ['lighting', 'angle', 'resolution']")["variant"])
         if shifted - names:
             raise SystemExit(f"{a.bench} holds other shifts ({', '.join(sorted(shifted - names))}); "
                              f"pass --rebuild or another --bench")

@@ -12,7 +12,7 @@ import pytest
 
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import degrade_like, pipeline_faults, relight_like
+from shiftbench.explain.interventions import BLOCKY, degrade_like, pipeline_faults, relight_like
 from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, estimate_pose, orientation_similarity,
                                      rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
@@ -283,16 +283,11 @@ def test_degrade_like_does_not_low_pass_towards_a_sharper_image():
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     known: dict = {}
     out, how = degrade_like(views(soft), ref, scale, known)
-    assert set(known) == {"none", *iv_blocky()}
+    assert set(known) == {"none", *BLOCKY}
     assert how.split()[0] in ("none", "jpeg", "pixelate")
     # the other way round, the full search runs and finds a blur
     assert degrade_like(views(sharp), {**measure(soft), "blur_direction": 0.0}, scale)[1].split()[0] in ("blur",
                                                                                                        "downscale")
-
-
-def iv_blocky() -> tuple[str, ...]:
-    import shiftbench.explain.interventions as iv
-    return iv.BLOCKY
 
 
 def test_degrade_like_finds_a_nearest_neighbour_resize():
