@@ -302,16 +302,20 @@ def test_degrade_like_finds_a_nearest_neighbour_resize():
     assert how.startswith("pixelate"), how
 
 
-def test_noise_added_to_a_grey_image_stays_grey():
-    """A monochrome camera's noise is the same in every channel: a counterfactual gets no colour speckle."""
+def test_noise_is_added_with_the_colour_the_production_image_s_noise_has():
+    """A monochrome camera's noise (or grey noise on a colour image) is the same in every channel: a
+    counterfactual gets no colour speckle; a colour sensor's noise is drawn per channel."""
     import shiftbench.explain.interventions as iv
 
     grey, colour = texture(0), texture(0).copy()
     colour[..., 0] = np.clip(colour[..., 0].astype(int) + 20, 0, 255)
-    noisy = iv._add_noise(grey, 12.0)
+    noisy = iv._add_noise(grey, 12.0, grey=True)
     assert (noisy == noisy[..., :1]).all() and np.abs(noisy.astype(float) - grey).mean() > 5
-    noisy = iv._add_noise(colour, 12.0)
-    assert not (noisy[..., 1] == noisy[..., 2]).all()
+    per_channel = iv._add_noise(colour, 12.0, grey=False)
+    assert not (per_channel[..., 1] == per_channel[..., 2]).all()
+    rng = np.random.default_rng(1)
+    common = np.clip(colour + rng.normal(0, 12.0, colour.shape[:2] + (1,)), 0, 255).astype(np.uint8)
+    assert iv.grey_noise(grey) and iv.grey_noise(common) and not iv.grey_noise(per_channel)
 
 
 def test_every_named_degradation_can_be_made_and_others_are_refused():

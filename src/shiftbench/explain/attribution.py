@@ -67,9 +67,9 @@ from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
-from .interventions import degrade_like, pipeline_faults, relight_like
+from .interventions import degrade_like, grey_noise, pipeline_faults, relight_like
 from .pose import apply_pose, estimate_pose, stretched_pose
-from .views import Views, views
+from .views import Views, cached, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
@@ -105,7 +105,8 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
         stretched = stretched_pose(n, x, pose, x_cache)
         if stretched is not None:
             out["angle"].append(apply_pose(n, stretched[0]))
-        degraded, how = degrade_like(n, x_meas, scale, known[i])
+        grey = cached(x_cache, ("grey noise",), lambda: grey_noise(x.crop))
+        degraded, how = degrade_like(n, x_meas, scale, known[i], grey)
         if degraded is not n:
             out["resolution"].append((degraded, how))
         if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..properties.measures import optics
+from ..properties.measures import noise_sigma, optics
 from .views import REFLECT, Views, cached, each
 
 # --- lighting -----------------------------------------------------------------
@@ -183,22 +183,35 @@ def _degrade_whole(v: Views, name: str, blur_direction: float) -> np.ndarray:
     return degrade(v.whole, name, blur_direction)
 
 
-def _add_noise(img: np.ndarray, sigma: float) -> np.ndarray:
-    """``img`` with Gaussian noise of ``sigma`` grey levels: one noise for all channels of a grey
-    image (a monochrome sensor's; noise per channel would add colour speckle it never shows)."""
+def grey_noise(img: np.ndarray) -> bool:
+    """Whether the noise of an RGB uint8 image is the same in every channel (a monochrome sensor,
+    grey noise added to a colour image, or chroma smoothed by JPEG) rather than per channel.
+
+    Per-channel noise of sigma s puts s * sqrt(2) into each channel difference and about 0.67 s
+    into the luma: a ratio of about 2; noise common to all channels puts none there.
+    """
+    f = img.astype(np.float32)
+    luma = noise_sigma(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32))
+    chroma = 0.5 * (noise_sigma(f[..., 0] - f[..., 1]) + noise_sigma(f[..., 2] - f[..., 1]))
+    return chroma <= luma  # rendered colour parts with their own noise: 0.8-1.5; grey noise on them 0.1-0.4
+
+
+def _add_noise(img: np.ndarray, sigma: float, grey: bool) -> np.ndarray:
+    """``img`` with Gaussian noise of ``sigma`` grey levels, the same in every channel where
+    ``grey`` (per channel, a noise that a monochrome sensor never shows, would add colour speckle)."""
     rng = np.random.default_rng(0)
-    grey = img.ndim == 3 and int(np.abs(img.astype(np.int16) - img[..., :1]).max()) <= 2  # (within rounding)
     noise = rng.normal(0, sigma, img.shape[:2] + (1,) if grey else img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
 def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
-                 known: dict[str, dict] | None = None) -> tuple[Views, str]:
+                 known: dict[str, dict] | None = None, grey: bool = True) -> tuple[Views, str]:
     """The degradation of ``src`` (one of :data:`DEGRADATIONS`) whose optics measurements come closest
     to ``ref_measures``.
 
     ``scale`` gives each measurement's training spread (distances are in those
-    units). Noise is then topped up to the reference's level. Returns the degraded
+    units). Noise is then topped up to the reference's level, the same in every channel where
+    ``grey`` (:func:`grey_noise` of the reference). Returns the degraded
     views and the name of the chosen degradation. ``known``: a dict kept per ``src`` across
     calls, filled with the optics of its candidates that do not depend on the
     reference (all but motion blur), so that a training image that neighbours many
@@ -236,10 +249,10 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
     have, want = measured(best_name)["noise"], ref_measures.get("noise", 0.0)
     if np.isfinite(want) and want > 1.2 * have:
         sigma = 255.0 * np.sqrt(want ** 2 - have ** 2)
-        crop = _add_noise(crop, sigma)
+        crop = _add_noise(crop, sigma, grey)
         # averaging k full-resolution pixels into one divides the noise by sqrt(k)
         shrink = np.sqrt(whole.shape[0] * whole.shape[1] / (src.shape[0] * src.shape[1]))
-        whole = crop if src.single else _add_noise(whole, sigma * shrink)
+        whole = crop if src.single else _add_noise(whole, sigma * shrink, grey)
         best_name += " + noise"
     if best_name == "none":
         return src, best_name

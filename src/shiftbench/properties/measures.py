@@ -158,7 +158,7 @@ def optics(img: np.ndarray) -> dict[str, float]:
     _, coh = _angle_deg(float(m[0, 0]), float(m[1, 1]), float(m[0, 1]))
     ang, _ = _angle_deg(float(t_fine[0, 0]), float(t_fine[1, 1]), float(t_fine[0, 1]))
     return {"aspect": w / h, "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
-            "blockiness": _blockiness(g), "noise": _noise_sigma(g)}
+            "blockiness": _blockiness(g), "noise": noise_sigma(g)}
 
 
 def _tensor(n: np.ndarray) -> np.ndarray:
@@ -182,8 +182,9 @@ def _blockiness(g: np.ndarray) -> float:
     return float(np.mean(ratios)) if ratios else 1.0
 
 
-def _noise_sigma(g: np.ndarray) -> float:
-    """Immerkaer's fast noise estimate: a Laplacian-difference kernel blind to edges' first order."""
+def noise_sigma(g: np.ndarray) -> float:
+    """Noise sigma of a float32 (H, W) image, in its units: Immerkaer's fast estimate (a
+    Laplacian-difference kernel blind to edges' first order)."""
     k = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     r = cv2.filter2D(g, cv2.CV_32F, k)[1:-1, 1:-1]
     h, w = r.shape
