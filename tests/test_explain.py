@@ -17,7 +17,7 @@ from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, es
                                      rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
-from shiftbench.properties.measures import optics
+from shiftbench.properties.measures import centre_crop, optics
 from shiftbench.scoring import FusedKNNScorer, KNNScorer
 
 
@@ -72,6 +72,38 @@ def test_relighting_a_part_back_paints_no_vignette():
     err = np.abs(back - scene)
     corners = np.concatenate([err[:16, :16].ravel(), err[-16:, -16:].ravel()])
     assert err.mean() < 4.0 and corners.mean() < 4.0, (err.mean(), corners.mean())
+
+
+def vignetted(img: np.ndarray, strength: float) -> np.ndarray:
+    """``img`` under a lens falloff: corners ``strength`` darker than the centre."""
+    h, w = img.shape[:2]
+    y, x = np.ogrid[-1:1:h * 1j, -1:1:w * 1j]
+    return np.clip(img * (1 - strength * (x * x + y * y) / 2)[..., None], 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scene", [texture, part_on_belt])
+def test_relighting_gives_a_neighbour_the_vignette_and_undoes_it(scene):
+    """A vignette is no plane: relit like a vignetted image, a neighbour's corners darken as much
+    (on a part in the middle of the frame as on a texture), and relit back they brighten again."""
+    src, other = scene(0), scene(1)
+    x = vignetted(other, 0.4)
+    want, plain = measure(x)["vignetting"], measure(src)["vignetting"]
+    assert abs(measure(relight_like(views(src), views(x)).whole)["vignetting"] - want) < 0.1 < abs(want - plain)
+    assert abs(measure(relight_like(views(x), views(src)).whole)["vignetting"] - plain) < 0.1
+    # no vignette where there is none: a neighbour relit like an even image keeps its own falloff
+    assert abs(measure(relight_like(views(src), views(other)).whole)["vignetting"] - plain) < 0.05
+
+
+def test_relighting_makes_the_vignette_on_a_large_image_s_crop_too():
+    big = [cv2.resize(texture(s), (640, 640), interpolation=cv2.INTER_CUBIC) for s in (0, 1)]
+    x = vignetted(big[1], 0.4)
+    out = relight_like(views(big[0], (160, 160)), views(x, (160, 160)))
+    assert not out.single
+    # the crop (the middle 256 px) darkens towards its edges as x's middle did (by 3.5%)
+    ring = lambda a: a[:, :16].mean() / a[112:144, 112:144].mean()  # noqa: E731
+    made = ring(out.crop.astype(float) / np.maximum(centre_crop(big[0]), 1))
+    want = ring(centre_crop(x.astype(float) / np.maximum(big[1], 1)))
+    assert abs(made - want) < 0.01 and want < 0.97
 
 
 @pytest.mark.parametrize("deg", [-25.0, 12.0, 30.0])
@@ -419,6 +451,14 @@ def test_describe_change_for_angle_and_content():
     t["how_angle"] = ["stretch 1.25 along 45, rotate +18 (conf 0.40) zoom 1.00"] * 2 + ["rotate +30 (conf 0.5)"] * 2
     tilted = "foreshortened, as by a camera tilted against the surface, in 2 of 4 images"
     assert describe_change(t, "angle", {})[1] == tilted
+
+
+def test_describe_change_names_a_vignette_only_where_there_is_one():
+    t = pd.DataFrame({"brightness_p50": [0.4] * 3, "contrast": [0.1] * 3, "illum_gradient": [0.01] * 3,
+                      "vignetting": [0.35, 0.4, 0.45]})
+    center = {"brightness_p50": 0.5, "contrast": 0.1, "illum_gradient": 0.01, "vignetting": 0.02}
+    assert "vignetting: corners -40% against the centre (training -2%)" in describe_change(t, "lighting", center)
+    assert not any("vignetting" in line for line in describe_change(t.assign(vignetting=0.05), "lighting", center))
 
 
 def test_describe_change_for_rotations_both_ways():

@@ -31,7 +31,7 @@ from shiftbench.properties import measures as M  # noqa: E402
 
 ALL_KEYS = {
     "brightness", "brightness_p05", "brightness_p50", "brightness_p95", "contrast", "shadows_clipped",
-    "highlights_clipped", "illum_gradient", "illum_direction", "colour_cast",
+    "highlights_clipped", "illum_gradient", "illum_direction", "vignetting", "colour_cast",
     "aspect", "sharpness", "hf_ratio", "blur_anisotropy", "blur_direction", "blockiness", "noise",
     "orientation", "orientation_coherence",
     "rb_balance", "saturation", "dynamic_range",
@@ -226,6 +226,19 @@ def test_illumination_gradient_of_a_pure_ramp_is_exact(w):
     out = M.lighting(np.repeat(_u8(ramp)[..., None], 3, axis=2))
     assert out["illum_gradient"] == pytest.approx(120 / 255, rel=0.01)
     assert adiff(out["illum_direction"], 0, 360) < 0.5
+
+
+@pytest.mark.parametrize("strength", [0.2, 0.4])
+def test_vignetting_is_how_much_darker_the_corners_are(dim_img, strength):
+    """A lens falloff 1 - strength * r^2 / r_corner^2: corners ``strength`` darker than the centre;
+    a ramp is a plane, not a vignette, and a vignette is no gradient."""
+    h, w = dim_img.shape[:2]
+    y, x = np.ogrid[-1:1:h * 1j, -1:1:w * 1j]
+    out = M.lighting(_u8(dim_img.astype(np.float64) * (1 - strength * (x * x + y * y) / 2)[..., None]))
+    assert abs(M.lighting(dim_img)["vignetting"]) < 0.03
+    assert out["vignetting"] == pytest.approx(strength, abs=0.03)
+    assert out["illum_gradient"] < 0.02
+    assert abs(M.lighting(_ramp(dim_img, 1, False))["vignetting"]) < 0.03
 
 
 def test_uniform_images_report_the_same_illumination_direction():

@@ -19,7 +19,7 @@ from scipy.cluster.vq import kmeans2
 
 # Measurements that describe each cause's change (and split its group).
 CAUSE_MEASURES = {
-    "lighting": ("brightness_p50", "contrast", "illum_gradient"),
+    "lighting": ("brightness_p50", "contrast", "illum_gradient", "vignetting"),
     "resolution": ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy"),
     "angle": ("rotation_deg",),
     "pipeline": ("rb_balance", "brightness_p50", "orientation"),
@@ -108,6 +108,9 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
         if med["illum_gradient"] > 2 * center["illum_gradient"] + 0.02:
             out.append(f"uneven light: brightness changes by {med['illum_gradient']:.2f} across the image "
                        f"(training {center['illum_gradient']:.2f})")
+        if abs(med.get("vignetting", 0.0) - center.get("vignetting", 0.0)) > 0.1:
+            out.append(f"vignetting: corners {-100 * med['vignetting']:+.0f}% against the centre "
+                       f"(training {-100 * center['vignetting']:+.0f}%)")
     elif cause == "angle":
         rot = members["rotation_deg"].to_numpy(float)
         rot = rot[np.isfinite(rot)]

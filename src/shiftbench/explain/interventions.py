@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..properties.measures import noise_sigma, optics
+from ..properties.measures import light_surface, noise_sigma, optics
 from .views import REFLECT, Views, cached, each
 
 # --- lighting -----------------------------------------------------------------
@@ -90,24 +90,51 @@ def _scaled(img: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     return np.clip(img.astype(np.float32) * ratio[..., None], 0, 255).astype(np.uint8)
 
 
-def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
-    """``src`` under the lighting of ``ref``: its illumination field, then its histogram per channel.
+RADIAL_MIN = 0.3  # |d| of exp(d r^2) below which two images' radial falloffs count as alike (0.14 at the corners)
 
-    The field (low-order surface of the luma) carries uneven light; histogram
-    matching carries exposure, gamma, contrast and colour cast. Both are estimated
-    on the wholes and made on the crop alike. ``cache``: a dict kept across calls
-    with the same ``ref`` (see :func:`.pose.warp_like`).
+
+def _falloff_between(img: np.ndarray, ref: np.ndarray) -> float:
+    """``d`` such that ``ref``'s light falls off from the centre like ``img``'s times exp(d r^2)
+    (r^2 = 0.5 at the corners): the radial term of log(ref / img) on their 32x32 lumas, beside a plane."""
+    lows = [cv2.resize(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA) for a in (img, ref)]
+    return float(light_surface(np.log((lows[1] + 4.0) / (lows[0] + 4.0)))[3])
+
+
+def _radial(d: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.exp(d * (u * u + v * v)).astype(np.float32)
+
+
+def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
+    """``src`` under the lighting of ``ref``: its illumination field and (where they differ) its
+    radial falloff, a vignette, then its histogram per channel.
+
+    The field (a plane fitted to the luma) carries uneven light; histogram matching carries
+    exposure, gamma, contrast and colour cast. The falloff is compared only once the tones
+    match, as the radial term of the two images' log ratio: a part in the middle of the frame
+    is a bright centre of its own, whose falloff a change of tone moves (a plane field alone:
+    a quadratic one fitted to each image paints a vignette around a brightened part).
+    All are estimated on the wholes and made on the crop alike. ``cache``: a dict kept across
+    calls with the same ``ref`` (see :func:`.pose.warp_like`).
     """
     field = cached(cache, ("illumination",), lambda: _illumination(ref.whole))
     sh, sw = src.whole.shape[:2]
     src_fit = _illumination_fit(src.whole)
     lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole, src_fit))
     luts = _histogram_luts(lit, ref.whole)
+    d = _falloff_between(_apply_luts(lit, luts), ref.whole)
+    vignette = abs(d) > RADIAL_MIN
+    if vignette:  # the falloff goes with the field, and the histogram is matched after both
+        lit = _scaled(lit, _radial(d, *_grid(sh, sw)))
+        luts = _histogram_luts(lit, ref.whole)
     whole = _apply_luts(lit, luts)
     if src.single:
         return Views(whole, whole, whole.shape[:2], whole)
     ref_fit = cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
     ratio = _crop_illumination(src, ref_fit) / _crop_illumination(src, src_fit)
+    if vignette:  # over the crop's part of the frame
+        (h, w), (left, top), (ch, cw) = src.shape, src.crop_offset(), src.crop.shape[:2]
+        u, v = _grid(h, w)
+        ratio = ratio * _radial(d, u[:, left:left + cw], v[top:top + ch])
     return Views(whole, _apply_luts(_scaled(src.crop, ratio), luts), src.shape)
 
 

@@ -18,7 +18,9 @@ Lighting (intensities in [0, 1]):
     deviation; ``shadows_clipped`` / ``highlights_clipped`` share of pixels at
     <= 2 / >= 253; ``illum_gradient`` the change in brightness across the image of
     a plane fitted to the heavily blurred image (0 = even); ``illum_direction``
-    its direction in degrees; ``colour_cast`` distance of the mean chromaticity
+    its direction in degrees; ``vignetting`` how much darker the corners are than the
+    centre, relative to it, on a radial term fitted with that plane (0.4: corners 40%
+    darker; negative: brighter); ``colour_cast`` distance of the mean chromaticity
     from grey (0 for grey images).
 Optics and resolution:
     ``aspect`` width / height (the pixel size itself is in the tables'
@@ -44,7 +46,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-VERSION = 3  # bump when a definition changes: banks measured otherwise are re-measured
+VERSION = 4  # bump when a definition changes: banks measured otherwise are re-measured
 CROP_SIDE = 256  # optics are measured on the centre pixels at most this large, unresampled
 OVERVIEW_SIDE = 224  # the rest on a copy whose shorter side is at most this (what a model sees)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
@@ -78,9 +80,11 @@ def _percentiles(hist: np.ndarray, qs: list[float]) -> np.ndarray:
     return np.searchsorted(cdf, np.asarray(qs) / 100.0 * cdf[-1]) / 255.0
 
 
-# Least-squares plane over the 32x32 grid of cell centres (image width and height = 1).
+# Least-squares plane and radial term over the 32x32 grid of cell centres (image width and height = 1;
+# on this symmetric grid the radial term leaves the plane's slopes as a plane alone fits them).
 _CENTRES = (np.arange(32) + 0.5) / 32 - 0.5
-_PLANE_PINV = np.linalg.pinv(np.c_[np.tile(_CENTRES, 32), np.repeat(_CENTRES, 32), np.ones(32 * 32)])
+_U, _V = np.tile(_CENTRES, 32), np.repeat(_CENTRES, 32)
+_SURFACE_PINV = np.linalg.pinv(np.c_[_U, _V, np.ones(32 * 32), _U ** 2 + _V ** 2])
 
 
 @functools.lru_cache(maxsize=16)
@@ -118,13 +122,19 @@ def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
     return float(angle), float(coherence)
 
 
+def light_surface(low: np.ndarray) -> np.ndarray:
+    """Least-squares surface ``bx u + by v + c + d r^2`` (4,) over a (32, 32) array, with u, v the
+    columns' and rows' centres in image widths from the middle (r^2 = u^2 + v^2, 0.5 at the corners)."""
+    return _SURFACE_PINV @ np.asarray(low, np.float64).ravel()
+
+
 @register
 def lighting(img: np.ndarray) -> dict[str, float]:
     g = _grey(img)
     hist = _histogram(img)
     p = _percentiles(hist, [5, 50, 95])
     low = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
-    bx, by, _ = _PLANE_PINV @ low.ravel()
+    bx, by, centre, radial = light_surface(low)
     rgb = np.array(cv2.mean(img)[:3])
     total = float(rgb.sum())
     chroma = rgb / total - 1 / 3 if total > 1e-6 else np.zeros(3)
@@ -135,6 +145,7 @@ def lighting(img: np.ndarray) -> dict[str, float]:
             "brightness_p95": float(p[2]), "contrast": std,
             "shadows_clipped": float(hist[:3].sum() / g.size), "highlights_clipped": float(hist[253:].sum() / g.size),
             "illum_gradient": grad, "illum_direction": direction,
+            "vignetting": float(-0.5 * radial / centre) if centre > 1e-3 else 0.0,  # corners: r^2 = 0.5
             "colour_cast": float(np.linalg.norm(chroma))}
 
 
