@@ -18,6 +18,7 @@ import shiftbench
 from shiftbench.cli.main import app
 from shiftbench.collection import (allocate, augmentation_spec, build_augmentation, cluster_weights, collect,
                                 k_center_greedy, load_augmentation)
+from shiftbench.collection.augment import compose
 from shiftbench.collection.scan_io import span
 from shiftbench.images import InputError
 from shiftbench.properties import measure
@@ -521,6 +522,15 @@ def test_every_degradation_kind_of_a_cause_is_augmented():
     spec = {e["name"]: e for e in augmentation_spec(rows, TRAIN)}
     assert set(spec) == {"GaussianBlur", "MotionBlur"}  # motion: 3 of 20; jpeg 2, downscale 1: too few
     assert spec["MotionBlur"]["params"]["blur_limit"] == [9, 9]
+
+
+def test_repeated_pixels_are_augmented_by_a_nearest_neighbour_resize():
+    how = ["pixelate 0.35"] * 8 + ["pixelate 0.5"] * 2
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", how_resolution=h) for i, h in enumerate(how)])
+    (down,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "Downscale"]
+    assert down["params"]["interpolation_pair"] == {"downscale": 0, "upscale": 0}  # cv2.INTER_NEAREST
+    assert down["params"]["scale_range"] == pytest.approx(list(np.percentile([0.35] * 8 + [0.5] * 2, [10, 90])))
+    compose([down], seed=0)(image=np.zeros((32, 32, 3), np.uint8))  # albumentations accepts it
 
 
 def test_a_cause_seen_on_two_images_gets_no_transforms():

@@ -12,7 +12,7 @@ import pytest
 
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import BLOCKY, degrade_like, pipeline_faults, relight_like
+from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, relight_like
 from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, estimate_pose, orientation_similarity,
                                      rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
@@ -332,6 +332,17 @@ def test_degrade_like_finds_a_nearest_neighbour_resize():
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     out, how = degrade_like(views(src), {**measure(x), "blur_direction": 0.0}, scale)
     assert how.startswith("pixelate"), how
+
+
+@pytest.mark.parametrize("f", [0.35, 0.4])
+def test_a_soft_scene_shown_by_repeated_pixels_is_told_from_blur(f):
+    """A nearest-neighbour resize of a softer scene than the neighbour's: with steel's training
+    spreads, sharpness and spectrum alike took it for a downscale; repeated pixels tell them apart."""
+    scale = {"sharpness": 1.42, "hf_ratio": 0.063, "blockiness": 0.153, "blur_anisotropy": 0.142, "noise": 0.0174}
+    soft = cv2.GaussianBlur(texture(1), (0, 0), 1.6)
+    x = {**measure(degrade(soft, f"pixelate {f}")), "blur_direction": 0.0}
+    assert degrade_like(views(texture(0)), x, scale)[1].startswith("pixelate")
+    assert not degrade_like(views(texture(0)), {**measure(soft), "blur_direction": 0.0}, scale)[1].startswith("pixelate")
 
 
 def test_noise_is_added_with_the_colour_the_production_image_s_noise_has():

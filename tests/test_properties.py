@@ -32,7 +32,7 @@ from shiftbench.properties import measures as M  # noqa: E402
 ALL_KEYS = {
     "brightness", "brightness_p05", "brightness_p50", "brightness_p95", "contrast", "shadows_clipped",
     "highlights_clipped", "illum_gradient", "illum_direction", "vignetting", "colour_cast",
-    "aspect", "sharpness", "hf_ratio", "blur_anisotropy", "blur_direction", "blockiness", "noise",
+    "aspect", "sharpness", "hf_ratio", "blur_anisotropy", "blur_direction", "blockiness", "noise", "repeats",
     "orientation", "orientation_coherence",
     "rb_balance", "saturation", "dynamic_range",
 }
@@ -239,6 +239,15 @@ def test_vignetting_is_how_much_darker_the_corners_are(dim_img, strength):
     assert out["vignetting"] == pytest.approx(strength, abs=0.03)
     assert out["illum_gradient"] < 0.02
     assert abs(M.lighting(_ramp(dim_img, 1, False))["vignetting"]) < 0.03
+
+
+def test_repeats_count_pixels_a_nearest_neighbour_resize_shows_again(img):
+    """Upscaled 3x by repeating pixels, two of every three side-by-side pairs are equal."""
+    assert M.optics(img)["repeats"] < 0.15
+    small = cv2.resize(img, (img.shape[1] // 3, img.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(small, (small.shape[1] * 3, small.shape[0] * 3), interpolation=cv2.INTER_NEAREST)
+    assert M.optics(big)["repeats"] == pytest.approx(2 / 3, abs=0.03)
+    assert M.optics(np.full((40, 40, 3), 90, np.uint8))["repeats"] == 1.0
 
 
 def test_uniform_images_report_the_same_illumination_direction():

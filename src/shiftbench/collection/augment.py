@@ -35,7 +35,7 @@ def _span(values):
     return span(values, 10.0, 90.0)
 
 REFLECT_101 = 4  # cv2.BORDER_REFLECT_101: rotated training images get no black corners
-INTER_LINEAR, INTER_AREA = 1, 3
+INTER_NEAREST, INTER_LINEAR, INTER_AREA = 0, 1, 3
 MAX_ILLUMINATION = 0.2  # albumentations' largest Illumination intensity
 MIN_CAUSE_IMAGES, MIN_CAUSE_SHARE = 3, 0.05  # a cause seen on fewer flagged images gets no transforms
 # A degradation kind must match at least this share of a cause's images (and MIN_CAUSE_IMAGES):
@@ -240,6 +240,13 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
             "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
             "interpolation_pair": {"downscale": INTER_AREA, "upscale": INTER_LINEAR}},
             f"{len(v)} images matched 'downscale f' (lower effective resolution): factor {s[0]:g}..{s[1]:g}", p))
+    if len(v := seen("pixelate")):
+        s = _span(v)
+        out.append(_entry("resolution", "Downscale", {
+            "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
+            "interpolation_pair": {"downscale": INTER_NEAREST, "upscale": INTER_NEAREST}},
+            f"{len(v)} images matched 'pixelate f' (pixels repeated: a nearest-neighbour resize): factor "
+            f"{s[0]:g}..{s[1]:g}", p))
     blk, blk_t = (float(np.nanmedian(rows["blockiness"])) if "blockiness" in rows else 1.0), t.get("blockiness", 1.0)
     if len(v := seen("jpeg")) or blk > blk_t + 0.15:
         s = _span(v) if len(v) else (10.0, 40.0)

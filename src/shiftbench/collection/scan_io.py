@@ -142,7 +142,7 @@ def span(values, lo_q: float = 0.0, hi_q: float = 100.0) -> tuple[float, float] 
     return float(np.percentile(v, lo_q)), float(np.percentile(v, hi_q))
 
 
-_HOW_TOKEN = re.compile(r"(blur|downscale|jpeg|motion|zoom)\s+([0-9.]+)")
+_HOW_TOKEN = re.compile(r"(blur|downscale|pixelate|jpeg|motion|zoom)\s+([0-9.]+)")
 
 
 def how_values(how: pd.Series, kind: str) -> np.ndarray:

@@ -140,7 +140,11 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
 
 # --- optics and resolution ------------------------------------------------------
 
-OPTICS_MATCHED = ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy", "noise")
+OPTICS_MATCHED = ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy", "noise", "repeats")
+# Spreads of matched measurements that detection does not use (the bank's condition standardiser
+# has none): repeated pixels rise with any smoothing, so they only tell degradations apart.
+# 0.05: about the robust spread over NEU steel.
+MATCH_SPREAD = {"repeats": 0.05}
 
 
 def _motion_kernel(length: int, angle_deg: float) -> np.ndarray:
@@ -262,13 +266,14 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
                 known[name] = seen[name]
         return seen[name]
 
+    spread = {**MATCH_SPREAD, **scale}
     plain = measured("none")
     low_pass = not all(ref_measures.get(c, np.nan) >= plain[c] for c in ("sharpness", "hf_ratio"))
     best_d, best_name = np.inf, "none"
     for name in (n for n in DEGRADATIONS if low_pass or n not in LOW_PASS):
         m = measured(name)
-        d = sum(((m[c] - ref_measures[c]) / scale[c]) ** 2 for c in OPTICS_MATCHED
-                if c in scale and np.isfinite(ref_measures.get(c, np.nan)))
+        d = sum(((m[c] - ref_measures[c]) / spread[c]) ** 2 for c in OPTICS_MATCHED
+                if c in spread and np.isfinite(ref_measures.get(c, np.nan)))
         if d < best_d:
             best_d, best_name = d, name
     crop = degrade(src.crop, best_name, direction)

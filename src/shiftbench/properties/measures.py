@@ -29,7 +29,9 @@ Optics and resolution:
     the Nyquist frequency (effective resolution); ``blur_anisotropy`` in [0, 1]
     (1 = all blur in one direction, motion) and ``blur_direction`` in degrees;
     ``blockiness`` JPEG 8x8 grid strength (1 = none); ``noise`` sigma estimate
-    (Immerkaer 1996) of the luma channel, in [0, 1] units.
+    (Immerkaer 1996) of the luma channel, in [0, 1] units; ``repeats`` share of
+    side-by-side pixels of equal grey level (pixels shown several times by a
+    nearest-neighbour resize; also flat, smoothed or clipped areas).
 Geometry:
     ``orientation`` dominant gradient direction in degrees [0, 180) and
     ``orientation_coherence`` in [0, 1] (how much one direction dominates).
@@ -46,7 +48,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-VERSION = 4  # bump when a definition changes: banks measured otherwise are re-measured
+VERSION = 5  # bump when a definition changes: banks measured otherwise are re-measured
 CROP_SIDE = 256  # optics are measured on the centre pixels at most this large, unresampled
 OVERVIEW_SIDE = 224  # the rest on a copy whose shorter side is at most this (what a model sees)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
@@ -169,7 +171,7 @@ def optics(img: np.ndarray) -> dict[str, float]:
     _, coh = _angle_deg(float(m[0, 0]), float(m[1, 1]), float(m[0, 1]))
     ang, _ = _angle_deg(float(t_fine[0, 0]), float(t_fine[1, 1]), float(t_fine[0, 1]))
     return {"aspect": w / h, "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
-            "blockiness": _blockiness(g), "noise": noise_sigma(g)}
+            "blockiness": _blockiness(g), "noise": noise_sigma(g), "repeats": _repeats(g)}
 
 
 def _tensor(n: np.ndarray) -> np.ndarray:
@@ -177,6 +179,12 @@ def _tensor(n: np.ndarray) -> np.ndarray:
     gy = cv2.Sobel(n, cv2.CV_32F, 0, 1)
     gxy = float((gx * gy).mean())
     return np.array([[float((gx * gx).mean()), gxy], [gxy, float((gy * gy).mean())]])
+
+
+def _repeats(g: np.ndarray) -> float:
+    """Share of horizontally and vertically adjacent pixels with equal values."""
+    pairs = g[:, 1:].size + g[1:].size
+    return float(((g[:, 1:] == g[:, :-1]).sum() + (g[1:] == g[:-1]).sum()) / pairs) if pairs else 0.0
 
 
 def _blockiness(g: np.ndarray) -> float:
