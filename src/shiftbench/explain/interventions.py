@@ -93,11 +93,16 @@ def _scaled(img: np.ndarray, ratio: np.ndarray) -> np.ndarray:
 RADIAL_MIN = 0.3  # |d| of exp(d r^2) below which two images' radial falloffs count as alike (0.14 at the corners)
 
 
-def _falloff_between(img: np.ndarray, ref: np.ndarray) -> float:
-    """``d`` such that ``ref``'s light falls off from the centre like ``img``'s times exp(d r^2)
-    (r^2 = 0.5 at the corners): the radial term of log(ref / img) on their 32x32 lumas, beside a plane."""
-    lows = [cv2.resize(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA) for a in (img, ref)]
-    return float(light_surface(np.log((lows[1] + 4.0) / (lows[0] + 4.0)))[3])
+def _log_luma(img: np.ndarray) -> np.ndarray:
+    low = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+    return np.log(low + 4.0)
+
+
+def _falloff_between(img: np.ndarray, ref_log: np.ndarray) -> float:
+    """``d`` such that the reference's light falls off from the centre like ``img``'s times exp(d r^2)
+    (r^2 = 0.5 at the corners): the radial term of log(ref / img) on their 32x32 lumas, beside a plane
+    (``ref_log``: :func:`_log_luma` of the reference)."""
+    return float(light_surface(ref_log - _log_luma(img))[3])
 
 
 def _radial(d: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -121,12 +126,13 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
     src_fit = _illumination_fit(src.whole)
     lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole, src_fit))
     luts = _histogram_luts(lit, ref.whole)
-    d = _falloff_between(_apply_luts(lit, luts), ref.whole)
+    whole = _apply_luts(lit, luts)
+    d = _falloff_between(whole, cached(cache, ("log luma",), lambda: _log_luma(ref.whole)))
     vignette = abs(d) > RADIAL_MIN
     if vignette:  # the falloff goes with the field, and the histogram is matched after both
         lit = _scaled(lit, _radial(d, *_grid(sh, sw)))
         luts = _histogram_luts(lit, ref.whole)
-    whole = _apply_luts(lit, luts)
+        whole = _apply_luts(lit, luts)
     if src.single:
         return Views(whole, whole, whole.shape[:2], whole)
     ref_fit = cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
