@@ -488,6 +488,20 @@ def test_lighting_ranges_reproduce_production_brightness():
     assert g == pytest.approx(sorted(gammas), abs=0.2)
 
 
+def test_a_clipped_median_gives_no_gamma():
+    """Overexposed images' median brightness sits at 1: the gamma that maps training's median there
+    is ~0.01 (a white image); such images span the gain and offset only."""
+    clipped = [_row(f"c{i}", is_ood=True, cause="lighting", brightness=0.9, brightness_p50=0.995, contrast=0.05)
+               for i in range(3)]
+    (entry,) = augmentation_spec(pd.DataFrame(clipped), TRAIN)
+    assert [c["name"] for c in entry["children"]] == ["RandomBrightnessContrast"]
+    bright = [_row(f"b{i}", is_ood=True, cause="lighting", brightness=b, brightness_p50=b, contrast=0.1)
+              for i, b in enumerate([0.7, 0.75, 0.8])]
+    (entry,) = augmentation_spec(pd.DataFrame(clipped + bright), TRAIN)
+    (gamma,) = [c for c in entry["children"] if c["name"] == "RandomGamma"]
+    assert gamma["params"]["gamma_limit"][0] > 100 * np.log(0.8) / np.log(0.5) - 1  # from the unclipped three
+
+
 def test_side_light_augmentation_matches_direction_and_strength():
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", brightness=0.3, brightness_p50=0.3,
                               illum_gradient=0.3, illum_direction=d) for i, d in enumerate([350, 0, 10])])

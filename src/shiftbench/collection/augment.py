@@ -114,19 +114,22 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
     # span the per-image pairs of _gain_offset.
     alpha, beta = _gain_offset(rows, t)
     a, b = _span(alpha), _span(beta)
-    b50 = np.clip(rows["brightness_p50"].to_numpy(float), 0.01, 0.99)
-    g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma = production's
-    if not (a and b and g):
+    b50 = rows["brightness_p50"].to_numpy(float)
+    b50 = b50[(b50 > 0.02) & (b50 < 0.98)]  # a clipped median says nothing of the curve (gamma 0.01 at 0.99)
+    g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99))) if len(b50) else None  # training median ** gamma
+    if not (a and b):
         return [], ""
     rbc = _entry("lighting", "RandomBrightnessContrast", {
         "brightness_limit": _pair(*b), "contrast_limit": _pair(a[0] - 1, a[1] - 1), "brightness_by_max": True},
         "", _r(weight / 2))
-    gamma = _entry("lighting", "RandomGamma", {"gamma_limit": _pair(100 * g[0], 100 * g[1], 1)}, "", _r(weight / 2))
     why = (f"{len(rows)} images with mean brightness {np.median(rows['brightness']):.3f} (training {bt:.3f}): "
            f"contrast ratio {a[0]:.2f}..{a[1]:.2f} -> contrast_limit = ratio - 1, brightness_limit = mean - "
-           f"ratio x training mean; or RandomGamma = log(median brightness) / log(training median {b50t:.3f}) "
-           f"= {g[0]:.2f}..{g[1]:.2f} (x100)")
-    return [rbc, gamma], why
+           f"ratio x training mean")
+    if g is None:
+        return [{**rbc, "p": _r(weight)}], why + "; no RandomGamma: every median brightness clips"
+    gamma = _entry("lighting", "RandomGamma", {"gamma_limit": _pair(100 * g[0], 100 * g[1], 1)}, "", _r(weight / 2))
+    return [rbc, gamma], (why + f"; or RandomGamma = log(median brightness) / log(training median {b50t:.3f}) "
+                          f"= {g[0]:.2f}..{g[1]:.2f} (x100) from {len(b50)} images whose median does not clip")
 
 
 def _sides(rows: pd.DataFrame, t: dict[str, float]) -> list[pd.DataFrame]:
