@@ -470,6 +470,9 @@ def test_describe_change_names_a_vignette_only_where_there_is_one():
     center = {"brightness_p50": 0.5, "contrast": 0.1, "illum_gradient": 0.01, "vignetting": 0.02}
     assert "vignetting: corners -40% against the centre (training -2%)" in describe_change(t, "lighting", center)
     assert not any("vignetting" in line for line in describe_change(t.assign(vignetting=0.05), "lighting", center))
+    # parts in the middle of the frame: the radial term is the scene's, and darkening them moves it
+    parts = {**center, "vignetting": 1.25}
+    assert not any("vignetting" in line for line in describe_change(t.assign(vignetting=1.41), "lighting", parts))
 
 
 def test_describe_change_for_rotations_both_ways():
