@@ -544,7 +544,9 @@ def test_repeated_pixels_are_augmented_by_a_nearest_neighbour_resize():
     (down,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "Downscale"]
     assert down["params"]["interpolation_pair"] == {"downscale": 0, "upscale": 0}  # cv2.INTER_NEAREST
     assert down["params"]["scale_range"] == pytest.approx(list(np.percentile([0.35] * 8 + [0.5] * 2, [10, 90])))
-    compose([down], seed=0)(image=np.zeros((32, 32, 3), np.uint8))  # albumentations accepts it
+    noise = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    out = compose([{**down, "p": 1.0}], seed=0, p=1.0)(image=noise)["image"]
+    assert (out[:, 1:] == out[:, :-1]).all(-1).mean() > 0.4  # pixels repeated (noise itself: ~0)
 
 
 def test_a_cause_seen_on_two_images_gets_no_transforms():

@@ -116,7 +116,7 @@ def _exposure(rows: pd.DataFrame, t: dict[str, float], weight: float) -> tuple[l
     a, b = _span(alpha), _span(beta)
     b50 = rows["brightness_p50"].to_numpy(float)
     b50 = b50[(b50 > 0.02) & (b50 < 0.98)]  # a clipped median says nothing of the curve (gamma 0.01 at 0.99)
-    g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99))) if len(b50) else None  # training median ** gamma
+    g = _span(np.log(b50) / np.log(np.clip(b50t, 0.01, 0.99)))  # training median ** gamma (None: all clip)
     if not (a and b):
         return [], ""
     rbc = _entry("lighting", "RandomBrightnessContrast", {
@@ -237,19 +237,14 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
         s = _span(v)
         out.append(_entry("resolution", "GaussianBlur", {"sigma_limit": _pair(*s), "blur_limit": 0},
                           f"{len(v)} images matched 'blur s': sigma {s[0]:g}..{s[1]:g}", p))
-    if len(v := seen("downscale")):
-        s = _span(v)
-        out.append(_entry("resolution", "Downscale", {
-            "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
-            "interpolation_pair": {"downscale": INTER_AREA, "upscale": INTER_LINEAR}},
-            f"{len(v)} images matched 'downscale f' (lower effective resolution): factor {s[0]:g}..{s[1]:g}", p))
-    if len(v := seen("pixelate")):
-        s = _span(v)
-        out.append(_entry("resolution", "Downscale", {
-            "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
-            "interpolation_pair": {"downscale": INTER_NEAREST, "upscale": INTER_NEAREST}},
-            f"{len(v)} images matched 'pixelate f' (pixels repeated: a nearest-neighbour resize): factor "
-            f"{s[0]:g}..{s[1]:g}", p))
+    for kind, pair, what in (("downscale", (INTER_AREA, INTER_LINEAR), "lower effective resolution"),
+                             ("pixelate", (INTER_NEAREST, INTER_NEAREST), "pixels repeated: a nearest-neighbour resize")):
+        if len(v := seen(kind)):
+            s = _span(v)
+            out.append(_entry("resolution", "Downscale", {
+                "scale_range": _pair(max(s[0], 0.05), min(s[1], 0.95)),
+                "interpolation_pair": {"downscale": pair[0], "upscale": pair[1]}},
+                f"{len(v)} images matched '{kind} f' ({what}): factor {s[0]:g}..{s[1]:g}", p))
     blk, blk_t = (float(np.nanmedian(rows["blockiness"])) if "blockiness" in rows else 1.0), t.get("blockiness", 1.0)
     if len(v := seen("jpeg")) or blk > blk_t + 0.15:
         s = _span(v) if len(v) else (10.0, 40.0)

@@ -121,7 +121,8 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
     All are estimated on the wholes and made on the crop alike. ``cache``: a dict kept across
     calls with the same ``ref`` (see :func:`.pose.warp_like`).
     """
-    field = cached(cache, ("illumination",), lambda: _illumination(ref.whole))
+    ref_fit = cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
+    field = cached(cache, ("illumination",), lambda: _illumination(ref.whole, ref_fit))
     sh, sw = src.whole.shape[:2]
     src_fit = _illumination_fit(src.whole)
     lit = _scaled(src.whole, cv2.resize(field, (sw, sh)) / _illumination(src.whole, src_fit))
@@ -135,7 +136,6 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
         whole = _apply_luts(lit, luts)
     if src.single:
         return Views(whole, whole, whole.shape[:2], whole)
-    ref_fit = cached(cache, ("illumination fit",), lambda: _illumination_fit(ref.whole))
     ratio = _crop_illumination(src, ref_fit) / _crop_illumination(src, src_fit)
     if vignette:  # over the crop's part of the frame
         (h, w), (left, top), (ch, cw) = src.shape, src.crop_offset(), src.crop.shape[:2]
