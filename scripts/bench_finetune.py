@@ -9,11 +9,16 @@ rerun; ``--rebuild`` starts again from nothing):
 
 1. Build the benchmark of ``scripts/steel_bench.py`` into ``--bench`` (smaller than
    its default so that the scan is affordable on a CPU: 150 NEU images per class
-   to train on; production = 30 clean held-out NEU images per class (family
+   to train on; production = ``--n-clean`` clean held-out NEU images per class (family
    ``none``), ``--n-shift`` shifted ones per family (lighting, angle, resolution)
    and ``--n-content`` X-SDD images (``content``)). ``--strength`` scales every
    shift (1.5: the *hard* variant, whose baseline loss is large enough for the
-   recovered share to be more than a handful of images).
+   recovered share to be more than a handful of images). ``--test-share`` of the
+   non-content production images (stratified by family and class, seeded) move to
+   ``test/`` before anything else runs: the batch that is scanned, collected from and
+   drawn from is ``prod/`` alone, and every model is scored on ``test/``, so that
+   targeted and random selection are compared on the same images whatever they pick
+   (``--test-share 0``: the older protocol, test = production images labelled in neither run).
 2. Train the baseline classifier on ``train/`` (``shiftbench.train``, defaults
    except size and seed).
 3. Scan the whole production folder with the model as backbone and predictor
@@ -28,8 +33,8 @@ rerun; ``--rebuild`` starts again from nothing):
    epochs and ``augment.yaml`` (the one collect wrote), finetune's own holdout
    (default 0.3 of the new images) and gate kept.
 7. Evaluate the baseline and both fine-tuned models with
-   ``shiftbench.training.predict`` on one common test set: every non-content
-   production image labelled in *neither* run.
+   ``shiftbench.training.predict`` on one common test set: ``test/`` (or, with
+   ``--test-share 0``, every non-content production image labelled in *neither* run).
 
 How content (X-SDD) images are handled: they are another plant's defects, whose
 labels are not among the model's six NEU classes, so they can neither be
@@ -94,6 +99,21 @@ def _label(files: list[str], labels: pd.Series, prod: Path, out: Path) -> None:
         shutil.copyfile(prod / f, dst)
 
 
+def _split(bench: Path, share: float, seed: int) -> None:
+    """Move ``share`` of the non-content production images (per family and class) to ``bench/test/``;
+    truth.csv gets a ``split`` column (``prod`` or ``test``)."""
+    truth = pd.read_csv(bench / "truth.csv")
+    rng = np.random.default_rng(seed + 7919)  # not the build's stream
+    truth["split"] = "prod"
+    for _, g in truth[truth["family"] != "content"].groupby(["family", "label"]):
+        n = int(round(share * len(g)))
+        truth.loc[rng.choice(g.index.to_numpy(), n, replace=False), "split"] = "test"
+    (bench / "test").mkdir(exist_ok=True)
+    for f in truth.loc[truth["split"] == "test", "file"]:
+        (bench / "prod" / f).rename(bench / "test" / f)
+    truth.to_csv(bench / "truth.csv", index=False)
+
+
 def _accuracy(pred: pd.DataFrame, test: pd.DataFrame) -> dict:
     """Accuracy on the clean, shifted (pooled) and per-family parts of ``test`` (columns file, family, label)."""
     p = pred.set_index("path")["prediction"]
@@ -134,9 +154,12 @@ def run(a: argparse.Namespace) -> dict:
     if a.rebuild or not (bench / "truth.csv").is_file():
         old = {}
     timed("build", fresh(bench / "truth.csv"),
-          lambda: steel_bench.build(a.data, bench, a.seed, n_train=150, n_clean=a.n_clean, n_shift=a.n_shift,
-                                    n_content=a.n_content, strength=a.strength))
+          lambda: _split(steel_bench.build(a.data, bench, a.seed, n_train=150, n_clean=a.n_clean,
+                                           n_shift=a.n_shift, n_content=a.n_content, strength=a.strength),
+                         a.test_share, a.seed))
     truth = pd.read_csv(bench / "truth.csv")
+    if "split" not in truth:  # built before the split existed: all of it is the batch
+        truth["split"] = "prod"
     labels = truth.set_index("file")["label"]
     prod, model = bench / "prod", bench / "model"
 
@@ -156,7 +179,7 @@ def run(a: argparse.Namespace) -> dict:
     content = set(truth.loc[truth["family"] == "content", "file"])
     targeted = [f for f in selected if f not in content]
     rng = np.random.default_rng(a.seed)
-    pool = truth.loc[truth["family"] != "content", "file"].to_numpy()
+    pool = truth.loc[(truth["family"] != "content") & (truth["split"] == "prod"), "file"].to_numpy()
     random_files = sorted(rng.choice(pool, len(targeted), replace=False).tolist())
     chosen = {"targeted": targeted, "random": random_files}
     for r in RUNS:
@@ -174,12 +197,15 @@ def run(a: argparse.Namespace) -> dict:
                                                   **({} if a.new_share is None else {"new_share": a.new_share})))
         ft[r] = res.metrics
 
-    # one test set for all models: non-content production images labelled in neither run
+    # one test set for all models: test/, else non-content production images labelled in neither run
+    held_out = (truth["split"] == "test").any()
     used = set(targeted) | set(random_files)
-    test = truth[(truth["family"] != "content") & ~truth["file"].isin(used)]
+    test = truth[truth["split"] == "test"] if held_out else \
+        truth[(truth["family"] != "content") & ~truth["file"].isin(used)]
     preds = {}
     for name, ckpt in (("before", model), *((r, bench / f"model_{r}") for r in RUNS)):
-        preds[name] = timed(f"predict_{name}", False, lambda ckpt=ckpt: predict(ckpt, prod))
+        preds[name] = timed(f"predict_{name}", False,
+                            lambda ckpt=ckpt: predict(ckpt, bench / "test" if held_out else prod))
     acc = {k: _accuracy(v, test) for k, v in preds.items()}
 
     fam = truth.set_index("file")["family"]
@@ -188,7 +214,9 @@ def run(a: argparse.Namespace) -> dict:
         "seed": a.seed, "bench": str(bench), "size": a.size, "epochs": a.epochs, "strength": a.strength,
         "augment": not a.no_augment, "new_share": a.new_share,
         "budget_fraction": a.budget_fraction,
-        "production": {"images": int(len(truth)), **{f: int(n) for f, n in truth["family"].value_counts().items()}},
+        "test_share": a.test_share,
+        "production": {"images": int((truth["split"] == "prod").sum()),
+                       **{f: int(n) for f, n in truth.loc[truth["split"] == "prod", "family"].value_counts().items()}},
         "baseline_val_acc": meta["metrics"]["val_accuracy"],
         "scan": {"flagged": flagged, "clusters": [{"cluster": c["cluster"], "size": c["size"], "cause": c["cause"]}
                                                   for c in summary.get("clusters", [])]},
@@ -311,8 +339,10 @@ def main() -> None:
     ap.add_argument("--no-augment", action="store_true",
                     help="fine-tune without collect's augment.yaml: what the labelled images alone are worth")
     ap.add_argument("--new-share", type=float, help="finetune's new_share (default: finetune's own)")
-    ap.add_argument("--n-clean", type=int, default=30, help="clean production images per class")
-    ap.add_argument("--n-shift", type=int, default=100, help="shifted production images per family")
+    ap.add_argument("--n-clean", type=int, default=50, help="clean production images per class")
+    ap.add_argument("--n-shift", type=int, default=200, help="shifted production images per family")
+    ap.add_argument("--test-share", type=float, default=0.5,
+                    help="share of the non-content production images held out as the common test set")
     ap.add_argument("--n-content", type=int, default=50, help="X-SDD production images")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the benchmark and redo every step")
     ap.add_argument("--json", type=Path, help="write the figures here (default BENCH/bench.json)")
