@@ -17,7 +17,7 @@ from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, es
                                      rotation_between, stretched_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
-from shiftbench.properties.measures import centre_crop, optics
+from shiftbench.properties.measures import centre_crop, optics, optics_parts
 from shiftbench.scoring import FusedKNNScorer, KNNScorer
 
 
@@ -257,7 +257,7 @@ def test_a_large_image_is_relit_and_degraded_alike_at_both_scales(monkeypatch):
     ref = {**measure(blurred), "blur_direction": 0.0}
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     shapes = []
-    monkeypatch.setattr(iv, "optics", lambda img: shapes.append(img.shape[:2]) or optics(img))
+    monkeypatch.setattr(iv, "optics_parts", lambda img: shapes.append(img.shape[:2]) or optics_parts(img))
     src = views(big, (224, 288))
     out, how = degrade_like(src, ref, scale)
     assert set(shapes) == {(256, 256)} and out.whole.shape == src.whole.shape and out.crop.shape == src.crop.shape
@@ -268,6 +268,35 @@ def test_a_large_image_is_relit_and_degraded_alike_at_both_scales(monkeypatch):
     lit = relight_like(src, views(cv2.resize(dark, (900, 700))))
     for part in (lit.whole, lit.crop):
         assert measure(part)["brightness"] == pytest.approx(measure(dark)["brightness"], abs=0.02)
+
+
+def test_degrade_like_finds_the_closest_candidate_while_measuring_few_in_full(monkeypatch):
+    """The lazy search picks what measuring every candidate in full would pick."""
+    import shiftbench.explain.interventions as iv
+
+    scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
+    spread = {**iv.MATCH_SPREAD, **scale}
+    src = views(texture(0, angle=60))
+    full = {n: optics(degrade(src.crop, n)) for n in iv.DEGRADATIONS}
+    parts_read = []
+
+    def counted(img):
+        for part in optics_parts(img):
+            parts_read.append(part)
+            yield part
+
+    monkeypatch.setattr(iv, "optics_parts", counted)
+    for k, made in enumerate([cv2.GaussianBlur(texture(1, angle=60), (0, 0), 1.3), degrade(texture(2, angle=60), "jpeg 10"),
+                              degrade(texture(3, angle=60), "pixelate 0.35"), texture(4, angle=60)]):
+        ref = {**measure(made), "blur_direction": 0.0}
+        sharper = all(ref[c] >= full["none"][c] for c in ("sharpness", "hf_ratio"))
+        names = [n for n in iv.DEGRADATIONS if not (sharper and n in iv.LOW_PASS)]
+        want = min(names, key=lambda n: sum(((full[n][c] - ref[c]) / spread[c]) ** 2
+                                            for c in iv.OPTICS_MATCHED if c in spread))
+        parts_read.clear()
+        _, how = degrade_like(src, ref, scale)
+        assert how.split(" + ")[0] == want, k
+        assert sum("blur_anisotropy" in p for p in parts_read) < len(names) / 2  # most stopped early
 
 
 def test_degrade_like_matches_the_blur():
@@ -299,11 +328,12 @@ def test_degrade_like_reuses_the_known_optics_of_a_neighbour(monkeypatch):
     known: dict = {}
     first = degrade_like(views(sharp), ref, scale, known)
     calls = []
-    monkeypatch.setattr(iv, "optics", lambda img: calls.append(1) or optics(img))
+    monkeypatch.setattr(iv, "optics_parts", lambda img: calls.append(1) or optics_parts(img))
+    partly = sum(len(m) < len(iv.OPTICS_FIELDS) for m in known.values())  # the search stopped measuring them
     second = degrade_like(views(sharp), {**ref, "blur_direction": 120.0}, scale, known)
     assert first[1] == plain[1] and np.array_equal(first[0].whole, plain[0].whole)
-    assert not any(k.startswith("motion") for k in known) and "none" in known
-    assert len(calls) == sum(k.startswith("motion") for k in iv.DEGRADATIONS)
+    assert not any(k.startswith("motion") for k in known) and len(known["none"]) == len(iv.OPTICS_FIELDS)
+    assert len(calls) <= sum(k.startswith("motion") for k in iv.DEGRADATIONS) + partly  # known ones not made again
     assert second[1] == degrade_like(views(sharp), {**ref, "blur_direction": 120.0}, scale)[1]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..properties.measures import light_surface, noise_sigma, optics
+from ..properties.measures import OPTICS_FIELDS, light_surface, noise_sigma, optics_parts
 from .views import REFLECT, Views, cached, each
 
 # --- lighting -----------------------------------------------------------------
@@ -259,29 +259,57 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
     nothing low-passed can explain a sharper image (and the search is cut to blocky
     candidates: a nearest-neighbour resize and JPEG).
     Candidates are measured on ``src``'s crop, as ``ref_measures`` were on the
-    reference's; the chosen one is then made on the crop and, scaled, on the whole.
+    reference's; the chosen one is then made on the crop and, scaled, on the whole. The
+    search is exact but measures lazily: every candidate's cheap pixel statistics first
+    (:func:`~shiftbench.properties.measures.optics_parts`), then the most promising
+    candidates in full, and a candidate no further than its distance so far can already
+    beat is not measured on (distances only grow with each measurement added).
     """
     known = {} if known is None else known
     direction = ref_measures.get("blur_direction", 0.0)
-    seen: dict[str, dict] = {}  # this call's measurements
+    seen: dict[str, dict] = {}  # this call's measurements, possibly partial
+    pending: dict = {}  # candidate -> the parts of its optics not measured yet
+
+    def more(name: str) -> bool:
+        """Measure the next part of a candidate's optics; False when it has all of them."""
+        if name not in seen:
+            seen[name] = dict(known.get(name, {}))
+        if len(seen[name]) == len(OPTICS_FIELDS):
+            return False
+        if name not in pending:  # a partly known candidate is made again (its first part is cheap)
+            pending[name] = optics_parts(degrade(src.crop, name, direction))
+        part = next(pending[name], None)
+        if part is None:
+            return False
+        seen[name].update(part)
+        if not name.startswith("motion"):  # motion blur depends on the reference's blur direction
+            known[name] = seen[name]
+        return True
 
     def measured(name: str) -> dict:
-        if name not in seen:
-            seen[name] = known[name] if name in known else optics(degrade(src.crop, name, direction))
-            if not name.startswith("motion"):  # motion blur depends on the reference's blur direction
-                known[name] = seen[name]
+        while more(name):
+            pass
         return seen[name]
 
     spread = {**MATCH_SPREAD, **scale}
+    fields = [c for c in OPTICS_MATCHED if c in spread and np.isfinite(ref_measures.get(c, np.nan))]
+
+    def distance(name: str) -> float:  # over the fields measured so far
+        m = seen[name]
+        return sum(((m[c] - ref_measures[c]) / spread[c]) ** 2 for c in fields if c in m)
+
     plain = measured("none")
     low_pass = not all(ref_measures.get(c, np.nan) >= plain[c] for c in ("sharpness", "hf_ratio"))
-    best_d, best_name = np.inf, "none"
-    for name in (n for n in DEGRADATIONS if low_pass or n not in LOW_PASS):
-        m = measured(name)
-        d = sum(((m[c] - ref_measures[c]) / spread[c]) ** 2 for c in OPTICS_MATCHED
-                if c in spread and np.isfinite(ref_measures.get(c, np.nan)))
-        if d < best_d:
-            best_d, best_name = d, name
+    names = [n for n in DEGRADATIONS if low_pass or n not in LOW_PASS]
+    for name in names:
+        more(name)
+    best = (np.inf, len(names))  # (distance, position): ties go to the earlier candidate, as in a scan
+    for i, name in sorted(enumerate(names), key=lambda t: distance(t[1])):
+        while (distance(name), i) < best and more(name):
+            pass
+        if (distance(name), i) < best:
+            best = (distance(name), i)
+    best_name = names[best[1]] if best[1] < len(names) else "none"
     crop = degrade(src.crop, best_name, direction)
     whole = crop if src.single else _degrade_whole(src, best_name, direction)
     have, want = measured(best_name)["noise"], ref_measures.get("noise", 0.0)

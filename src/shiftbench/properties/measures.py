@@ -43,7 +43,7 @@ Pipeline:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -151,18 +151,40 @@ def lighting(img: np.ndarray) -> dict[str, float]:
             "colour_cast": float(np.linalg.norm(chroma))}
 
 
+OPTICS_FIELDS = ("aspect", "sharpness", "hf_ratio", "blur_anisotropy", "blur_direction", "blockiness", "noise",
+                 "repeats")
+
+
 @register(on_crop=True)
 def optics(img: np.ndarray) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in optics_parts(img):
+        out.update(part)
+    return {k: out[k] for k in OPTICS_FIELDS}
+
+
+def optics_parts(img: np.ndarray) -> Iterator[dict[str, float]]:
+    """:func:`optics` of an RGB image a few fields at a time, the cheapest first, so that a search
+    over candidates can stop measuring one as soon as it cannot win (merged, the parts are
+    :func:`optics`): pixel statistics, then sharpness, high-frequency energy, blur direction."""
     g = _grey(img)
     h, w = g.shape
+    yield {"aspect": w / h, "repeats": _repeats(g), "noise": noise_sigma(g), "blockiness": _blockiness(g)}
     n = g / max(float(cv2.meanStdDev(g)[1][0, 0]), 1e-3)  # contrast-normalised: sharpness is not brightness
-    sharp = float(cv2.Laplacian(n, cv2.CV_32F).var())
+    yield {"sharpness": float(cv2.Laplacian(n, cv2.CV_32F).var())}
     win, every, high = _window_and_weights(h, w)  # the window removes the wrap-around edges
     packed = cv2.dft((n - np.float32(n.mean(dtype=np.float64))) * win)  # 6x faster than complex output
     packed *= packed
-    hf = float((packed * high).sum(dtype=np.float64) / max((packed * every).sum(dtype=np.float64), 1e-12))
-    # Blur removes fine gradients along its direction; the scene's own orientation is present at
-    # all scales: whiten the fine-scale structure tensor by the coarse-scale one.
+    yield {"hf_ratio": float((packed * high).sum(dtype=np.float64) / max((packed * every).sum(dtype=np.float64),
+                                                                         1e-12))}
+    yield _blur(n)
+
+
+def _blur(n: np.ndarray) -> dict[str, float]:
+    """Blur anisotropy and direction of a contrast-normalised grey image.
+
+    Blur removes fine gradients along its direction; the scene's own orientation is present at
+    all scales: the fine-scale structure tensor is whitened by the coarse-scale one."""
     t_fine, t_coarse = _tensor(n), _tensor(cv2.GaussianBlur(n, (0, 0), 2.0))
     t_coarse = t_coarse + 1e-3 * max(float(np.trace(t_coarse)), 1e-12) * np.eye(2)
     ev, evec = np.linalg.eigh(t_coarse)
@@ -170,8 +192,7 @@ def optics(img: np.ndarray) -> dict[str, float]:
     m = s @ t_fine @ s if np.trace(t_fine) > 0 else np.zeros((2, 2))
     _, coh = _angle_deg(float(m[0, 0]), float(m[1, 1]), float(m[0, 1]))
     ang, _ = _angle_deg(float(t_fine[0, 0]), float(t_fine[1, 1]), float(t_fine[0, 1]))
-    return {"aspect": w / h, "sharpness": sharp, "hf_ratio": hf, "blur_anisotropy": coh, "blur_direction": (ang + 90) % 180,
-            "blockiness": _blockiness(g), "noise": noise_sigma(g), "repeats": _repeats(g)}
+    return {"blur_anisotropy": coh, "blur_direction": (ang + 90) % 180}
 
 
 def _tensor(n: np.ndarray) -> np.ndarray:
