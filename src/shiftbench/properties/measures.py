@@ -210,15 +210,16 @@ def _repeats(g: np.ndarray) -> float:
 
 def _blockiness(g: np.ndarray) -> float:
     """Mean jump across 8-pixel column/row boundaries over the mean jump elsewhere."""
-    dx = np.abs(np.diff(g, axis=1)).mean(0)
-    dy = np.abs(np.diff(g, axis=0)).mean(1)
+    h, w = g.shape
     ratios = []
-    for d in (dx, dy):
-        idx = np.arange(len(d))
-        on = d[idx % 8 == 7]
-        off = d[idx % 8 != 7]
-        if len(on) and off.mean() > 1e-6:
-            ratios.append(on.mean() / off.mean())
+    for d in (cv2.reduce(cv2.absdiff(g[:, 1:], g[:, :-1]), 0, cv2.REDUCE_AVG).ravel() if w > 1 else [],  # columns
+              cv2.reduce(cv2.absdiff(g[1:], g[:-1]), 1, cv2.REDUCE_AVG).ravel() if h > 1 else []):  # rows
+        d = np.asarray(d, np.float32)
+        on = d[7::8]
+        n_off = len(d) - len(on)
+        off = (d.sum(dtype=np.float64) - on.sum(dtype=np.float64)) / max(n_off, 1)
+        if len(on) and n_off and off > 1e-6:
+            ratios.append(on.mean(dtype=np.float64) / off)
     return float(np.mean(ratios)) if ratios else 1.0
 
 
