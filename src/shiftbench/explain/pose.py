@@ -17,6 +17,7 @@ import functools
 import cv2
 import numpy as np
 
+from ..properties.measures import packed_weights
 from .views import REFLECT, Views, cached, resize_map
 
 POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
@@ -93,19 +94,21 @@ def homography_between(src: np.ndarray, ref: np.ndarray, min_inliers: int = 15,
 
 
 @functools.lru_cache(maxsize=8)
-def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hann window (h, w) and the radial frequency of each rfft2 bin (h, w // 2 + 1)."""
-    fy = np.abs(np.fft.fftfreq(h))[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    return np.outer(np.hanning(h), np.hanning(w)), np.hypot(fx, fy)
+def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hann window (h, w), and packed-DFT weights summing the power, and the power times each
+    bin's radial frequency (:func:`~shiftbench.properties.measures.packed_weights`)."""
+    radius = np.hypot(np.fft.rfftfreq(w)[None, :], np.abs(np.fft.fftfreq(h))[:, None])
+    return (np.outer(np.hanning(h), np.hanning(w)).astype(np.float32), packed_weights(np.ones(radius.shape), w),
+            packed_weights(radius, w))
 
 
 def _mean_freq(img: np.ndarray) -> float:
     """Power-weighted mean radial frequency (cycles per pixel) of the windowed grey image."""
     g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    window, radius = _spectrum_grid(*g.shape)
-    p = np.abs(np.fft.rfft2((g - g.mean()) * window)) ** 2
-    return float((radius * p).sum() / max(p.sum(), 1e-12))
+    window, every, radius = _spectrum_grid(*g.shape)
+    p = cv2.dft((g - np.float32(g.mean(dtype=np.float64))) * window)  # packed: 6x numpy's complex rfft2
+    p *= p
+    return float((p * radius).sum(dtype=np.float64) / max((p * every).sum(dtype=np.float64), 1e-12))
 
 
 def zoom_between(src: np.ndarray, ref: np.ndarray, zooms=(1.0, 1.15, 1.3, 1.45), cache: dict | None = None) -> float:

@@ -89,32 +89,35 @@ _U, _V = np.tile(_CENTRES, 32), np.repeat(_CENTRES, 32)
 _SURFACE_PINV = np.linalg.pinv(np.c_[_U, _V, np.ones(32 * 32), _U ** 2 + _V ** 2])
 
 
+def packed_weights(mask: np.ndarray, w: int) -> np.ndarray:
+    """(h, w) float32 weights that sum an (h, w) image's rfft2 power over ``mask`` from OpenCV's
+    packed real DFT (CCS layout): ``sum(weights * cv2.dft(x) ** 2)`` equals
+    ``sum(mask * |rfft2(x)| ** 2)``, for ``mask`` (h, w // 2 + 1) over rfft2's bins (0/1 or weights).
+
+    Each packed value is the real or imaginary part of one bin; the first column (and the last,
+    for even ``w``) hold only half of their conjugate-symmetric bins, which the rfft2
+    half-spectrum holds twice.
+    """
+    h = mask.shape[0]
+    wt = np.zeros((h, w), np.float32)
+    k = np.arange(1, (w - 1) // 2 + 1)  # interior columns: (Re, Im) of bin (r, k) at 2k-1, 2k
+    wt[:, 2 * k - 1] = wt[:, 2 * k] = mask[:, k]
+    u = np.arange(1, (h - 1) // 2 + 1)
+    for col, v in [(0, 0)] + ([(w - 1, w // 2)] if w % 2 == 0 else []):
+        wt[0, col] = mask[0, v]
+        wt[2 * u - 1, col] = wt[2 * u, col] = 2 * mask[u, v]
+        if h % 2 == 0:
+            wt[h - 1, col] = mask[h // 2, v]
+    return wt
+
+
 @functools.lru_cache(maxsize=16)
 def _window_and_weights(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hann window (h, w), and weights (h, w) that sum an image's rfft2 power from OpenCV's packed
-    real DFT (CCS layout): over all bins, and over the bins above half the Nyquist frequency.
-
-    ``sum(weights * cv2.dft(x) ** 2)`` equals ``sum(mask * |rfft2(x)| ** 2)``: each packed value is the
-    real or imaginary part of one bin; the first column (and the last, for even ``w``) hold only
-    half of their conjugate-symmetric bins, which the rfft2 half-spectrum holds twice.
-    """
+    """Hann window (h, w), and :func:`packed_weights` that sum an image's spectral power over all
+    bins, and over the bins above half the Nyquist frequency."""
     win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    fy = np.abs(np.fft.fftfreq(h))[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    high = (np.maximum(fx, fy) > 0.25).astype(np.float32)
-    out = []
-    for mask in (np.ones_like(high), high):
-        wt = np.zeros((h, w), np.float32)
-        k = np.arange(1, (w - 1) // 2 + 1)  # interior columns: (Re, Im) of bin (r, k) at 2k-1, 2k
-        wt[:, 2 * k - 1] = wt[:, 2 * k] = mask[:, k]
-        u = np.arange(1, (h - 1) // 2 + 1)
-        for col, v in [(0, 0)] + ([(w - 1, w // 2)] if w % 2 == 0 else []):
-            wt[0, col] = mask[0, v]
-            wt[2 * u - 1, col] = wt[2 * u, col] = 2 * mask[u, v]
-            if h % 2 == 0:
-                wt[h - 1, col] = mask[h // 2, v]
-        out.append(wt)
-    return win, out[0], out[1]
+    high = np.maximum(np.fft.rfftfreq(w)[None, :], np.abs(np.fft.fftfreq(h))[:, None]) > 0.25
+    return win, packed_weights(np.ones(high.shape), w), packed_weights(high.astype(np.float32), w)
 
 
 def _angle_deg(gx2: float, gy2: float, gxy: float) -> tuple[float, float]:
