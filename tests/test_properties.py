@@ -611,3 +611,5 @@ def test_packed_spectrum_weights_sum_the_rfft2_power(h, w):
     mask = np.maximum(np.fft.rfftfreq(w)[None, :], np.abs(np.fft.fftfreq(h))[:, None]) > 0.25
     np.testing.assert_allclose((packed * every).sum(), power.sum(), rtol=1e-5)
     np.testing.assert_allclose((packed * high).sum(), power[mask].sum(), rtol=1e-5, atol=1e-6)
+    radius = np.hypot(np.fft.rfftfreq(w)[None, :], np.fft.fftfreq(h)[:, None])  # weights, not a 0/1 mask
+    np.testing.assert_allclose((packed * M.packed_weights(radius, w)).sum(), (power * radius).sum(), rtol=1e-5)
