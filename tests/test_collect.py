@@ -538,6 +538,17 @@ def test_every_degradation_kind_of_a_cause_is_augmented():
     assert spec["MotionBlur"]["params"]["blur_limit"] == [9, 9]
 
 
+def test_a_camera_moved_away_is_augmented_by_zooming_out_and_planned_as_farther():
+    from shiftbench.collection.plan import _angle as plan_angle
+    how = ["moved away, zoom 0.80"] * 7 + ["rotate +2 (conf 0.20) zoom 1.00"] * 3
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="angle", how_angle=h, rotation_deg=0.0)
+                         for i, h in enumerate(how)])
+    (affine,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "Affine"]
+    lo, hi = affine["params"]["scale"]
+    assert lo == pytest.approx(0.8) and hi <= 1.0  # shrunk, as production shows it (never magnified)
+    assert any("farther away: parts shown at 0.80" in line for line in plan_angle(rows, TRAIN))
+
+
 def test_repeated_pixels_are_augmented_by_a_nearest_neighbour_resize():
     how = ["pixelate 0.35"] * 8 + ["pixelate 0.5"] * 2
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", how_resolution=h) for i, h in enumerate(how)])

@@ -492,6 +492,8 @@ def test_describe_change_for_angle_and_content():
     t["how_angle"] = ["stretch 1.25 along 45, rotate +18 (conf 0.40) zoom 1.00"] * 2 + ["rotate +30 (conf 0.5)"] * 2
     tilted = "foreshortened, as by a camera tilted against the surface, in 2 of 4 images"
     assert describe_change(t, "angle", {})[1] == tilted
+    t["how_angle"] = ["moved away, zoom 0.80"] * 3 + ["rotate +30 (conf 0.5)"]
+    assert describe_change(t, "angle", {})[1] == "the scene smaller, as from a camera moved away, in 3 of 4 images"
 
 
 def test_describe_change_names_a_vignette_only_where_there_is_one():
@@ -656,6 +658,24 @@ def test_a_stretched_camera_explains_a_tilt_only_where_it_brings_the_image_into_
     monkeypatch.setattr(at, "STRICT_MIN_P", 1.01)  # no image can reach it: the stretch never counts
     row = at.attribute_one(*args)
     assert not row["how_angle"].startswith("stretch") and row["share_angle"] < 0.5
+
+
+def test_a_camera_moved_away_explains_a_zoomed_out_image_where_it_brings_it_into_distribution(bank_workspace, lite0,
+                                                                                              monkeypatch):
+    from shiftbench.explain import attribution as at
+    from shiftbench.explain.pose import _zoom
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    away = _zoom(train_img, at.ZOOM_OUT)
+    feats = at._embed([views(away)], lite0, conditions)
+    args = (views(away), feats[0], measure(away), float(scorer.score(feats)[0][0]), [views(train_img)], scorer,
+            lite0, conditions)
+    monkeypatch.setattr(at, "STRICT_MIN_P", 0.05)  # as above: this bank's p-values are at least 1/25
+    row = at.attribute_one(*args)
+    assert row["cause"] == "angle" and row["share_angle"] > 0.9 and row["how_angle"] == "moved away, zoom 0.80"
+    monkeypatch.setattr(at, "STRICT_MIN_P", 1.01)  # the zoom-out never counts
+    row = at.attribute_one(*args)
+    assert not row["how_angle"].startswith("moved away") and row["share_angle"] < 0.5
 
 
 def test_new_pixel_size_is_outside_the_training_range():

@@ -199,7 +199,8 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     for mode in _modes(rows):
         rot = _span(mode["rotation_deg"]) if "rotation_deg" in mode else None
         zoom = how_values(mode["how_angle"], "zoom") if "how_angle" in mode else np.array([np.nan])
-        z = _span(zoom) if np.isfinite(zoom).any() and np.nanmedian(zoom) > 1.05 else None
+        # a camera closer (zoom > 1) or moved away (< 1; attribution's fixed zoom-out)
+        z = _span(zoom) if np.isfinite(zoom).any() and abs(np.nanmedian(zoom) - 1) > 0.05 else None
         if rot is None and z is None:
             continue
         rot = rot or (0.0, 0.0)
@@ -207,7 +208,7 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
             "rotate": _pair(np.floor(rot[0]), np.ceil(rot[1]), 1), "scale": _pair(*(z or (1.0, 1.0))),
             "keep_ratio": True, "border_mode": REFLECT_101}, "", _r(len(mode) / len(rows))))
         whys.append(f"{len(mode)} images rotated {rot[0]:+.1f}..{rot[1]:+.1f} degrees vs their nearest training "
-                    f"images, " + (f"magnified {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom"))
+                    f"images, " + (f"scaled {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom"))
     if not children:
         return []
     lo = min(c["params"]["rotate"][0] for c in children)

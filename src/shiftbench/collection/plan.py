@@ -93,10 +93,11 @@ def _angle(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
                    f"(median {np.median(rot):+.0f})")
     zoom = how_values(m["how_angle"], "zoom") if "how_angle" in m else np.array([])
     zoom = zoom[np.isfinite(zoom)]
-    if len(zoom) and np.median(zoom) > 1.05:
+    if len(zoom) and abs(np.median(zoom) - 1) > 0.05:
         lo, hi = span(zoom)
-        out.append(f"camera closer: parts magnified {lo:.2f}x" if hi - lo < 0.01 else
-                   f"camera closer: parts magnified {lo:.2f}..{hi:.2f}x")
+        scale = f"{lo:.2f}x" if hi - lo < 0.01 else f"{lo:.2f}..{hi:.2f}x"
+        out.append(f"camera closer: parts magnified {scale}" if np.median(zoom) > 1 else
+                   f"camera farther away: parts shown at {scale} their training size")
     return out or ["camera pose changed (no rotation estimate)"]
 
 
