@@ -261,9 +261,9 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
     Candidates are measured on ``src``'s crop, as ``ref_measures`` were on the
     reference's; the chosen one is then made on the crop and, scaled, on the whole. The
     search is exact but measures lazily: every candidate's cheap pixel statistics first
-    (:func:`~shiftbench.properties.measures.optics_parts`), then the most promising
-    candidates in full, and a candidate no further than its distance so far can already
-    beat is not measured on (distances only grow with each measurement added).
+    (:func:`~shiftbench.properties.measures.optics_parts`), then the closest candidates
+    further, and a candidate whose distance so far already reaches the best full one's is
+    measured no further (a distance only grows with each measurement added).
     """
     known = {} if known is None else known
     direction = ref_measures.get("blur_direction", 0.0)
