@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..images import InputError
-from .scan_io import circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
+from .scan_io import changed_zoom, circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
 
 
 def _span(values):
@@ -198,9 +198,7 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     children, whys = [], []
     for mode in _modes(rows):
         rot = _span(mode["rotation_deg"]) if "rotation_deg" in mode else None
-        zoom = how_values(mode["how_angle"], "zoom") if "how_angle" in mode else np.array([np.nan])
-        # a camera closer (zoom > 1) or moved away (< 1; attribution's fixed zoom-out)
-        z = _span(zoom) if np.isfinite(zoom).any() and abs(np.nanmedian(zoom) - 1) > 0.05 else None
+        z = _span(changed_zoom(mode))  # None where the camera kept its distance
         if rot is None and z is None:
             continue
         rot = rot or (0.0, 0.0)
@@ -239,7 +237,8 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
         out.append(_entry("resolution", "GaussianBlur", {"sigma_limit": _pair(*s), "blur_limit": 0},
                           f"{len(v)} images matched 'blur s': sigma {s[0]:g}..{s[1]:g}", p))
     for kind, pair, what in (("downscale", (INTER_AREA, INTER_LINEAR), "lower effective resolution"),
-                             ("pixelate", (INTER_NEAREST, INTER_NEAREST), "pixels repeated: a nearest-neighbour resize")):
+                             ("pixelate", (INTER_NEAREST, INTER_NEAREST),
+                              "pixels repeated: a nearest-neighbour resize")):
         if len(v := seen(kind)):
             s = _span(v)
             out.append(_entry("resolution", "Downscale", {

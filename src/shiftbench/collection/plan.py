@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..explain.clusters import explained_share
-from .scan_io import circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
+from .scan_io import changed_zoom, circular_mean, has_cause, relative_gradient, span, uneven_threshold
 from .select import allocate
 
 # Measurements reported per cause in plan.json's "numbers".
@@ -91,9 +91,8 @@ def _angle(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
         both = " (both ways)" if lo < 0 < hi else ""
         out.append(f"camera rotated {lo:+.0f}..{hi:+.0f} degrees{both} against the training pose "
                    f"(median {np.median(rot):+.0f})")
-    zoom = how_values(m["how_angle"], "zoom") if "how_angle" in m else np.array([])
-    zoom = zoom[np.isfinite(zoom)]
-    if len(zoom) and abs(np.median(zoom) - 1) > 0.05:
+    zoom = changed_zoom(m)
+    if len(zoom):
         lo, hi = span(zoom)
         scale = f"{lo:.2f}x" if hi - lo < 0.01 else f"{lo:.2f}..{hi:.2f}x"
         out.append(f"camera closer: parts magnified {scale}" if np.median(zoom) > 1 else

@@ -155,6 +155,14 @@ def how_values(how: pd.Series, kind: str) -> np.ndarray:
     return out
 
 
+def changed_zoom(rows: pd.DataFrame) -> np.ndarray:
+    """The finite zooms of ``rows``' ``how_angle`` (attribution's 'zoom z') where their median moved
+    more than 5% from 1: a camera closer (> 1) or moved away (< 1); empty otherwise."""
+    zoom = how_values(rows["how_angle"], "zoom") if "how_angle" in rows else np.array([])
+    zoom = zoom[np.isfinite(zoom)]
+    return zoom if len(zoom) and abs(np.median(zoom) - 1) > 0.05 else np.array([])
+
+
 def circular_mean(deg, period: float = 360.0) -> tuple[float, float]:
     """Mean direction (degrees in [0, period)) and resultant length in [0, 1] (1 = all equal)."""
     a = np.asarray(deg, dtype=float)

@@ -125,14 +125,13 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
             lo, hi = np.percentile(rot, [10, 90])
             out.append(f"rotated {lo:+.0f} to {hi:+.0f} degrees against the nearest training images "
                        f"(median {np.median(rot):+.0f})")
-        # images that a stretched pose explained best (pose.stretched_pose)
+        # images best explained by a stretched pose (pose.stretched_pose) or a zoomed-out neighbour
         how = members["how_angle"].astype(str) if "how_angle" in members else pd.Series([], dtype=str)
-        tilted, away = int(how.str.startswith("stretch").sum()), int(how.str.startswith("moved away").sum())
-        if tilted and tilted >= 0.25 * len(members):
-            out.append(f"foreshortened, as by a camera tilted against the surface, in {tilted} of "
-                       f"{len(members)} images")
-        if away and away >= 0.25 * len(members):  # best explained by a zoomed-out neighbour
-            out.append(f"the scene smaller, as from a camera moved away, in {away} of {len(members)} images")
+        for prefix, seen in (("stretch", "foreshortened, as by a camera tilted against the surface"),
+                             ("moved away", "the scene smaller, as from a camera moved away")):
+            k = int(how.str.startswith(prefix).sum())
+            if k and k >= 0.25 * len(members):
+                out.append(f"{seen}, in {k} of {len(members)} images")
     elif cause == "resolution":
         out.append("sharpness " + _pct(med["sharpness"], center["sharpness"]))
         out.append("high-frequency energy " + _pct(med["hf_ratio"], center["hf_ratio"]))
