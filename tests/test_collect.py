@@ -549,6 +549,22 @@ def test_a_camera_moved_away_is_augmented_by_zooming_out_and_planned_as_farther(
     assert any("farther away: parts shown at 0.80" in line for line in plan_angle(rows, TRAIN))
 
 
+def test_a_sheared_part_is_augmented_by_shearing_both_ways_and_planned_as_a_tilt():
+    from shiftbench.collection.plan import _angle as plan_angle
+    how = (["shear -0.25 along 0"] * 4 + ["shear 0.25 along 0"] * 3 + ["shear 0.25 along 90"]
+           + ["homography, rotate +3"] * 2)
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="angle", how_angle=h, rotation_deg=0.0)
+                         for i, h in enumerate(how)])
+    (affine,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "Affine"]
+    assert affine["params"]["shear"] == {"x": [-14.0, 14.0], "y": [0.0, 0.0]}  # y: one image of ten
+    assert "sheared up to 14 degrees along x" in affine["why"]
+    assert any("parts sheared up to 14 degrees along x" in line for line in plan_angle(rows, TRAIN))
+    part = np.zeros((64, 64, 3), np.uint8)
+    part[:, 28:36] = 255  # a vertical bar: a shear along x tilts it
+    out = compose([{**affine, "p": 1.0}], seed=1, p=1.0)(image=part)["image"]
+    assert out.shape == part.shape and not np.array_equal(out, part)
+
+
 def test_repeated_pixels_are_augmented_by_a_nearest_neighbour_resize():
     how = ["pixelate 0.35"] * 8 + ["pixelate 0.5"] * 2
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", how_resolution=h) for i, h in enumerate(how)])

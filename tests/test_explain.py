@@ -13,8 +13,8 @@ import pytest
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, relight_like
-from shiftbench.explain.pose import (_orientation_hist, _stretch, apply_pose, estimate_pose, orientation_similarity,
-                                     rotation_between, stretched_pose, warp_like, zoom_between)
+from shiftbench.explain.pose import (_orientation_hist, _tilt, apply_pose, estimate_pose, orientation_similarity,
+                                     rotation_between, tilted_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import centre_crop, optics, optics_parts
@@ -151,15 +151,15 @@ def hatch(seed: int, size: int = 160) -> np.ndarray:
 
 def stretch(img: np.ndarray, a: float, phi: float) -> np.ndarray:
     h, w = img.shape[:2]
-    return cv2.warpAffine(img, _stretch(a, phi, w, h)[:2], (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(img, _tilt("stretch", a, phi, w, h)[:2], (w, h), borderMode=cv2.BORDER_REFLECT_101)
 
 
 @pytest.mark.parametrize("a,phi,deg", [(1.25, 45, 0.0), (1.25, 45, 15.0), (1.12, 135, -10.0), (1.25, 90, 10.0)])
-def test_stretched_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
+def test_tilted_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
     src, ref = views(hatch(0)), views(rotate(stretch(hatch(1), a, phi), deg))
     pose = estimate_pose(src, ref)
-    got, similarity = stretched_pose(src, ref, pose)
-    assert got.stretch == (a, phi) and got.deg == pytest.approx(deg, abs=4)
+    got, similarity = tilted_pose(src, ref, pose)
+    assert got.tilt == ("stretch", a, phi) and got.deg == pytest.approx(deg, abs=4)
     warped, how = apply_pose(src, got)
     assert how.startswith(f"stretch {a:.2f} along {phi}, rotate {got.deg:+.0f}")
     target = _orientation_hist(ref.whole)
@@ -167,7 +167,43 @@ def test_stretched_pose_reads_a_tilted_cameras_foreshortening(a, phi, deg):
     plain = orientation_similarity(_orientation_hist(apply_pose(src, pose)[0].whole), target)
     assert orientation_similarity(_orientation_hist(warped.whole), target) > plain
     assert similarity > orientation_similarity(_orientation_hist(src.whole), target)
-    assert stretched_pose(src, ref, dataclasses.replace(pose, homography=np.eye(3))) is None  # a homography has it
+
+
+def plate(seed: int, size: int = 160) -> np.ndarray:
+    """A bright rectangular part with holes, of a size drawn from ``seed``, on dark horizontal streaks."""
+    rng = np.random.default_rng(seed)
+    img = (texture(seed, size, 0).astype(np.float32) * 0.3).astype(np.uint8)
+    w, h = int(rng.integers(70, 100)), int(rng.integers(50, 70))
+    x0, y0 = (size - w) // 2, (size - h) // 2
+    cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), (200, 200, 200), -1)
+    for cx, cy in [(x0 + 10, y0 + 10), (x0 + w - 10, y0 + h - 10), (size // 2, size // 2)]:
+        cv2.circle(img, (cx, cy), 5, (30, 30, 30), -1)
+    return img
+
+
+def test_tilt_maps_move_points_as_named():
+    m = _tilt("shear", 0.25, 0, 101, 101)  # centre (50, 50): x moves by 0.25 times the offset in y
+    assert m @ [60, 70, 1] == pytest.approx([65, 70, 1])
+    m = _tilt("shear", 0.25, 90, 101, 101)  # along y, by the offset in x towards -x
+    assert m @ [60, 70, 1] == pytest.approx([60, 67.5, 1])
+    assert np.linalg.det(_tilt("stretch", 1.25, 30, 101, 101)[:2, :2]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("t,phi", [(0.25, 0), (-0.25, 0), (0.25, 90)])
+def test_a_part_seen_sheared_is_matched_by_the_shear_without_rotation(t, phi):
+    """Two instances of a part: a homography between them fits shared features, not the camera;
+    the shear that matches the sheared one's orientation histogram as it is was applied."""
+    h, w = 160, 160
+    src, ref = views(plate(1)), views(cv2.warpAffine(plate(2), _tilt("shear", t, phi, w, h)[:2], (w, h),
+                                                     borderMode=cv2.BORDER_REFLECT_101))
+    pose = dataclasses.replace(estimate_pose(src, ref), homography=np.eye(3))
+    got, similarity = tilted_pose(src, ref, pose)
+    assert got.tilt == ("shear", t, phi) and (got.homography, got.deg, got.zoom) == (None, 0.0, 1.0)
+    warped, how = apply_pose(src, got)
+    assert how == f"shear {t:.2f} along {phi}"
+    target = _orientation_hist(ref.whole)
+    assert similarity > float(_orientation_hist(src.whole) @ target / np.linalg.norm(_orientation_hist(src.whole))
+                              / np.linalg.norm(target))
 
 
 def test_warp_like_uses_a_homography_where_features_match():
@@ -493,6 +529,8 @@ def test_describe_change_for_angle_and_content():
     t["how_angle"] = ["stretch 1.25 along 45, rotate +18 (conf 0.40) zoom 1.00"] * 2 + ["rotate +30 (conf 0.5)"] * 2
     tilted = "foreshortened, as by a camera tilted against the surface, in 2 of 4 images"
     assert describe_change(t, "angle", {})[1] == tilted
+    t["how_angle"] = ["shear -0.25 along 0"] * 2 + ["rotate +30 (conf 0.5)"] * 2  # (a part's shear)
+    assert describe_change(t, "angle", {})[1] == tilted
     t["how_angle"] = ["moved away, zoom 0.80"] * 3 + ["rotate +30 (conf 0.5)"]
     assert describe_change(t, "angle", {})[1] == "the scene smaller, as from a camera moved away, in 3 of 4 images"
 
@@ -636,7 +674,7 @@ def test_each_neighbour_is_seen_through_its_best_matching_stretch():
     scale = {"sharpness": 1.0, "hf_ratio": 0.01, "blockiness": 0.1, "blur_anisotropy": 0.1, "noise": 0.01}
     out, _ = _counterfactuals(x, measure(x.whole), neighbours, scale)
     got = [v for v, how in out["angle"] if how.startswith("stretch")]
-    fits = [stretched_pose(n, x, estimate_pose(n, x)) for n in neighbours]
+    fits = [tilted_pose(n, x, estimate_pose(n, x)) for n in neighbours]
     want = [apply_pose(n, f[0])[0] for n, f in zip(neighbours, fits) if f is not None]
     assert len(want) >= 2 and len(got) == len(want)
     assert all(np.array_equal(g.whole, w.whole) for g, w in zip(got, want))

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..images import InputError
-from .scan_io import changed_zoom, circular_mean, has_cause, how_values, relative_gradient, span, uneven_threshold
+from .scan_io import (changed_zoom, circular_mean, has_cause, how_values, relative_gradient, sheared, span,
+                      uneven_threshold)
 
 
 def _span(values):
@@ -199,14 +200,18 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     for mode in _modes(rows):
         rot = _span(mode["rotation_deg"]) if "rotation_deg" in mode else None
         z = _span(changed_zoom(mode))  # None where the camera kept its distance
-        if rot is None and z is None:
+        shear = sheared(mode)  # attribution fits fixed shears (pose.SHEARS): augmented both ways up to them
+        if rot is None and z is None and not shear:
             continue
         rot = rot or (0.0, 0.0)
         children.append(_entry("angle", "Affine", {
             "rotate": _pair(np.floor(rot[0]), np.ceil(rot[1]), 1), "scale": _pair(*(z or (1.0, 1.0))),
+            **({"shear": {a: _pair(-shear[a], shear[a], 1) if a in shear else [0.0, 0.0] for a in "xy"}}
+               if shear else {}),
             "keep_ratio": True, "border_mode": REFLECT_101}, "", _r(len(mode) / len(rows))))
         whys.append(f"{len(mode)} images rotated {rot[0]:+.1f}..{rot[1]:+.1f} degrees vs their nearest training "
-                    f"images, " + (f"scaled {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom"))
+                    f"images, " + (f"scaled {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom")
+                    + "".join(f", sheared up to {d:.0f} degrees along {a} (how_angle shear)" for a, d in shear.items()))
     if not children:
         return []
     lo = min(c["params"]["rotate"][0] for c in children)
@@ -428,5 +433,5 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
     if not spec:
         lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
     lines += ["", "Not covered: camera tilt (Perspective) - the scan's tilt estimates "
-              "(`how_angle` \"stretch A along D\") are not turned into a range; rotation and zoom are.", ""]
+              "(`how_angle` \"stretch A along D\") are not turned into a range; rotation, zoom and shear are.", ""]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..explain.clusters import explained_share
-from .scan_io import changed_zoom, circular_mean, has_cause, relative_gradient, span, uneven_threshold
+from .scan_io import changed_zoom, circular_mean, has_cause, relative_gradient, sheared, span, uneven_threshold
 from .select import allocate
 
 # Measurements reported per cause in plan.json's "numbers".
@@ -97,6 +97,8 @@ def _angle(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
         scale = f"{lo:.2f}x" if hi - lo < 0.01 else f"{lo:.2f}..{hi:.2f}x"
         out.append(f"camera closer: parts magnified {scale}" if np.median(zoom) > 1 else
                    f"camera farther away: parts shown at {scale} their training size")
+    for axis, deg in sheared(m).items():
+        out.append(f"camera tilted: parts sheared up to {deg:.0f} degrees along {axis}")
     return out or ["camera pose changed (no rotation estimate)"]
 
 

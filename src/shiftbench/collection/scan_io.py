@@ -163,6 +163,23 @@ def changed_zoom(rows: pd.DataFrame) -> np.ndarray:
     return zoom if len(zoom) and abs(np.median(zoom) - 1) > 0.05 else np.array([])
 
 
+_SHEAR = re.compile(r"^shear\s+(-?[0-9.]+)\s+along\s+([0-9]+)")
+
+
+def sheared(rows: pd.DataFrame, min_share: float = 0.25) -> dict[str, float]:
+    """Axis ('x' for attribution's 'shear t along 0', 'y' for 'along 90') -> the largest shear
+    in degrees (atan |t|) of ``rows``' ``how_angle``, for axes that at least ``min_share`` of the
+    rows show (one image's best fit is not a line's camera); empty where none do."""
+    found = [m.groups() for m in map(_SHEAR.match, rows["how_angle"].astype(str))
+             if m] if "how_angle" in rows else []
+    out = {}
+    for axis, phi in (("x", "0"), ("y", "90")):
+        t = [abs(float(v)) for v, d in found if d == phi]
+        if t and len(t) >= min_share * len(rows):
+            out[axis] = float(np.degrees(np.arctan(max(t))))
+    return out
+
+
 def circular_mean(deg, period: float = 360.0) -> tuple[float, float]:
     """Mean direction (degrees in [0, period)) and resultant length in [0, 1] (1 = all equal)."""
     a = np.asarray(deg, dtype=float)

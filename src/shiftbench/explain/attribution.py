@@ -35,15 +35,16 @@ neighbour on both sides also gets that neighbour resized to its pixel size as a
 resolution counterfactual: the same view through a lower-resolution camera. A camera
 tilted against the surface foreshortens it, which a rotation cannot give a texture: each
 neighbour is also seen through the stretched pose after which its gradient orientations best
-match ``x``'s (:func:`~.pose.stretched_pose`), where one matches better than none. A camera
+match ``x``'s, or where the two share features (a part), the sheared one
+(:func:`~.pose.tilted_pose`), where one matches better than none. A camera
 moved away shows the scene smaller: each neighbour is also zoomed out by ``ZOOM_OUT`` (fixed:
 a texture's scale is not read reliably from one pair of spectra, where the two images' own
 texture scales differ as much as such a zoom; :func:`~.pose.zoom_between` reads magnification only).
 
 Three counterfactuals are held to a stricter bar, since they fit more than their cause:
 that resized neighbour and the zoomed-out one (another line's images, resized, come closer
-by their texture's scale alone) and the stretched pose (a motion blur changes a texture's
-gradient orientations as a stretch does). Each counts only where it makes ``x`` look in
+by their texture's scale alone) and the stretched or sheared pose (a motion blur changes a
+texture's gradient orientations as a stretch does). Each counts only where it makes ``x`` look in
 distribution (p-value at least ``STRICT_MIN_P``).
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
@@ -72,18 +73,18 @@ from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from ..search import build_index, search
 from .interventions import degrade_like, grey_noise, pipeline_faults, relight_like
-from .pose import apply_pose, estimate_pose, stretched_pose
+from .pose import apply_pose, estimate_pose, tilted_pose
 from .views import Views, cached, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
 MIN_UNDO = 0.3
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
-# p-value that a resized neighbour or a stretched pose must give x. Resized to x's smaller pixel
+# p-value that a resized neighbour or a stretched or sheared pose must give x. Resized to x's smaller pixel
 # size: images of the same line reached 0.03 and more, another line's 0.015 at most; stretched:
 # sheared images reach a median 0.10, motion-blurred ones 0.008 (docs/benchmarks.md)
 STRICT_MIN_P = 0.02
-STRICT = ("resized", "stretch", "moved away")  # how those counterfactuals' descriptions begin
+STRICT = ("resized", "stretch", "shear", "moved away")  # how those counterfactuals' descriptions begin
 # the zoom of a camera moved away: zoomed-out textures (x0.72-0.85) were explained by 0.8 as by
 # their own zoom, other lines' images by neither (docs/benchmarks.md)
 ZOOM_OUT = 0.8
@@ -109,10 +110,10 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             # another image's texture scale sways as much as a zoom does (a pure rotation
             # with a misread zoom explains nothing)
             out["angle"].append(apply_pose(n, pose, zoom=False))
-        stretched = stretched_pose(n, x, pose, x_cache)
-        if stretched is not None:
-            out["angle"].append(apply_pose(n, stretched[0]))
-        away = dataclasses.replace(pose, homography=None, deg=0.0, conf=1.0, zoom=ZOOM_OUT, stretch=None)
+        tilted = tilted_pose(n, x, pose, x_cache)
+        if tilted is not None:
+            out["angle"].append(apply_pose(n, tilted[0]))
+        away = dataclasses.replace(pose, homography=None, deg=0.0, conf=1.0, zoom=ZOOM_OUT, tilt=None)
         out["angle"].append((apply_pose(n, away)[0], f"moved away, zoom {ZOOM_OUT:.2f}"))
         grey = cached(x_cache, ("grey noise",), lambda: grey_noise(x.crop))
         degraded, how = degrade_like(n, x_meas, scale, known[i], grey)

@@ -125,9 +125,9 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
             lo, hi = np.percentile(rot, [10, 90])
             out.append(f"rotated {lo:+.0f} to {hi:+.0f} degrees against the nearest training images "
                        f"(median {np.median(rot):+.0f})")
-        # images best explained by a stretched pose (pose.stretched_pose) or a zoomed-out neighbour
+        # images best explained by a stretched or sheared pose (pose.tilted_pose) or a zoomed-out neighbour
         how = members["how_angle"].astype(str) if "how_angle" in members else pd.Series([], dtype=str)
-        for prefix, seen in (("stretch", "foreshortened, as by a camera tilted against the surface"),
+        for prefix, seen in ((("stretch", "shear"), "foreshortened, as by a camera tilted against the surface"),
                              ("moved away", "the scene smaller, as from a camera moved away")):
             k = int(how.str.startswith(prefix).sum())
             if k and k >= 0.25 * len(members):

@@ -3,8 +3,8 @@
 Where the two images share features, ORB matches and a RANSAC homography give the
 pose; on textures, the rotation comes from their gradient-orientation histograms and
 the zoom from where their spectra's energy lies (:func:`estimate_pose`), and a tilted
-or sheared camera's foreshortening from the stretch that best matches those
-histograms (:func:`stretched_pose`). The pose is estimated on copies at most
+or sheared camera's foreshortening from the stretch or shear that best matches those
+histograms (:func:`tilted_pose`). The pose is estimated on copies at most
 ``POSE_SIDE`` px and applied to both of an image's scales (:class:`~.views.Views`) by
 :func:`apply_pose`.
 """
@@ -21,9 +21,13 @@ from ..properties.measures import packed_weights
 from .views import REFLECT, Views, cached, resize_map
 
 POSE_SIDE = 512  # the camera pose is estimated on copies at most this large (ORB, spectra)
-# area-keeping stretches tried for a tilted or sheared camera: factor along a direction (degrees),
-# its inverse across it (a 14 degree shear is a 1.13 stretch along a diagonal, and a rotation)
-STRETCHES = tuple((a, phi) for a in (1.12, 1.25) for phi in (0, 45, 90, 135))
+# Area-keeping maps tried for a tilted or sheared camera, as (kind, factor, direction in degrees).
+# On textures, stretches: the factor along the direction, its inverse across it (a 14 degree shear is
+# a 1.13 stretch along a diagonal, and a rotation, which is estimated after it)...
+STRETCHES = tuple(("stretch", a, phi) for a in (1.12, 1.25) for phi in (0, 45, 90, 135))
+# ...on scenes with features, shears: points move along the direction by the factor times their
+# offset across it (tan 14 degrees = 0.25), with no rotation (see tilted_pose)
+SHEARS = tuple(("shear", t, phi) for t in (-0.25, 0.25) for phi in (0, 90))
 
 
 def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
@@ -37,6 +41,10 @@ def _orientation_hist(img: np.ndarray, bins: int = 180) -> np.ndarray:
     kernel = np.exp(-0.5 * (t / 2.0) ** 2)  # circular smoothing: 0 and 179 degrees are neighbours
     hist = np.convolve(np.r_[hist[-6:], hist, hist[:6]], kernel / kernel.sum(), mode="valid")
     return hist / max(hist.sum(), 1e-12)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def orientation_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -128,12 +136,13 @@ def _zoom(img: np.ndarray, z: float, deg: float = 0.0) -> np.ndarray:
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
 
 
-def _stretch(a: float, phi: float, w: int, h: int) -> np.ndarray:
-    """3x3 map stretching a (w, h) image by ``a`` along ``phi`` degrees and by 1/a across it,
-    about its centre."""
+def _tilt(kind: str, a: float, phi: float, w: int, h: int) -> np.ndarray:
+    """3x3 map of a (w, h) image about its centre: a ``"stretch"`` by ``a`` along ``phi`` degrees
+    and by 1/a across it, or a ``"shear"`` moving points along ``phi`` by ``a`` times their offset
+    across it (``phi`` from the image's x axis towards its y axis)."""
     t = np.deg2rad(phi)
-    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    d = r @ np.diag([a, 1 / a]) @ r.T
+    u, v = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+    d = a * np.outer(u, u) + np.outer(v, v) / a if kind == "stretch" else np.eye(2) + a * np.outer(u, v)
     c = np.array([(w - 1) / 2, (h - 1) / 2])
     m = np.eye(3)
     m[:2, :2], m[:2, 2] = d, c - d @ c
@@ -184,8 +193,8 @@ def _copy_at(v: Views, size: tuple[int, int]) -> np.ndarray:
 class Pose:
     """``ref``'s camera pose against ``src``'s, in pixels of ``src``'s pose copy (:func:`estimate_pose`):
     a homography where features match, else an in-plane rotation (``deg``, with its confidence
-    ``conf``) and a ``zoom``, after a ``stretch`` where :func:`stretched_pose` found one; beside a
-    homography ``deg``, ``conf``, ``zoom`` are 0, 1, 1 and ``stretch`` is None (:attr:`rotation`
+    ``conf``) and a ``zoom``, after a ``tilt`` where :func:`tilted_pose` found one; beside a
+    homography ``deg``, ``conf``, ``zoom`` are 0, 1, 1 and ``tilt`` is None (:attr:`rotation`
     reads the rotation either way)."""
     homography: np.ndarray | None
     deg: float
@@ -193,9 +202,9 @@ class Pose:
     zoom: float
     to_whole: np.ndarray  # pose-copy pixels -> whole pixels
     copy: np.ndarray  # the pose copy
-    # (factor, direction in degrees from the image's x axis towards its y axis, i.e. clockwise on
-    # screen; 45 = towards the bottom right), made before the rotation
-    stretch: tuple[float, float] | None = None
+    # (kind, factor, direction in degrees from the image's x axis towards its y axis, i.e. clockwise
+    # on screen; 45 = towards the bottom right) of :func:`_tilt`, made before the rotation
+    tilt: tuple[str, float, float] | None = None
 
     @property
     def rotation(self) -> float:
@@ -236,14 +245,15 @@ def apply_pose(src: Views, pose: Pose, zoom: bool = True) -> tuple[Views, str]:
         return _warp_views(src, in_whole(pose.homography), big=big), f"homography, rotate {pose.rotation:+.0f}"
     z = pose.zoom if zoom else 1.0
     how = f"rotate {pose.deg:+.0f} (conf {pose.conf:.2f}) zoom {z:.2f}"
-    if pose.stretch is not None:
-        how = f"stretch {pose.stretch[0]:.2f} along {pose.stretch[1]:.0f}, {how}"
+    if pose.tilt is not None:
+        kind, a, phi = pose.tilt
+        how = f"{kind} {a:.2f} along {phi:.0f}" + (f", {how}" if kind == "stretch" else "")  # a shear: alone
     elif pose.deg == 0 and z == 1.0:
         return src, how
     sh, sw = pose.copy.shape[:2]
     m = np.vstack([cv2.getRotationMatrix2D(((sw - 1) / 2, (sh - 1) / 2), pose.deg, z), [0, 0, 1]])
-    if pose.stretch is not None:
-        m = m @ _stretch(*pose.stretch, sw, sh)
+    if pose.tilt is not None:
+        m = m @ _tilt(*pose.tilt, sw, sh)
     return _warp_views(src, in_whole(m), affine=True, big=big), how
 
 
@@ -259,33 +269,39 @@ def warp_like(src: Views, ref: Views, cache: dict | None = None) -> tuple[Views,
     return (*apply_pose(src, pose), pose.rotation)
 
 
-def stretched_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> tuple[Pose, float] | None:
-    """``pose`` (from :func:`estimate_pose`) with a stretch: a camera tilted against the surface
-    foreshortens it along one direction, which a rotation cannot give a texture.
+def tilted_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -> tuple[Pose, float] | None:
+    """``pose`` (from :func:`estimate_pose`) with a tilt: a camera tilted against the surface
+    foreshortens it along one direction, which a rotation cannot give.
 
-    Of :data:`STRETCHES`, the one after which ``src``'s gradient orientations best match
-    ``ref``'s (at their best relative rotation) is kept if it matches better than none;
-    rotation and zoom are then estimated as for a plain texture. Returns that pose and the
-    histograms' cosine similarity after the stretch; None where ``pose`` is a homography (it
-    holds any tilt already), the copy is under 32 px or no stretch matches better. A motion
-    blur also changes a texture's orientations, so :mod:`.attribution` counts this
-    counterfactual only where it makes the image look in distribution.
+    On a texture (no homography), of :data:`STRETCHES` the one after which ``src``'s gradient
+    orientations best match ``ref``'s (at their best relative rotation) is kept if it matches
+    better than none; rotation and zoom are then estimated as for a plain texture. Where a
+    homography was found, the two images may be different instances of a part (the homography
+    then fits their shared features, not the camera), whose histograms differ by more than a
+    rotation: of :data:`SHEARS` the one that matches ``ref``'s histogram as it is (no rotation,
+    no zoom) best is kept. Returns that pose and the histograms' cosine similarity after the
+    tilt; None where the copy is under 32 px or no tilt matches better. A motion blur also
+    changes a texture's orientations, so :mod:`.attribution` counts this counterfactual only
+    where it makes the image look in distribution.
     """
     small, (h, w) = pose.copy, pose.copy.shape[:2]
-    if pose.homography is not None or min(h, w) < 32:  # (as homography_between: too small to read)
+    if min(h, w) < 32:  # (as homography_between: too small to read)
         return None
     target = cached(cache, ("resized", w, h), lambda: _copy_at(ref, (w, h)))
     want = cached(cache, ("orientation", target.shape), lambda: _orientation_hist(target))
-    best, pick = orientation_similarity(_orientation_hist(small), want), None
-    for a, phi in STRETCHES:
-        stretched = cv2.warpAffine(small, _stretch(a, phi, w, h)[:2], (w, h), flags=cv2.INTER_LINEAR,
-                                   borderMode=REFLECT)
-        similarity = orientation_similarity(_orientation_hist(stretched), want)
+    features = pose.homography is not None
+    match = _cosine if features else orientation_similarity
+    best, pick = match(_orientation_hist(small), want), None
+    for tilt in SHEARS if features else STRETCHES:
+        tilted = cv2.warpAffine(small, _tilt(*tilt, w, h)[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=REFLECT)
+        similarity = match(_orientation_hist(tilted), want)
         if similarity > best:
-            best, pick = similarity, (a, phi, stretched)
+            best, pick = similarity, (tilt, tilted)
     if pick is None:
         return None
-    a, phi, stretched = pick
-    deg, conf = rotation_between(stretched, target, cache)
-    return dataclasses.replace(pose, deg=deg, conf=conf, zoom=zoom_between(stretched, target, cache=cache),
-                               stretch=(a, phi)), best
+    tilt, tilted = pick
+    if features:
+        return dataclasses.replace(pose, homography=None, deg=0.0, conf=1.0, zoom=1.0, tilt=tilt), best
+    deg, conf = rotation_between(tilted, target, cache)
+    return dataclasses.replace(pose, deg=deg, conf=conf, zoom=zoom_between(tilted, target, cache=cache),
+                               tilt=tilt), best
