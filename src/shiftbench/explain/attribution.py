@@ -45,7 +45,9 @@ Three counterfactuals are held to a stricter bar, since they fit more than their
 that resized neighbour and the zoomed-out one (another line's images, resized, come closer
 by their texture's scale alone) and the stretched or sheared pose (a motion blur changes a
 texture's gradient orientations as a stretch does). Each counts only where it makes ``x`` look in
-distribution (p-value at least ``STRICT_MIN_P``).
+distribution (p-value at least ``STRICT_MIN_P``) or explains most of its distance alone (share
+at least ``STRICT_SHARE``: a neighbour that is another instance of a part rarely brings ``x``
+into distribution, however well it shows the change).
 
 Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
@@ -84,6 +86,10 @@ CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is 
 # size: images of the same line reached 0.03 and more, another line's 0.015 at most; stretched:
 # sheared images reach a median 0.10, motion-blurred ones 0.008 (docs/benchmarks.md)
 STRICT_MIN_P = 0.02
+# ...or explain at least this share of x's distance alone. Another line's images came closer by a
+# resize or a zoom-out by 0.25 at most, motion blurs by a stretch by 0.53; a part seen through a
+# camera of half the resolution, by its resized neighbours (another instance each), by 0.74-1.0
+STRICT_SHARE = 0.7
 STRICT = ("resized", "stretch", "shear", "moved away")  # how those counterfactuals' descriptions begin
 # the zoom of a camera moved away: zoomed-out textures (x0.72-0.85) were explained by 0.8 as by
 # their own zoom, other lines' images by neither (docs/benchmarks.md)
@@ -189,7 +195,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
             alone = scorer.score_with(np.repeat(x_features[None], len(idx), axis=0), feats[idx][:, None])
             strict = np.array([flat[i][2].startswith(STRICT) for i in idx])
             if strict.any():  # a lower-resolution camera or a tilt must account for x, not only come closer
-                ok = ~strict | (scorer.calibration_.p_values(alone) >= STRICT_MIN_P)
+                ok = ~strict | (scorer.calibration_.p_values(alone) >= STRICT_MIN_P) | \
+                    ((x_score - alone) / span >= STRICT_SHARE)
                 idx, alone = [i for i, k in zip(idx, ok) if k], alone[ok]
         if not idx:  # no neighbour needed a change of this kind to look like x
             s_c, how = x_score, "none"
