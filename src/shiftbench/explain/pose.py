@@ -282,7 +282,7 @@ def tilted_pose(src: Views, ref: Views, pose: Pose, cache: dict | None = None) -
     no zoom) best is kept. Returns that pose and the histograms' cosine similarity after the
     tilt; None where the copy is under 32 px or no tilt matches better. A motion blur also
     changes a texture's orientations, so :mod:`.attribution` counts this counterfactual only
-    where it makes the image look in distribution.
+    where it makes the image look in distribution or alone explains most of its distance.
     """
     small, (h, w) = pose.copy, pose.copy.shape[:2]
     if min(h, w) < 32:  # (as homography_between: too small to read)
