@@ -13,8 +13,8 @@ import pytest
 from shiftbench.explain import agree_with_neighbours, new_pixel_size
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, relight_like
-from shiftbench.explain.pose import (_orientation_hist, _tilt, apply_pose, estimate_pose, orientation_similarity,
-                                     rotation_between, tilted_pose, warp_like, zoom_between)
+from shiftbench.explain.pose import (_cosine, _orientation_hist, _tilt, apply_pose, estimate_pose,
+                                     orientation_similarity, rotation_between, tilted_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
 from shiftbench.properties import measure
 from shiftbench.properties.measures import centre_crop, optics, optics_parts
@@ -202,8 +202,7 @@ def test_a_part_seen_sheared_is_matched_by_the_shear_without_rotation(t, phi):
     warped, how = apply_pose(src, got)
     assert how == f"shear {t:.2f} along {phi}"
     target = _orientation_hist(ref.whole)
-    assert similarity > float(_orientation_hist(src.whole) @ target / np.linalg.norm(_orientation_hist(src.whole))
-                              / np.linalg.norm(target))
+    assert similarity > _cosine(_orientation_hist(src.whole), target)
 
 
 def test_warp_like_uses_a_homography_where_features_match():
