@@ -566,6 +566,32 @@ def test_a_sheared_part_is_augmented_by_shearing_both_ways_and_planned_as_a_tilt
     assert 2 <= abs(centre[1] - centre[0]) <= 48 * np.tan(np.radians(14)) + 1  # tilted, by at most 14 degrees
 
 
+def test_a_stretched_texture_is_augmented_by_a_perspective_that_moves_corners_as_far():
+    """Attribution's stretch by a along a line (1/a across) moves an image's corners by about (a - 1) / 2
+    of its size along each axis: Perspective's corner offsets get that spread, where a quarter of the
+    angle images show a stretch."""
+    how = (["stretch 1.12 along 45, rotate +3 (conf 0.2) zoom 1.00"] * 3 + ["stretch 1.25 along 90, rotate -1"] * 3
+           + ["rotate +10 (conf 0.5) zoom 1.00"] * 4)
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="angle", how_angle=h, rotation_deg=0.0)
+                         for i, h in enumerate(how)])
+    (persp,) = [e for e in augmentation_spec(rows, TRAIN) if e["name"] == "Perspective"]
+    assert persp["params"]["scale"] == pytest.approx([0.06, 0.125])
+    assert "6 of 10 images stretched 1.12..1.25" in persp["why"]
+    from shiftbench.collection.plan import _angle as plan_angle
+    assert any("6 of 10 images foreshortened (stretched 1.12..1.25" in line for line in plan_angle(rows, TRAIN))
+    few = rows.assign(how_angle=how[:2] + ["rotate +10 (conf 0.5) zoom 1.00"] * 8)  # 2 of 10: one image's fit
+    assert not [e for e in augmentation_spec(few, TRAIN) if e["name"] == "Perspective"]
+    h = w = 101  # each pixel shows where it came from: red = x, green = y (in 1/100 of the size)
+    coords = np.dstack([np.tile(np.arange(w), (h, 1)), np.tile(np.arange(h)[:, None], (1, w)), np.zeros((h, w))])
+    offsets = []
+    for seed in range(8):
+        out = compose([{**persp, "p": 1.0}], seed=seed, p=1.0)(image=coords.astype(np.uint8))["image"]
+        for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):  # a corner's source, from its own corner
+            offsets += [abs(int(out[y, x, 0]) - x) / (w - 1), abs(int(out[y, x, 1]) - y) / (h - 1)]
+    # corners drawn |N(0, s)| from their place, s in [0.06, 0.125] (measured: 0.12 on average here)
+    assert 0.03 <= np.mean(offsets) <= 0.25 and max(offsets) > 0.08
+
+
 def test_repeated_pixels_are_augmented_by_a_nearest_neighbour_resize():
     how = ["pixelate 0.35"] * 8 + ["pixelate 0.5"] * 2
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="resolution", how_resolution=h) for i, h in enumerate(how)])

@@ -753,6 +753,18 @@ def test_an_isolated_misreading_takes_the_cause_of_its_alike_images():
     assert agreement[3] == pytest.approx(6 / 7) and agreement.min() >= 6 / 7
 
 
+def test_a_rotated_image_among_blurred_ones_stays_angle_but_a_blurred_one_among_rotated_ones_turns():
+    """A warp interpolates: a rotated image looks a little blurred and sits among blurred images,
+    whose vote does not take its angle away; the reverse vote still applies."""
+    rng = np.random.default_rng(3)
+    conditions = np.vstack([rng.normal([-3, 0, 0], 0.3, (12, 3)), rng.normal([0, 3, 0], 0.3, (12, 3))])
+    causes = np.array(["resolution"] * 12 + ["angle"] * 12, dtype=object)
+    causes[3], causes[15] = "angle", "resolution"
+    agreed, agreement = agree_with_neighbours(causes, conditions, np.zeros((24, 4)))
+    assert agreed[3] == "angle" and agreement[3] == pytest.approx(1 / 7)  # kept, against 6 of 7
+    assert agreed[15] == "angle"
+
+
 def test_a_small_group_of_alike_images_keeps_its_own_cause():
     """Four alike images (a majority of any 7) keep their cause among many of another."""
     rng = np.random.default_rng(1)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..images import InputError
 from .scan_io import (changed_zoom, circular_mean, has_cause, how_values, relative_gradient, sheared, span,
-                      uneven_threshold)
+                      stretched, uneven_threshold)
 
 
 def _span(values):
@@ -212,15 +212,23 @@ def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
         whys.append(f"{len(mode)} images rotated {rot[0]:+.1f}..{rot[1]:+.1f} degrees vs their nearest training "
                     f"images, " + (f"scaled {z[0]:.2f}..{z[1]:.2f} (how_angle zoom)" if z else "no zoom")
                     + "".join(f", sheared up to {d:.0f} degrees along {a} (how_angle shear)" for a, d in shear.items()))
-    if not children:
-        return []
-    lo = min(c["params"]["rotate"][0] for c in children)
-    hi = max(c["params"]["rotate"][1] for c in children)
-    signs = "both signs seen" if lo < 0 < hi else "one sign seen"
-    # Perspective is not added: the scan's stretch (tilt) estimates (how_angle "stretch A along D")
-    # have not been measured as a range on the fine-tuning benchmark.
-    return [_one_of("angle", children,
-                    f"{'; '.join(whys)} ({signs}; one Affine per cluster or mode, chosen by size)", p)]
+    out = []
+    if children:
+        lo = min(c["params"]["rotate"][0] for c in children)
+        hi = max(c["params"]["rotate"][1] for c in children)
+        signs = "both signs seen" if lo < 0 < hi else "one sign seen"
+        out.append(_one_of("angle", children,
+                           f"{'; '.join(whys)} ({signs}; one Affine per cluster or mode, chosen by size)", p))
+    factors = stretched(rows)  # a camera tilted against a texture: attribution fits fixed stretches
+    if len(factors):
+        # a stretch by a along a line and 1/a across moves a corner by about (a - 1) / 2 of the image size
+        # along each axis: the spread of Perspective's corner offsets
+        lo, hi = _span(0.5 * (factors - 1.0))
+        out.append(_entry("angle", "Perspective", {"scale": _pair(lo, hi), "keep_size": True,
+                                                    "border_mode": REFLECT_101},
+                          f"{len(factors)} of {len(rows)} images stretched {factors.min():.2f}..{factors.max():.2f} "
+                          "against their nearest training images (how_angle stretch: a tilted camera)", p))
+    return out
 
 
 def _odd(n: float) -> int:
@@ -432,6 +440,5 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
             lines.append(f"- **{c}**: no transform ({why})")
     if not spec:
         lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
-    lines += ["", "Not covered: camera tilt (Perspective) - the scan's tilt estimates "
-              "(`how_angle` \"stretch A along D\") are not turned into a range; rotation, zoom and shear are.", ""]
+    lines.append("")
     return "\n".join(lines)

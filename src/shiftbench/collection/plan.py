@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..explain.clusters import explained_share
-from .scan_io import changed_zoom, circular_mean, has_cause, relative_gradient, sheared, span, uneven_threshold
+from .scan_io import (changed_zoom, circular_mean, has_cause, relative_gradient, sheared, span, stretched,
+                      uneven_threshold)
 from .select import allocate
 
 # Measurements reported per cause in plan.json's "numbers".
@@ -99,6 +100,10 @@ def _angle(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
                    f"camera farther away: parts shown at {scale} their training size")
     for axis, deg in sheared(m).items():
         out.append(f"camera tilted: parts sheared up to {deg:.0f} degrees along {axis}")
+    stretch = stretched(m)
+    if len(stretch):
+        out.append(f"camera tilted against the surface: {len(stretch)} of {len(m)} images foreshortened "
+                   f"(stretched {stretch.min():.2f}..{stretch.max():.2f} along one direction)")
     return out or ["camera pose changed (no rotation estimate)"]
 
 

@@ -180,6 +180,17 @@ def sheared(rows: pd.DataFrame, min_share: float = 0.25) -> dict[str, float]:
     return out
 
 
+_STRETCH = re.compile(r"^stretch\s+([0-9.]+)\s+along\s+([0-9]+)")
+
+
+def stretched(rows: pd.DataFrame, min_share: float = 0.25) -> np.ndarray:
+    """(K,) stretch factors (> 1) of ``rows``' ``how_angle`` ("stretch A along D": a camera tilted
+    against a texture), where at least ``min_share`` of the rows show one; empty where fewer do."""
+    found = [float(m.group(1)) for m in map(_STRETCH.match, rows["how_angle"].astype(str))
+             if m] if "how_angle" in rows else []
+    return np.array(found if found and len(found) >= min_share * len(rows) else [], dtype=float)
+
+
 def circular_mean(deg, period: float = 360.0) -> tuple[float, float]:
     """Mean direction (degrees in [0, period)) and resultant length in [0, 1] (1 = all equal)."""
     a = np.asarray(deg, dtype=float)
