@@ -636,6 +636,21 @@ def test_a_relit_image_at_a_pixel_size_no_training_image_has_is_not_lighting(ban
     assert np.isnan(row["undo_lighting"])  # not asked: lighting cannot be named anyway
 
 
+def test_at_a_new_pixel_size_no_neighbour_is_degraded_on_its_own_grid(bank_workspace):
+    """A blur or noise of a training image keeps its pixel grid: for a (noisier) image at a size no
+    training image has, the neighbours are not degraded (only resized, where it has fewer pixels)."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    scale = dict(zip(bank.meta["conditions"]["columns"], bank.meta["conditions"]["scale"]))
+    h, w = train_img.shape[:2]
+    big = cv2.resize(train_img, (w * 3 // 2, h * 3 // 2), interpolation=cv2.INTER_CUBIC)
+    noisy = np.clip(big + np.random.default_rng(0).normal(0, 12, big.shape), 0, 255).astype(np.uint8)
+    same_grid, _ = at._counterfactuals(views(noisy), measure(noisy), [views(train_img)], scale)
+    assert any("noise" in how for _, how in same_grid["resolution"])  # what the same grid would get
+    new_grid, _ = at._counterfactuals(views(noisy), measure(noisy), [views(train_img)], scale, new_size=True)
+    assert new_grid["resolution"] == [] and new_grid["angle"] and new_grid["lighting"]
+
+
 def test_an_image_with_fewer_pixels_is_explained_by_a_lower_resolution_camera(bank_workspace, lite0, monkeypatch):
     """Production at half the training's pixel size: the neighbours resized to it are the
     counterfactual (the same view through a lower-resolution camera), and it explains the image."""

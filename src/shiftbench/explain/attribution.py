@@ -32,7 +32,10 @@ neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` w
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
 neighbour on both sides also gets that neighbour resized to its pixel size as a
-resolution counterfactual: the same view through a lower-resolution camera. A camera
+resolution counterfactual: the same view through a lower-resolution camera. A blur, noise or
+compression of a neighbour on its own pixel grid keeps that grid too, so at a new pixel size only
+the resize is made (another plant's images, larger than the training ones, were otherwise
+"explained" 0.07-0.36 by noise added to a neighbour). A camera
 tilted against the surface foreshortens it, which a rotation cannot give a texture: each
 neighbour is also seen through the stretched pose after which its gradient orientations best
 match ``x``'s, or where the two share features (a part), the sheared one
@@ -98,8 +101,11 @@ BLOCK = 16  # flagged images whose counterfactuals are made, then embedded, toge
 
 
 def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dict[str, float],
-                     optics_known: list[dict] | None = None) -> tuple[dict[str, list[tuple[Views, str]]], float]:
-    """cause -> [(transformed neighbour, how)] for one production image, and its median rotation."""
+                     optics_known: list[dict] | None = None,
+                     new_size: bool = False) -> tuple[dict[str, list[tuple[Views, str]]], float]:
+    """cause -> [(transformed neighbour, how)] for one production image, and its median rotation.
+    ``new_size``: ``x`` is at a pixel size the training images do not have, so a degradation of a
+    neighbour on its own pixel grid is not made (only its resize to ``x``'s size)."""
     out: dict[str, list] = {c: [] for c in CAUSES}
     rotations = []
     known = optics_known or [None] * len(neighbours)
@@ -121,10 +127,11 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             out["angle"].append(apply_pose(n, tilted[0]))
         away = dataclasses.replace(pose, homography=None, deg=0.0, conf=1.0, zoom=ZOOM_OUT, tilt=None)
         out["angle"].append((apply_pose(n, away)[0], f"moved away, zoom {ZOOM_OUT:.2f}"))
-        grey = cached(x_cache, ("grey noise",), lambda: grey_noise(x.crop))
-        degraded, how = degrade_like(n, x_meas, scale, known[i], grey)
-        if degraded is not n:
-            out["resolution"].append((degraded, how))
+        if not new_size:
+            grey = cached(x_cache, ("grey noise",), lambda: grey_noise(x.crop))
+            degraded, how = degrade_like(n, x_meas, scale, known[i], grey)
+            if degraded is not n:
+                out["resolution"].append((degraded, how))
         if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1]:
             # fewer pixels than the neighbour: the same view through a lower-resolution camera
             small = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
@@ -140,10 +147,11 @@ def _measure(v: Views) -> dict:
 
 
 def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,
-          optics_known: list[dict] | None = None) -> tuple[list[tuple[str, Views, str]], list[dict], float]:
+          optics_known: list[dict] | None = None,
+          new_size: bool = False) -> tuple[list[tuple[str, Views, str]], list[dict], float]:
     """Counterfactuals of ``x`` as (cause, views, how), their measurements and ``x``'s rotation:
     all of an image's attribution that needs no model (run ahead of it by :func:`attribute`)."""
-    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known)
+    cands, rotation = _counterfactuals(x, x_meas, neighbours, _spread(conditions), optics_known, new_size)
     flat = [(c, v, how) for c, items in cands.items() for v, how in items]
     return flat, [_measure(v) for _, v, _ in flat], rotation
 
@@ -166,7 +174,7 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     made : optional, what :func:`_make` returns for these arguments, made beforehand;
         ``made_features`` optionally its counterfactuals' (K, D) features, embedded beforehand.
     new_size : whether ``x``'s pixel size is outside the training images' range (:func:`new_pixel_size`):
-        then neither lighting nor angle is named.
+        then neither lighting nor angle is named, and resolution only by a resize to ``x``'s size.
 
     Returns
     -------
@@ -179,7 +187,7 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     ``residual_p`` (its conformal p-value: at least the scan's ``fpr`` when that change
     alone makes the image look in-distribution).
     """
-    flat, measures, rotation = made or _make(x, x_meas, neighbours, conditions, optics_known)
+    flat, measures, rotation = made or _make(x, x_meas, neighbours, conditions, optics_known, new_size)
     feats = _embed([v for _, v, _ in flat], backbone, conditions, measures) if made_features is None \
         else made_features
     span = max(x_score - float(np.median(scorer.calibration_.scores)), 1e-9)
@@ -319,7 +327,8 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
         except Exception as e:  # moved or unreadable files: no attribution for this image
             return f"cannot read: {e}"
         x_meas = {c: r[c] for c in r.index if isinstance(r[c], (int, float, np.floating))}
-        return x, nbrs, x_meas, _make(x, x_meas, nbrs, conditions, [optics_known.setdefault(t, {}) for t in nn[j]])
+        return x, nbrs, x_meas, _make(x, x_meas, nbrs, conditions, [optics_known.setdefault(t, {}) for t in nn[j]],
+                                      bool(new_size[j]))
 
     rows = []
     # A block of images at a time: their counterfactuals are made in parallel (OpenCV and numpy
