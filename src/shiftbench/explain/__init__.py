@@ -1,20 +1,22 @@
 """Explain: attribution of flagged images to causes, and failure clusters (on arrays and tables).
 
-The attribution names are loaded on first use: they need the embedding models (torch),
-while the clusters' table helpers serve ``collect``, which should start without them.
+The attribution and agreement names are loaded on first use: attribution needs the embedding
+models (torch), and both the search index (faiss), while the clusters' table helpers serve
+``collect``, which should start without them.
 """
 
 from .clusters import cluster_cards, cluster_flagged, describe_change, explained_share
 from .views import Views, views
 
-_ATTRIBUTION = ("CAUSES", "agree_with_neighbours", "attribute", "attribute_one", "new_pixel_size")
+_LAZY = {"CAUSES": "attribution", "attribute": "attribution", "attribute_one": "attribution",
+         "new_pixel_size": "attribution", "agree_with_neighbours": "agreement"}
 
 __all__ = ["CAUSES", "Views", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards",
            "cluster_flagged", "describe_change", "explained_share", "new_pixel_size", "views"]
 
 
 def __getattr__(name: str):
-    if name in _ATTRIBUTION:
-        from . import attribution
-        return getattr(attribution, name)
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

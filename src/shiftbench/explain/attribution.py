@@ -52,7 +52,7 @@ distribution (p-value at least ``STRICT_MIN_P``) or explains most of its distanc
 at least ``STRICT_SHARE``: a neighbour that is another instance of a part rarely brings ``x``
 into distribution, however well it shows the change).
 
-Last, :func:`agree_with_neighbours` lets alike flagged images agree: one failure mode
+Last, :func:`~.agreement.agree_with_neighbours` lets alike flagged images agree: one failure mode
 changes many images' conditions alike, so an image whose most alike flagged images
 mostly name another cause takes theirs.
 
@@ -76,7 +76,6 @@ from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
-from ..search import build_index, search
 from .interventions import degrade_like, grey_noise, pipeline_faults, relight_like
 from .pose import apply_pose, estimate_pose, tilted_pose
 from .views import Views, cached, views
@@ -354,63 +353,3 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
                 if progress:
                     progress(j + 1, len(table))
     return pd.DataFrame(rows, index=table.index)
-
-
-AGREE_K = 7  # an image's own neighbourhood: itself and its 6 nearest flagged images
-SHARE_WEIGHT = 2.0  # explained shares (0-1) against measurements in training spreads
-# (own cause, majority's cause) that the vote does not change: a warp interpolates, so a rotated or tilted
-# image also looks a little blurred and sits among blurred images, while a blur rotates nothing. On the
-# attribution benchmarks 40 such changes were wrong and 10 right (docs/benchmarks.md)
-KEPT_AGAINST = frozenset({("angle", "resolution")})
-
-
-def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np.ndarray,
-                          k: int = AGREE_K, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Causes made consistent among flagged images that look alike.
-
-    One failure mode (a relit station, a tilted camera) gives many images the same
-    changed conditions, while one image's interventions are noisy: a rotation
-    misread on a texture, a blur that a zoom also explains. Each image takes the
-    primary cause of a strict majority of its ``k`` nearest flagged images (itself
-    included) in the space of its standardised measurements and its explained shares
-    (times ``SHARE_WEIGHT``), and keeps its own where there is none, or where its own is
-    angle and the majority's resolution (``KEPT_AGAINST``). A group of
-    ``k // 2 + 1`` or more alike images thus keeps its own cause, however many
-    images of other causes surround it; with fewer than ``k`` flagged images (in a
-    group, with ``groups``) nothing changes.
-
-    Parameters
-    ----------
-    causes : (N,) str, per-image causes (``lighting+angle`` counts as ``lighting``).
-    conditions : (N, C) float, measurements standardised by the training set.
-    shares : (N, S) float in [0, 1], the share of the distance each cause explains.
-    groups : optional (N,) labels: images vote only within their own group (images at a
-        pixel size the training set has, and images at another: they are not alike).
-
-    Returns
-    -------
-    (N,) causes (an image's own where kept, else the majority's primary cause) and
-    (N,) agreement: the fraction of its neighbourhood whose primary cause is the returned one's.
-    """
-    causes = np.asarray(causes, dtype=object)
-    if groups is not None:
-        groups = np.asarray(groups)
-        out, agreement = causes.copy(), np.zeros(len(causes))
-        for g in np.unique(groups):
-            m = groups == g
-            out[m], agreement[m] = agree_with_neighbours(causes[m], conditions[m], shares[m], k)
-        return out, agreement
-    primary = np.array([str(c).split("+")[0] for c in causes], dtype=object)
-    if len(causes) < k:
-        return causes, np.array([np.mean(primary == p) for p in primary], dtype=float)
-    z = np.hstack([np.clip(np.nan_to_num(conditions), -10, 10), SHARE_WEIGHT * np.nan_to_num(shares)])
-    _, nn = search(build_index(z, "flat"), z, k)
-    out, agreement = causes.copy(), np.zeros(len(causes))
-    for i, row in enumerate(nn):
-        votes = primary[row[row >= 0]]
-        names, counts = np.unique(votes, return_counts=True)
-        major = names[counts.argmax()]
-        if counts.max() > k / 2 and major != primary[i] and (primary[i], major) not in KEPT_AGAINST:
-            out[i] = major
-        agreement[i] = np.mean(votes == str(out[i]).split("+")[0])
-    return out, agreement
