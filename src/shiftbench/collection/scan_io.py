@@ -163,32 +163,35 @@ def changed_zoom(rows: pd.DataFrame) -> np.ndarray:
     return zoom if len(zoom) and abs(np.median(zoom) - 1) > 0.05 else np.array([])
 
 
-_SHEAR = re.compile(r"^shear\s+(-?[0-9.]+)\s+along\s+([0-9]+)")
+_TILT = re.compile(r"^(stretch|shear)\s+(-?[0-9.]+)\s+along\s+([0-9]+)")
+
+
+def _tilts(rows: pd.DataFrame, kind: str, min_share: float) -> list[tuple[float, str]]:
+    """(factor, direction) of ``rows``' ``how_angle`` of ``kind`` (attribution's "stretch A along D" or
+    "shear t along D"), where at least ``min_share`` of the rows show one (one image's best fit is not
+    a line's camera); empty where fewer do."""
+    how = rows["how_angle"].astype(str) if "how_angle" in rows else pd.Series([], dtype=str)
+    found = [(float(m.group(2)), m.group(3)) for m in map(_TILT.match, how) if m and m.group(1) == kind]
+    return found if found and len(found) >= min_share * len(rows) else []
 
 
 def sheared(rows: pd.DataFrame, min_share: float = 0.25) -> dict[str, float]:
     """Axis ('x' for attribution's 'shear t along 0', 'y' for 'along 90') -> the largest shear
     in degrees (atan |t|) of ``rows``' ``how_angle``, for axes that at least ``min_share`` of the
-    rows show (one image's best fit is not a line's camera); empty where none do."""
-    found = [m.groups() for m in map(_SHEAR.match, rows["how_angle"].astype(str))
-             if m] if "how_angle" in rows else []
+    rows show; empty where none do."""
+    found = _tilts(rows, "shear", 0.0)
     out = {}
     for axis, phi in (("x", "0"), ("y", "90")):
-        t = [abs(float(v)) for v, d in found if d == phi]
+        t = [abs(v) for v, d in found if d == phi]
         if t and len(t) >= min_share * len(rows):
             out[axis] = float(np.degrees(np.arctan(max(t))))
     return out
 
 
-_STRETCH = re.compile(r"^stretch\s+([0-9.]+)\s+along\s+([0-9]+)")
-
-
 def stretched(rows: pd.DataFrame, min_share: float = 0.25) -> np.ndarray:
     """(K,) stretch factors (> 1) of ``rows``' ``how_angle`` ("stretch A along D": a camera tilted
     against a texture), where at least ``min_share`` of the rows show one; empty where fewer do."""
-    found = [float(m.group(1)) for m in map(_STRETCH.match, rows["how_angle"].astype(str))
-             if m] if "how_angle" in rows else []
-    return np.array(found if found and len(found) >= min_share * len(rows) else [], dtype=float)
+    return np.array([a for a, _ in _tilts(rows, "stretch", min_share)], dtype=float)
 
 
 def circular_mean(deg, period: float = 360.0) -> tuple[float, float]:
