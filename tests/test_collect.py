@@ -18,7 +18,7 @@ import shiftbench
 from shiftbench.cli.main import app
 from shiftbench.collection import (allocate, augmentation_spec, build_augmentation, cluster_weights, collect,
                                 k_center_greedy, load_augmentation)
-from shiftbench.collection.augment import compose
+from shiftbench.collection.transforms import compose
 from shiftbench.collection.scan_io import span
 from shiftbench.images import InputError
 from shiftbench.properties import measure
@@ -508,7 +508,7 @@ def test_side_light_augmentation_matches_direction_and_strength():
     spec = augmentation_spec(rows, TRAIN)
     light = [e for e in spec if e["name"] in ("Illumination", "Sequential")]
     assert len(light) == 1
-    from shiftbench.collection.augment import compose
+    from shiftbench.collection.transforms import compose
     seq = compose(light)
     for t in _flatten(seq):
         t.p = 1.0

@@ -10,7 +10,8 @@ albumentations loads only when an augmentation is built or loaded.
 """
 
 from .api import CollectResult, collect, resolve_budget
-from .augment import augmentation_spec, build_augmentation, load_augmentation
+from .augment import augmentation_spec
+from .transforms import build_augmentation, load_augmentation
 from .scan_io import load_scan, training_reference
 from .select import allocate, cluster_weights, k_center_greedy
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..fsutil import write_json, write_text
 from ..images import InputError
-from . import augment, plan as planmod
+from . import augment, plan as planmod, transforms
 from .scan_io import ScanOutputs, load_scan, training_reference
 from .select import allocate, cluster_weights, k_center_greedy, label_order, medoid, normalise
 
@@ -278,8 +278,8 @@ def _write(out_dir: Path, summary: dict, selection: pd.DataFrame, spec: list[dic
         else:
             pd.DataFrame({"path": selection["path"], "label": ""}).to_csv(tmp / "labels_template.csv", index=False)
         selection.to_csv(tmp / "selection.csv", index=False, float_format="%.6g")
-        augment.save_augmentation(augment.compose(spec, seed, p), tmp / "augment.yaml")
-        write_text(tmp / "augment.md", augment.render_markdown(spec, causes_seen, train_source))
+        transforms.save_augmentation(transforms.compose(spec, seed, p), tmp / "augment.yaml")
+        write_text(tmp / "augment.md", transforms.render_markdown(spec, causes_seen, train_source))
         write_json(tmp / "plan.json", summary)
         write_text(tmp / "plan.md", planmod.render_markdown(summary))
         _swap_in(tmp, out_dir)
