@@ -175,6 +175,12 @@ def bank_workspace(tmp_path_factory, synth) -> Path:
     return ws
 
 
+@pytest.fixture(scope="session")
+def tiny_ts(tmp_path_factory) -> Path:
+    """A cheap TorchScript backbone for the tests about mechanics, not accuracy."""
+    return save_torchscript(tmp_path_factory.mktemp("ts") / "tiny.ts")
+
+
 @pytest.fixture
 def workspace(bank_workspace, tmp_path) -> Path:
     """A private copy of the lite0 bank workspace."""

@@ -50,12 +50,6 @@ def scanned(tmp_path_factory, bank_workspace, synth):
     return result, ws
 
 
-@pytest.fixture(scope="module")
-def tiny_ts(tmp_path_factory) -> Path:
-    """A cheap TorchScript backbone for the tests about mechanics, not accuracy."""
-    return save_torchscript(tmp_path_factory.mktemp("ts") / "tiny.ts")
-
-
 # ------------------------------------------------------------------ outputs
 
 
@@ -375,19 +369,19 @@ def test_interrupted_embedding_resumes(tmp_path, synth, lite0, spy_embed):
     prod = synth / "prod"
     paths = find_images(prod)
     work = tmp_path / "work"
-    with pytest.raises(KeyboardInterrupt):  # after batch 2: batch 1 was flushed, batch 2 was not
-        embed_folder(prod, paths, lite0, work, batch_size=4, num_workers=0, flush_every=4,
-                     progress=_interrupt_after(8))
+    with pytest.raises(KeyboardInterrupt):  # after batch 3: two flushed (every 4), the third on the way out
+        embed_folder(prod, paths, lite0, work, batch_size=2, num_workers=0, flush_every=4,
+                     progress=_interrupt_after(6))
     parts = sorted((work / "parts").glob("part-*.npz"))
-    assert [p.name for p in parts] == ["part-00000.npz"]
-    with np.load(parts[0]) as z:
-        assert z["path"].tolist() == paths[:4]
+    assert [p.name for p in parts] == ["part-00000.npz", "part-00001.npz"]
+    with np.load(parts[0]) as z0, np.load(parts[1]) as z1:
+        assert z0["path"].tolist() == paths[:4] and z1["path"].tolist() == paths[4:6]
 
     done = []
     emb = embed_folder(prod, paths, lite0, work, batch_size=4, num_workers=0, flush_every=4,
                        progress=lambda d, t: done.append(d))
-    assert spy_embed[1] == paths[4:]  # only what was not saved
-    assert done[0] == 4 and done[-1] == len(paths)
+    assert spy_embed[1] == paths[6:]  # only what was not saved
+    assert done[0] == 6 and done[-1] == len(paths)
     assert not (work / "parts").exists()  # cleaned up on success
     assert emb.table["path"].tolist() == paths and emb.ok.all()
     fresh = embed_folder(prod, paths, lite0, tmp_path / "fresh", batch_size=4, num_workers=0)

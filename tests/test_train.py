@@ -270,9 +270,11 @@ def test_cli_predict_writes_the_api_table(trained, toy, tmp_path):
     res = invoke("predict", trained.checkpoint, folder, "--out", out, "--device", "cpu", "--workers", 0)
     assert res.exit_code == 0 and res.stdout.strip() == str(out)
     assert pd.read_csv(out, keep_default_na=False)["prediction"].tolist() == expected["prediction"].tolist()
-    for bad in ([toy, folder], [trained.checkpoint, tmp_path / "nowhere"]):
+    (tmp_path / "empty").mkdir()
+    for bad, says in (([toy, folder], "not a shiftbench checkpoint"), ([trained.checkpoint, tmp_path / "nowhere"],
+                      "no such file or folder"), ([trained.checkpoint, tmp_path / "empty"], "no images found")):
         res = invoke("predict", *bad, "--device", "cpu")
-        assert res.exit_code == 2 and res.stderr.startswith("shiftbench: error:"), res.output
+        assert res.exit_code == 2 and res.stderr.startswith("shiftbench: error:") and says in res.stderr, res.output
 
 
 def test_help_does_not_import_torch():

@@ -125,12 +125,17 @@ def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
         if json.loads((cache / "identity.json").read_text()) != identity:
             return None
         logits = np.load(cache / "logits.npy") if (cache / "logits.npy").is_file() else None
-        return Embeddings(pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy"), logits)
+        table, features = pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy")
     except (OSError, ValueError):
         return None
+    if len(features) != len(table) or (logits is not None and len(logits) != len(table)):
+        return None  # files of two runs (identity.json is written last, so this should not happen)
+    return Embeddings(table, features, logits)
 
 
 def _save_cached(cache: Path, identity: dict, emb: Embeddings) -> None:
+    """The cache files, identity last: a run killed half-way leaves a cache that is not used."""
+    (cache / "identity.json").unlink(missing_ok=True)
     write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
     save_npy(cache / "features.npy", emb.features)
     if emb.logits is not None:
@@ -202,6 +207,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     paths = find_images(root)  # before indexing: a mistyped folder fails at once
     if not paths:
         raise InputError(f"no images found in {root}")
+    _check_options(out, model, labels)  # and so does a mistyped option, before minutes of embedding
     if reference is not None:
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
@@ -210,6 +216,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
             raise InputError(f"{sorted(index_options)} only apply with --reference")
         bank = load_bank(workspace)
     t_index = time.perf_counter() - t0
+    _check_reachable(bank, fpr)
     bb = load_backbone(**bank.meta["backbone"], device=device)
     identity = _identity(bb)
     check_identity(bank.meta, identity)
@@ -274,6 +281,24 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     save_npy(out_dir / "embeddings.npy", emb.features[:, :bank.scorer.views[0][1]])  # for collect's diversity
     write_json(out_dir / "summary.json", summary)
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
+
+
+def _check_options(out, model, labels) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if labels is not None and not Path(labels).is_file():
+        raise InputError(f"--labels {labels}: no such file")
+    if model is not None and (os.sep in str(model) or "/" in str(model)) and not Path(model).exists():
+        raise InputError(f"--model {model}: no such checkpoint folder")
+
+
+def _check_reachable(bank: Bank, fpr: float) -> None:
+    """Refuse a scan that could flag nothing: with n calibration images the smallest p-value is 1/(n+1)."""
+    n = len(bank.scorer.calibration_.scores)
+    if not np.isfinite(bank.scorer.calibration_.threshold(fpr)):
+        raise InputError(f"the bank holds {n} readable training images: with so few no image can be flagged at "
+                         f"--fpr {fpr:g} (the smallest p-value is 1/{n + 1} = {1 / (n + 1):.3g}); index at least "
+                         f"{int(np.ceil(1 / fpr)) - 1} images, or scan with --fpr {1 / (n + 1):.3g} or more")
 
 
 def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, bb, logits,

@@ -95,6 +95,16 @@ def load_bank(workspace: str | os.PathLike) -> Bank:
     if not (d / "bank.json").is_file():
         raise InputError(f"no reference bank in {Path(workspace)}: run 'shiftbench index TRAIN_DIR' "
                          f"first, or pass --reference TRAIN_DIR to scan")
+    try:
+        return _read_bank(d)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # RuntimeError: faiss's reader
+        raise InputError(f"{d} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         f"re-run 'shiftbench index TRAIN_DIR' to rebuild it") from None
+
+
+def _read_bank(d: Path) -> Bank:
     meta = json.loads((d / "bank.json").read_text())
     if meta.get("version") != BANK_VERSION:
         raise InputError(f"{d} was written by another shiftbench version; re-run 'shiftbench index'")
@@ -105,7 +115,10 @@ def load_bank(workspace: str | os.PathLike) -> Bank:
                for j, (name, _) in enumerate(views)}
     scorer = FusedKNNScorer(views, k=meta["k"], raw_views=raw).restore(scorers)
     table = pd.read_parquet(d / "images.parquet")
-    return Bank(meta=meta, table=table, features=np.load(d / "features.npy"), scorer=scorer)
+    features = np.load(d / "features.npy")
+    if len(features) != len(table) or len(loo) != int((table["status"] == "ok").sum()):
+        raise ValueError(f"{len(table)} table rows, {len(features)} feature rows, {len(loo)} calibration rows")
+    return Bank(meta=meta, table=table, features=features, scorer=scorer)
 
 
 def check_identity(bank_meta: dict, identity: dict) -> None:

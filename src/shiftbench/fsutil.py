@@ -49,7 +49,24 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def write_json(target: str | os.PathLike, obj) -> None:
-    write_text(target, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    write_text(target, json_text(obj) + "\n")
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Strict JSON (what jq and other languages read): NaN and infinities become null."""
+    return json.dumps(_finite(obj), indent=indent, default=_jsonable, allow_nan=False)
+
+
+def _finite(o):
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    return o
 
 
 def save_npy(target: str | os.PathLike, array: np.ndarray) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,7 +45,8 @@ def collect(
         by_cause.setdefault(t["cause"], []).extend(n for n in _leaves(t) if n not in by_cause.get(t["cause"], []))
     shown = "; ".join(f"{c}: {', '.join(n)}" for c, n in by_cause.items()) or "none (no condition shift seen)"
     info(f"augmentation: {shown} (augment.yaml; augment.md says where each range came from)", quiet)
-    typer.echo(json.dumps(s, default=str) if json_out else str(result.out_dir))
+    from ..fsutil import json_text
+    typer.echo(json_text(s, indent=None) if json_out else str(result.out_dir))
 
 
 def _leaves(entry: dict) -> list[str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 
-EXIT_OK, EXIT_SHIFT, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SHIFT, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -19,16 +20,24 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors into one line on stderr and exit status 2."""
+    """Turn the library's input errors (and the system's: a full disk, a denied folder) into one
+    line on stderr and exit status 2; anything else is a bug: its traceback, and status 3, so that
+    status 1 always means a finding (a shift, a refused model), never a crash."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from ..embedding.backbones import BackboneError
     from ..images import ImageError, InputError
     try:
         yield
-    except (InputError, BackboneError, ImageError, FileNotFoundError, NotADirectoryError) as e:
+    except typer.Exit:
+        raise
+    except (InputError, BackboneError, ImageError, OSError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to resume", 130) from None
+    except Exception as e:
+        traceback.print_exc()
+        raise fail(f"internal error ({type(e).__name__}): a bug, please report it with the traceback above",
+                   EXIT_BUG) from None
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -79,5 +78,6 @@ def finetune(
              + (" ..." if len(skipped) > 5 else ""), quiet)
     for line in summary_lines(result.metrics):
         info(line, quiet)
-    typer.echo(json.dumps(result.metrics, default=str) if json_out else str(result.out_dir))
+    from ..fsutil import json_text
+    typer.echo(json_text(result.metrics, indent=None) if json_out else str(result.out_dir))
     raise typer.Exit(EXIT_OK if result.promoted else EXIT_REFUSED)

@@ -117,6 +117,11 @@ def scan(
                               progress=progress, explain_progress=explaining, **index_options)
     s = result.summary
     c = s["counts"]
+    if c["ok"] == 0:  # nothing to judge: not a pass (a broken camera feed looks like this)
+        typer.echo(str(result.out_dir))
+        errors = sorted({u["error"].split(":")[0] for u in s["unreadable"]})[:3]
+        raise fail(f"none of the {c['images']} files in {prod_dir} could be read ({'; '.join(errors)}); "
+                   f"each has a row with its reason in {result.out_dir / 'images.csv'}")
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
          f"{100 * fpr:.0f}%), {c['unreadable']} unreadable", quiet)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -66,9 +65,10 @@ def train(
         info(f"validation accuracy {m['val_accuracy']:.3f}, loss {m['val_loss']:.4f} (best epoch "
              f"{m['best_epoch']} of {m['epochs']}, {m['seconds']:.0f} s)", quiet)
     if json_out:
-        typer.echo(json.dumps({"checkpoint": str(result.checkpoint),
-                               **{k: meta[k] for k in ("arch", "classes", "trainable", "preprocess",
-                                                       "metrics", "lineage", "skipped")}}))
+        from ..fsutil import json_text
+        typer.echo(json_text({"checkpoint": str(result.checkpoint),
+                              **{k: meta[k] for k in ("arch", "classes", "trainable", "preprocess",
+                                                      "metrics", "lineage", "skipped")}}, indent=None))
     else:
         typer.echo(str(result.checkpoint))
 
@@ -93,6 +93,8 @@ def predict(
         if not images.exists():
             raise FileNotFoundError(f"no such file or folder: {images}")
         table = run_predict(checkpoint, images, device=device, batch_size=batch_size, num_workers=workers)
+        if not len(table):
+            raise FileNotFoundError(f"no images found in {images}")
         text = table.to_csv(index=False, float_format="%.6g")
         if out is not None:
             write_text(out, text)

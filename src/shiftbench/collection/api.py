@@ -204,10 +204,11 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     n_label = min(budget, len(flagged))
     if budget > len(flagged) and groups:
         notes.append(f"budget {budget} is more than the {len(flagged)} flagged images: all of them are selected")
-    label_alloc = allocate(harm, n_label, minimum=1, caps=_label_caps(groups, sizes))
+    condition = [g["cause"] not in ("content", "unknown") for g in groups]  # win ties: augmentation needs them
+    label_alloc = allocate(harm, n_label, minimum=1, caps=_label_caps(groups, sizes), prefer=condition)
     # The floor takes at most half of the budget: the rest must follow harm.
     floor = min(planmod.MIN_COLLECT, budget // max(2 * len(groups), 1))
-    collect_alloc = allocate(harm, budget, minimum=floor)
+    collect_alloc = allocate(harm, budget, minimum=floor, prefer=condition)
     rng = np.random.default_rng(seed)
     picks = [_pick_by_mode(scan, g, int(k), rng) for g, k in zip(groups, label_alloc)]
     ranked = [picks[c][j] + (groups[c],) for c, j in label_order(picks, [int(k) for k in label_alloc])]

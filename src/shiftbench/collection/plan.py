@@ -63,12 +63,15 @@ def numbers(members: pd.DataFrame, causes: list[str], train: dict[str, float]) -
 
 
 def _lighting(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
+    out = []  # a measurement missing from every member (failed, or an older scan) gives no line
     b, bt = _med(m, "brightness_p50"), t.get("brightness_p50", float("nan"))
-    lo, hi = span(m["brightness_p50"])
-    rng = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}..{hi:.2f}"
-    out = [f"median brightness {b:.2f} (training {bt:.2f}{_pct(b, bt)}; images {rng})"]
+    if np.isfinite(b):
+        lo, hi = span(m["brightness_p50"])
+        rng = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}..{hi:.2f}"
+        out.append(f"median brightness {b:.2f} (training {bt:.2f}{_pct(b, bt)}; images {rng})")
     c, ct = _med(m, "contrast"), t.get("contrast", float("nan"))
-    out.append(f"contrast {c:.3f} (training {ct:.3f}{_pct(c, ct)})")
+    if np.isfinite(c):
+        out.append(f"contrast {c:.3f} (training {ct:.3f}{_pct(c, ct)})")
     rel = relative_gradient(m)
     rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
     if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
@@ -158,15 +161,17 @@ def _action(causes: list[str], n: int, conditions: list[str], examples: list[str
     what = "; ".join(conditions)
     eg = ", ".join(examples[:3])
     primary = causes[0]
+    add, note = (f"add {n} images", "") if n else ("add images", " (none fit in this budget: raise --budget)")
     if primary == "pipeline":
         return (f"Check the production preprocessing first (decoding, channel order, orientation): {what}. "
-                f"Then add {n} images captured through it.")
+                f"Then {add} captured through it{note}.")
     if primary in _PHRASES:
-        return f"Add {n} images {' and '.join(_PHRASES[c] for c in causes if c in _PHRASES)}: {what}."
+        return f"{add.capitalize()} {' and '.join(_PHRASES[c] for c in causes if c in _PHRASES)}{note}: {what}."
     if primary == "content":
-        return (f"New parts/defects: label them. Add {n} images of what these show, with their classes "
+        return (f"New parts/defects: label them. {add.capitalize()} of what these show, with their classes{note} "
                 f"(examples: {eg}).")
-    return f"Label {n} images (not attributed to a cause; scan with --explain to get one; examples: {eg})."
+    return (f"Label {n or 'some'} images (not attributed to a cause; scan with --explain to get one; "
+            f"examples: {eg}).")
 
 
 def cluster_causes(members: pd.DataFrame, primary: str) -> list[str]:

@@ -85,18 +85,20 @@ def cluster_weights(sizes, error_rates, uncertainty=None) -> tuple[np.ndarray, s
     return sizes, "harm = size (share of the flagged images; the scan has no error rates or predictions)"
 
 
-def allocate(weights, total: int, minimum: int = 0, caps=None) -> np.ndarray:
+def allocate(weights, total: int, minimum: int = 0, caps=None, prefer=None) -> np.ndarray:
     """Split ``total`` into integers proportional to ``weights``, each at least ``minimum``.
 
     ``caps`` bound each share (a cluster cannot give more images than it has);
     what a capped share cannot take goes to the others. The floor shrinks to
     ``total // n`` when ``total`` cannot give everyone ``minimum``. Rounding is by
-    largest remainder (ties to the larger weight, then the earlier cluster).
+    largest remainder (ties to the larger weight, then to clusters where ``prefer``
+    (n,) bool is true, then to the earlier cluster).
 
     Returns (n,) int64 summing to ``min(total, sum(caps))``.
     """
     w = np.maximum(np.asarray(weights, dtype=float), 0.0)
     n = len(w)
+    pref = np.zeros(n, bool) if prefer is None else np.asarray(prefer, bool)
     total = max(int(total), 0)
     caps = np.full(n, total, dtype=np.int64) if caps is None else np.asarray(caps, dtype=np.int64)
     total = int(min(total, caps.sum())) if n else 0
@@ -115,7 +117,7 @@ def allocate(weights, total: int, minimum: int = 0, caps=None) -> np.ndarray:
         add = np.maximum(add, 0)
         if add.sum() == 0:  # fractions only: hand out one each by largest remainder
             frac = np.where(open_, ideal - np.floor(ideal), -1.0)
-            order = sorted(range(n), key=lambda i: (-frac[i], -w[i], i))
+            order = sorted(range(n), key=lambda i: (-frac[i], -w[i], not pref[i], i))
             for i in order[:left]:
                 if open_[i]:
                     add[i] = 1

@@ -199,8 +199,11 @@ def _hub_weights(arch: str):
 def _torchvision(arch: str, weights: str | None, num_classes: int | None) -> tuple[nn.Module, str, Preprocess]:
     import torchvision
     if arch not in torchvision.models.list_models(module=torchvision.models):
+        if os.sep in arch or "/" in arch or Path(arch).suffix:  # meant as a file or folder
+            raise BackboneError(f"no such file or folder: {arch} (a checkpoint folder of `shiftbench train`, "
+                                f"or a TorchScript file)")
         raise BackboneError(f"unknown backbone {arch!r}: use 'lite0', a torchvision classification "
-                            f"model name (e.g. resnet50), or a TorchScript file")
+                            f"model name (e.g. resnet50), a checkpoint folder or a TorchScript file")
     pre = Preprocess()
     if weights is None:
         path, pre = _hub_weights(arch)

@@ -128,25 +128,30 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
     done, pending, last_flush = len(paths) - len(todo), [], time.monotonic()
     if progress:
         progress(done, len(paths))
-    for batch in embed_files(root, [paths[i] for i in todo], backbone, batch_size=batch_size,
-                             num_workers=num_workers, measure=measure):
-        for j, b in enumerate(batch.index):
-            i = todo[b]
-            row = {"path": paths[i], "status": "unreadable" if batch.error[j] else "ok",
-                   "error": batch.error[j], "sha": batch.sha[j], "size": size[i], "mtime_ns": mtime[i],
-                   "width": batch.width[j], "height": batch.height[j], "features": batch.features[j],
-                   "measures": json.dumps(batch.measures[j])}
-            if backbone.classes is not None:  # a classifier: keep its logits (scan --model reuses them)
-                row["logits"] = batch.logits[j] if batch.logits is not None \
-                    else np.full(len(backbone.classes), np.nan, np.float32)
-            pending.append(row)
-            known[keys[i]] = {**row, "measures": batch.measures[j]}
-        done += len(batch.index)
-        if progress:
-            progress(done, len(paths))
-        if len(pending) >= flush_every or (pending and time.monotonic() - last_flush > 60):
+    try:
+        for batch in embed_files(root, [paths[i] for i in todo], backbone, batch_size=batch_size,
+                                 num_workers=num_workers, measure=measure):
+            for j, b in enumerate(batch.index):
+                i = todo[b]
+                row = {"path": paths[i], "status": "unreadable" if batch.error[j] else "ok",
+                       "error": batch.error[j], "sha": batch.sha[j], "size": size[i], "mtime_ns": mtime[i],
+                       "width": batch.width[j], "height": batch.height[j], "features": batch.features[j],
+                       "measures": json.dumps(batch.measures[j])}
+                if backbone.classes is not None:  # a classifier: keep its logits (scan --model reuses them)
+                    row["logits"] = batch.logits[j] if batch.logits is not None \
+                        else np.full(len(backbone.classes), np.nan, np.float32)
+                pending.append(row)
+                known[keys[i]] = {**row, "measures": batch.measures[j]}
+            done += len(batch.index)
+            if progress:
+                progress(done, len(paths))
+            if len(pending) >= flush_every or (pending and time.monotonic() - last_flush > 60):
+                _save_part(parts_dir, pending)
+                pending, last_flush = [], time.monotonic()
+    except BaseException:  # Ctrl-C or a crash: keep what was embedded since the last flush
+        if pending:
             _save_part(parts_dir, pending)
-            pending, last_flush = [], time.monotonic()
+        raise
     rows = [known[k] for k in keys]
     shutil.rmtree(parts_dir, ignore_errors=True)
     emb = _assemble(rows, backbone.feature_dim)

@@ -97,8 +97,8 @@ def _header(data: bytes) -> tuple[int, int, int] | None:
                 except Exception:  # malformed EXIF must not cost the image
                     orientation = 1
                 return w, h, orientation
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"too large: {e}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"too large: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
     except Exception:
         return None  # Pillow cannot parse it; let OpenCV try
 

@@ -68,7 +68,13 @@ def labels_from_csv(csv_path: str | os.PathLike, paths: list[str]) -> list[str]:
             missing = {"path", "label"} - set(reader.fieldnames or [])
             if missing:
                 raise InputError(f"{csv_path}: needs columns path,label; missing {sorted(missing)}")
-            table = {row["path"].strip().replace("\\", "/"): row["label"].strip() for row in reader}
+            table = {}
+            for row in reader:
+                if row["path"] is None or row["label"] is None:  # a short row: DictReader fills None
+                    raise InputError(f"{csv_path}, line {reader.line_num}: needs a path and a label")
+                table[row["path"].strip().replace("\\", "/")] = row["label"].strip()
     except OSError as e:
         raise InputError(f"cannot read labels CSV {csv_path}: {e.strerror}") from e
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"labels CSV {csv_path} is not a UTF-8 CSV file: {e}") from None
     return [table.get(p, "") for p in paths]

@@ -37,8 +37,8 @@ def standardize(table: pd.DataFrame, standardizer: dict) -> np.ndarray:
     A missing value in a readable row (a failed measurement) is set to the
     training median, so it adds no distance.
     """
-    cols = standardizer["columns"]
-    x = (table[cols].to_numpy(float) - np.asarray(standardizer["center"])) / np.asarray(standardizer["scale"])
+    cols = standardizer["columns"]  # absent when no image could be measured (all unreadable)
+    x = (table.reindex(columns=cols).to_numpy(float) - np.asarray(standardizer["center"])) / np.asarray(standardizer["scale"])
     ok = (table["status"] == "ok").to_numpy()
     x[ok] = np.nan_to_num(x[ok], nan=0.0)
     x[~ok] = np.nan

@@ -1,0 +1,161 @@
+"""How the commands fail: unreadable batches, banks too small or damaged, half-written caches, bugs.
+
+Each case is one a user meets (a dead camera feed, a killed run, a typo) and must end in a clear
+message and the documented exit status (2 for input, 3 for a bug), never a traceback with status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import shiftbench
+from conftest import noise, unreadable_corpus, write_files
+from shiftbench.api import _load_cached, _save_cached, _scan_cache
+from shiftbench.bank import load_bank
+from shiftbench.cli.main import app
+from shiftbench.collection import allocate
+from shiftbench.collection.plan import describe
+from shiftbench.fsutil import json_text, write_json
+from shiftbench.images import InputError, labels_from_csv
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(res, code: int, expected: str) -> None:
+    assert res.exit_code == code, res.output
+    assert expected in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("shiftbench: error: ")
+
+
+def test_a_batch_of_only_unreadable_files_is_written_and_exits_2(workspace, tmp_path):
+    prod = tmp_path / "prod"
+    write_files(prod, unreadable_corpus())
+    out = tmp_path / "out"
+    res = invoke("scan", prod, "-w", workspace, "--out", out, "--device", "cpu", "--workers", "0",
+                 "--fail-on-shift", "0.1")
+    _one_line_error(res, 2, f"none of the {len(unreadable_corpus())} files")
+    assert res.stdout == f"{out}\n"  # the rows with their reasons are there to read
+    table = pd.read_csv(out / "images.csv", dtype=str, keep_default_na=False)
+    assert len(table) == len(unreadable_corpus()) and (table["status"] == "unreadable").all()
+    assert (table["error"] != "").all() and (table["is_ood"] == "false").all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 0 and summary["counts"]["unreadable"] == len(table)
+
+
+def test_a_bank_too_small_for_the_false_alarm_rate_is_refused(tmp_path, tiny_ts):
+    train, prod = tmp_path / "train", tmp_path / "prod"
+    for i in range(8):
+        train.mkdir(exist_ok=True)
+        cv2.imwrite(str(train / f"{i}.png"), noise(32, 32, seed=i))
+    prod.mkdir()
+    cv2.imwrite(str(prod / "p.png"), noise(32, 32, seed=99))
+    ws = tmp_path / "ws"
+    shiftbench.index(train, workspace=ws, backbone=str(tiny_ts), device="cpu", num_workers=0)
+    # 8 images: the smallest p-value is 1/9, so nothing could ever be flagged at 0.05
+    with pytest.raises(InputError, match=r"8 readable training images.*1/9.*at least 19 images"):
+        shiftbench.scan(prod, workspace=ws, fpr=0.05, device="cpu", num_workers=0)
+    res = shiftbench.scan(prod, workspace=ws, fpr=0.12, out=tmp_path / "out", device="cpu", num_workers=0)
+    assert math.isfinite(res.summary["threshold"])
+
+
+def test_a_damaged_bank_is_named_and_rebuilt_by_index(workspace, synth):
+    (workspace / "bank" / "bank.json").write_text("{ not json")
+    with pytest.raises(InputError, match="is damaged.*re-run 'shiftbench index"):
+        load_bank(workspace)
+    res = invoke("scan", synth / "prod", "-w", workspace, "--device", "cpu", "--workers", "0")
+    _one_line_error(res, 2, "is damaged")
+    shiftbench.index(synth / "train", workspace=workspace, device="cpu", num_workers=0)
+    assert load_bank(workspace).meta["counts"]["ok"] > 0
+
+
+def test_bank_files_of_different_lengths_are_damage(workspace):
+    features = np.load(workspace / "bank" / "features.npy")
+    np.save(workspace / "bank" / "features.npy", features[:-1])
+    with pytest.raises(InputError, match="is damaged"):
+        load_bank(workspace)
+
+
+def test_a_half_written_scan_cache_is_not_used(tmp_path):
+    from shiftbench.embedding import Embeddings
+    cache = _scan_cache(tmp_path, tmp_path / "prod")
+    table = pd.DataFrame({"path": ["a.png", "b.png"], "status": ["ok", "ok"]})
+    emb = Embeddings(table, np.zeros((2, 4), np.float32))
+    _save_cached(cache, {"id": 1}, emb)
+    assert _load_cached(cache, {"id": 1}) is not None
+    np.save(cache / "features.npy", np.zeros((3, 4), np.float32))  # a killed run's newer features
+    assert _load_cached(cache, {"id": 1}) is None
+    (cache / "identity.json").write_text("{}")
+    _save_cached(cache, {"id": 2}, emb)
+    assert _load_cached(cache, {"id": 2}).features.shape == (2, 4)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"path,label\na.png,x\nb.png\n", "line 3: needs a path and a label"),
+    ("path,label\nä.png,x\n".encode("latin-1"), "not a UTF-8 CSV"),
+])
+def test_bad_labels_csv_is_an_input_error(tmp_path, content, expected):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(InputError, match=expected):
+        labels_from_csv(tmp_path / "labels.csv", ["a.png", "b.png"])
+
+
+def test_a_bug_exits_3_with_its_traceback_and_system_errors_exit_2(monkeypatch, workspace, synth):
+    def bug(*a, **k):
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr("shiftbench.api.scan", bug)
+    res = invoke("scan", synth / "prod", "-w", workspace)
+    assert res.exit_code == 3 and "Traceback" in res.stderr and "ZeroDivisionError" in res.stderr
+    assert "internal error" in res.stderr.strip().splitlines()[-1]
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("shiftbench.api.scan", full)
+    _one_line_error(invoke("scan", synth / "prod", "-w", workspace), 2, "No space left on device")
+
+
+def test_mistyped_scan_options_fail_before_embedding(workspace, synth, tmp_path, spy_embed):
+    (tmp_path / "file").write_text("")
+    for args, expected in ((["--out", tmp_path / "file"], "exists and is not a folder"),
+                           (["--labels", tmp_path / "nope.csv"], "no such file"),
+                           (["--model", tmp_path / "nope"], "no such checkpoint folder")):
+        res = invoke("scan", synth / "prod", "-w", workspace, "--device", "cpu", *args)
+        _one_line_error(res, 2, expected)
+    assert spy_embed == []  # nothing was embedded
+
+
+def test_predict_on_an_empty_folder_or_a_missing_checkpoint_exits_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(invoke("predict", tmp_path / "nope", tmp_path / "empty"), 2, "no such file or folder")
+
+
+def test_strict_json_writes_null_for_nan_and_infinity(tmp_path):
+    obj = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([np.nan, 2.0])}
+    write_json(tmp_path / "x.json", obj)
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5], "c": [None, 2.0]}
+    assert json_text({"t": -math.inf}, indent=None) == '{"t": null}'
+
+
+def test_ties_go_to_condition_clusters_and_no_action_says_add_0():
+    assert allocate([10, 10], 1, minimum=1).tolist() == [1, 0]
+    assert allocate([10, 10], 1, minimum=1, prefer=[False, True]).tolist() == [0, 1]
+    members = pd.DataFrame({"path": ["a.png", "b.png"], "cause": ["lighting"] * 2,
+                            "brightness_p50": [0.2, 0.3], "contrast": [0.1, 0.1]})
+    d = describe(members, "lighting", {"brightness_p50": 0.5, "contrast": 0.1}, 0, ["a.png"])
+    assert "Add 0" not in d["action"] and "none fit in this budget" in d["action"]
+    assert describe(members, "lighting", {}, 3, ["a.png"])["action"].startswith("Add 3 images under the new lighting")
+
+
+def test_a_lighting_cluster_without_brightness_is_still_described():
+    members = pd.DataFrame({"path": ["a.png"], "cause": ["lighting"], "brightness_p50": [np.nan],
+                            "contrast": [0.1]})
+    d = describe(members, "lighting", {"brightness_p50": 0.5, "contrast": 0.1}, 2, ["a.png"])
+    assert "median brightness" not in d["action"] and "contrast 0.100" in d["action"]
