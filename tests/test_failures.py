@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -159,3 +161,52 @@ def test_a_lighting_cluster_without_brightness_is_still_described():
                             "contrast": [0.1]})
     d = describe(members, "lighting", {"brightness_p50": 0.5, "contrast": 0.1}, 2, ["a.png"])
     assert "median brightness" not in d["action"] and "contrast 0.100" in d["action"]
+
+
+def test_a_rerun_killed_while_writing_leaves_no_summary_beside_a_new_table(workspace, synth, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shiftbench.scan(synth / "prod", workspace=workspace, out=out, explain=False, device="cpu", num_workers=0)
+    assert (out / "summary.json").is_file()
+
+    real = shiftbench.api.save_npy
+
+    def killed(target, array):  # killed after the new images.csv, before summary.json
+        if Path(target).name == "embeddings.npy":
+            raise KeyboardInterrupt
+        real(target, array)
+    monkeypatch.setattr("shiftbench.api.save_npy", killed)
+    with pytest.raises(KeyboardInterrupt):
+        shiftbench.scan(synth / "prod", workspace=workspace, out=out, explain=False, device="cpu", num_workers=0)
+    assert (out / "images.csv").is_file() and not (out / "summary.json").exists()
+    with pytest.raises(InputError, match="has no summary.json"):
+        shiftbench.collect(out, budget=2)
+
+
+def test_an_interrupted_explanation_resumes_and_a_rescan_reuses_it(workspace, synth, tmp_path, monkeypatch):
+    import shiftbench.explain.attribution as at
+    calls = []
+    real = at.attribute_one
+
+    def counted(x, *a, **k):
+        calls.append(1)
+        if stop_after is not None and len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return real(x, *a, **k)
+    monkeypatch.setattr(at, "attribute_one", counted)
+    monkeypatch.setattr(at, "BLOCK", 2)
+    stop_after = 3  # killed in the second block: the first one's two rows are kept
+    with pytest.raises(KeyboardInterrupt):
+        shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "a", device="cpu", num_workers=0)
+    stop_after, calls[:] = None, []
+    first = shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "b", device="cpu", num_workers=0)
+    n_flagged = int(first.table["is_ood"].sum())
+    assert n_flagged > 2 and len(calls) == n_flagged - 2
+    calls[:] = []
+    again = shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "c", device="cpu", num_workers=0)
+    assert calls == []  # every row reused
+    pd.testing.assert_frame_equal(again.table, first.table)
+    fresh = tmp_path / "fresh_ws"
+    shutil.copytree(workspace, fresh)
+    shutil.rmtree(fresh / "work")
+    recomputed = shiftbench.scan(synth / "prod", workspace=fresh, out=tmp_path / "d", device="cpu", num_workers=0)
+    pd.testing.assert_frame_equal(recomputed.table, first.table, check_exact=False, rtol=1e-5, atol=1e-7)

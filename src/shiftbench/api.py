@@ -24,6 +24,7 @@ from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
 from .explain import CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, new_pixel_size
+from .explain import memo
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
@@ -253,7 +254,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
                          **{f"how_{c}": "" for c in CAUSES}, cause_own=table["cause"], cause_agreement=np.nan)
     _add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
-    cards = _explain(table, feats, root, bank, bb, explain_progress) if explain and is_ood.any() else []
+    cards = _explain(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() else []
     t_explain = time.perf_counter() - t2
     tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
     drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], tested)
@@ -277,6 +278,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "unreadable": [{"path": a, "error": b} for a, b in
                        zip(t["path"][~emb.ok][:100], t["error"][~emb.ok][:100])],
     }
+    # Each file is atomic; summary.json goes first and comes back last, so that a rerun into the same
+    # folder that is killed half-way leaves no summary beside another run's table (collect refuses it).
+    (out_dir / "summary.json").unlink(missing_ok=True)
     write_table(out_dir / "images.csv", table)
     save_npy(out_dir / "embeddings.npy", emb.features[:, :bank.scorer.views[0][1]])  # for collect's diversity
     write_json(out_dir / "summary.json", summary)
@@ -348,13 +352,27 @@ def _train_sizes(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
     return ok["height"].to_numpy(float), ok["width"].to_numpy(float)
 
 
-def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, progress) -> list[dict]:
-    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards."""
+def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, cache: Path,
+             progress) -> list[dict]:
+    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards.
+
+    Each image's attribution is kept in ``cache`` as it is made (:mod:`shiftbench.explain.memo`):
+    an interrupted scan resumes, and a rescan with the same bank reuses it.
+    """
     flagged = np.where(table["is_ood"].to_numpy())[0]
     rows = table.iloc[flagged]
     new_size = rows["new_pixel_size"].to_numpy()
-    got = attribute(rows, feats[flagged], root, bank.meta["root"], bank.table["path"].to_numpy()[bank.rows],
-                    bank.scorer, bb, bank.meta["conditions"], new_size=new_size, progress=progress)
+    log, base = cache / "explain.jsonl", memo.bank_key(bank.meta)
+    keys = [f"{sha}:{base}" for sha in rows["sha"]]
+    known = memo.read_rows(log, set(keys))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    made = attribute(rows.iloc[todo], feats[flagged[todo]], root, bank.meta["root"],
+                     bank.table["path"].to_numpy()[bank.rows], bank.scorer, bb, bank.meta["conditions"],
+                     new_size=new_size[todo], progress=progress,
+                     on_block=lambda pos, got: memo.append_rows(log, [keys[todo[i]] for i in pos], got))
+    known.update(zip([keys[i] for i in todo], made.to_dict("records")))
+    got = pd.DataFrame([known[k] for k in keys], index=rows.index)
+    memo.keep_only(log, dict(zip(keys, got.to_dict("records"))))
     known = (got["cause"] != "unknown").to_numpy()
     # (rows whose images could not be read have no shares: all of them, when the training set moved)
     shares = got.reindex(columns=[f"share_{c}" for c in CAUSES]).loc[known].to_numpy(float)

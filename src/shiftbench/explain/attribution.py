@@ -299,7 +299,8 @@ def _neighbours(scorer: FusedKNNScorer, features: np.ndarray, n: int) -> list[li
 
 def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, train_root: str | Path,
               train_paths: np.ndarray, scorer: FusedKNNScorer, backbone: Backbone, conditions: dict,
-              n_neighbours: int = 3, new_size: np.ndarray | None = None, progress=None) -> pd.DataFrame:
+              n_neighbours: int = 3, new_size: np.ndarray | None = None, progress=None,
+              on_block=None) -> pd.DataFrame:
     """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
 
     ``features`` (N, D) are their features with the conditions view;
@@ -309,6 +310,8 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     images' range (:func:`new_pixel_size`; none if not given). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
+    ``on_block(positions, rows)`` is called as each block of rows is done (to keep them:
+    :mod:`.memo`).
     """
     nn = _neighbours(scorer, features, n_neighbours)
     new_size = np.zeros(len(table), dtype=bool) if new_size is None else np.asarray(new_size, dtype=bool)
@@ -352,4 +355,6 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
                                           made_features=next(per_image)))
                 if progress:
                     progress(j + 1, len(table))
+            if on_block:
+                on_block(block, rows[-len(block):])
     return pd.DataFrame(rows, index=table.index)
