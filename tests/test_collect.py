@@ -696,3 +696,15 @@ def test_on_a_real_scan(tmp_path, synth):
     aug = load_augmentation(res.out_dir / "augment.yaml")
     img = cv2.imread(str(synth / "prod" / res.selection["path"].iloc[0]))[..., ::-1].copy()
     assert aug(image=img)["image"].shape == img.shape
+
+
+def test_medoids_from_the_gram_matrix_equal_the_broadcast_distances_in_chunks():
+    from shiftbench.collection.select import medoid
+    from shiftbench.explain.clusters import mean_distances, medoids
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(301, 16))
+    x[7] = 0.0  # a row at the centre is the medoid
+    exact = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)).mean(1)
+    np.testing.assert_allclose(mean_distances(x, chunk=64), exact, rtol=1e-9, atol=1e-9)
+    assert medoid(x) == 7 and medoids(x, 3)[0] == 7
+    assert medoids(x, 3).tolist() == np.argsort(exact)[:3].tolist()

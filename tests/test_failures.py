@@ -205,6 +205,9 @@ def test_an_interrupted_explanation_resumes_and_a_rescan_reuses_it(workspace, sy
     again = shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "c", device="cpu", num_workers=0)
     assert calls == []  # every row reused
     pd.testing.assert_frame_equal(again.table, first.table)
+    shiftbench.index(synth / "train", workspace=workspace, device="cpu", num_workers=0)  # the same folder again
+    shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "e", device="cpu", num_workers=0)
+    assert calls == []  # an unchanged bank, rewritten: still the same rows
     fresh = tmp_path / "fresh_ws"
     shutil.copytree(workspace, fresh)
     shutil.rmtree(fresh / "work")

@@ -345,6 +345,23 @@ def test_api_defaults_to_the_recorded_training_folder(setup, tmp_path, monkeypat
     assert sorted(os.listdir(res.out_dir)) == ["metrics.json", "model.json", "model.safetensors", "model_card.md"]
 
 
+def test_new_images_copied_into_the_training_folder_are_not_trained_on(setup, tmp_path):
+    """The usual workflow (labelled images merged into the training data) must not leak the holdout."""
+    train_dir = shutil.copytree(setup["data"], tmp_path / "train")
+    for p in setup["prod"].rglob("*.png"):
+        shutil.copy(p, train_dir / p.parent.name / f"new_{p.name}")
+    logged = []
+    res = finetune(setup["parent"].checkpoint, setup["prod"], train_dir=train_dir, out=tmp_path / "out", epochs=1,
+                   trainable="head", log=logged.append, **FAST)
+    meta = json.loads((res.out_dir / "model.json").read_text())
+    trained = {sha(Path(p)) if os.path.isabs(p) else sha(train_dir / p) for p in meta["split"]["train"]}
+    held = {sha(Path(p)) for p in meta["split"]["holdout"]}
+    assert len(held) == 6 and not held & trained
+    assert res.metrics["training"]["copies_of_held_out_not_trained"] == 6
+    assert any("copies of held-out ones" in w for w in res.metrics["warnings"])
+    assert any(line.startswith("warning:") and "copies" in line for line in logged)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_finetunes_on_cuda_with_amp(setup, tmp_path):
     res = finetune(setup["parent"].checkpoint, setup["prod"], train_dir=setup["data"], augment=setup["augment"],

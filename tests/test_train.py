@@ -347,3 +347,33 @@ def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path, monke
             assert c["error_rate"] == pytest.approx(1 - members["correct"].mean())
     harms = [c["harm"] for c in cards]
     assert harms == sorted(harms, reverse=True) and [c["cluster"] for c in cards] == list(range(len(cards)))
+
+
+def test_copies_of_one_image_stay_on_one_side_of_the_split():
+    from shiftbench.training import LabeledImages, stratified_split
+    n = 40
+    shas = [f"s{i}" for i in range(n - 10)] + ["dup"] * 10  # ten copies of one image under other names
+    data = LabeledImages(np.zeros((n, 2, 2, 3), np.uint8), np.zeros(n, np.int64), ["a"], [f"{i}.png" for i in range(n)],
+                         shas, "/x")
+    for seed in range(5):
+        tr, va = stratified_split(data, 0.3, seed)
+        sides = {"dup" in data.sha[i] for i in va}, {"dup" in data.sha[i] for i in tr}
+        assert not (True in sides[0] and True in sides[1])  # never both
+        assert len(tr) + len(va) == n and len(tr) and len(va)
+    same = LabeledImages(np.zeros((3, 2, 2, 3), np.uint8), np.zeros(3, np.int64), ["a"], ["a", "b", "c"], ["x"] * 3, "/x")
+    tr, va = stratified_split(same, 0.3, 0)
+    assert len(tr) == 3 and len(va) == 0  # one image three times: nothing to validate on
+
+
+def test_a_diverged_epoch_is_never_the_best():
+    from shiftbench.training.fit import _Best
+    model = torch.nn.Linear(2, 2)
+    best = _Best(model, "loss")
+    assert best.update({"epoch": 1, "val_loss": float("nan"), "val_accuracy": 0.2})
+    assert best.update({"epoch": 2, "val_loss": 1.5, "val_accuracy": 0.5})  # finite beats NaN
+    assert not best.update({"epoch": 3, "val_loss": float("nan"), "val_accuracy": 0.9})
+    assert best.epoch == 2
+    acc = _Best(model, "accuracy")
+    acc.update({"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.7})
+    assert not acc.update({"epoch": 2, "val_loss": float("nan"), "val_accuracy": 0.7})  # a tie: NaN loss loses
+    assert acc.epoch == 1

@@ -292,7 +292,7 @@ def _check_options(out, model, labels) -> None:
         raise InputError(f"--out {out} exists and is not a folder")
     if labels is not None and not Path(labels).is_file():
         raise InputError(f"--labels {labels}: no such file")
-    if model is not None and (os.sep in str(model) or "/" in str(model)) and not Path(model).exists():
+    if model is not None and not Path(model).exists():
         raise InputError(f"--model {model}: no such checkpoint folder")
 
 
@@ -362,16 +362,16 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     flagged = np.where(table["is_ood"].to_numpy())[0]
     rows = table.iloc[flagged]
     new_size = rows["new_pixel_size"].to_numpy()
-    log, base = cache / "explain.jsonl", memo.bank_key(bank.meta)
+    log, base = cache / "explain.jsonl", memo.bank_key(bank.meta, bank.table["sha"].tolist())
     keys = [f"{sha}:{base}" for sha in rows["sha"]]
-    known = memo.read_rows(log, set(keys))
-    todo = [i for i, k in enumerate(keys) if k not in known]
+    kept = memo.read_rows(log, set(keys))
+    todo = [i for i, k in enumerate(keys) if k not in kept]
     made = attribute(rows.iloc[todo], feats[flagged[todo]], root, bank.meta["root"],
                      bank.table["path"].to_numpy()[bank.rows], bank.scorer, bb, bank.meta["conditions"],
                      new_size=new_size[todo], progress=progress,
                      on_block=lambda pos, got: memo.append_rows(log, [keys[todo[i]] for i in pos], got))
-    known.update(zip([keys[i] for i in todo], made.to_dict("records")))
-    got = pd.DataFrame([known[k] for k in keys], index=rows.index)
+    kept.update(zip([keys[i] for i in todo], made.to_dict("records")))
+    got = pd.DataFrame([kept[k] for k in keys], index=rows.index)
     memo.keep_only(log, dict(zip(keys, got.to_dict("records"))))
     known = (got["cause"] != "unknown").to_numpy()
     # (rows whose images could not be read have no shares: all of them, when the training set moved)

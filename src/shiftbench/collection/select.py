@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..explain.clusters import mean_distances
+
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
@@ -22,8 +24,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def medoid(x: np.ndarray) -> int:
     """Row of (N, D) ``x`` with the smallest mean distance to the others."""
-    d = np.sqrt(np.maximum(((x[:, None] - x[None]) ** 2).sum(-1), 0.0))
-    return int(np.argmin(d.mean(1)))
+    return int(np.argmin(mean_distances(x)))
 
 
 def k_center_greedy(x: np.ndarray, k: int, start: int | None = None,

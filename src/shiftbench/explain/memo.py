@@ -30,10 +30,12 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def bank_key(bank_meta: dict) -> str:
-    """Key part of the bank (its creation time and identity) and the code."""
-    text = json.dumps([bank_meta.get("created"), bank_meta.get("identity"), bank_meta.get("root"), code_digest()],
-                      sort_keys=True, default=str)
+def bank_key(bank_meta: dict, train_shas: list[str]) -> str:
+    """Key part of the bank and the code: what the bank's features, index and calibration follow from
+    (backbone identity, settings, condition standardiser, the training images' bytes), not when it
+    was written, so that re-indexing an unchanged folder keeps the rows."""
+    settings = {k: bank_meta.get(k) for k in ("identity", "root", "k", "index", "conditions", "scorer")}
+    text = json.dumps([settings, code_digest()], sort_keys=True, default=str) + "\n".join(map(str, train_shas))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

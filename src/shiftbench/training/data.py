@@ -134,8 +134,10 @@ def stratified_split(data: LabeledImages, val_fraction: float, seed: int) -> tup
 
     Each image's side is decided by a seeded hash of its path, not by a shuffle:
     the same seed gives the same split, and adding images to a folder leaves the
-    existing ones mostly where they were. A class keeps at least one training
-    image, and has at least one validation image when it has two or more.
+    existing ones mostly where they were. Copies (the same bytes under two names)
+    go to the side of the first of them, so that no image is both trained on and
+    held out. A class keeps at least one training image, and has at least one
+    validation image when it has two or more different ones.
     """
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -145,6 +147,12 @@ def stratified_split(data: LabeledImages, val_fraction: float, seed: int) -> tup
         order = sorted(members, key=lambda i: hashlib.blake2b(
             f"{seed}\0{data.paths[i]}".encode(), digest_size=8).digest())
         n_val = 0 if val_fraction == 0 else min(len(order) - 1, max(1, round(val_fraction * len(order))))
-        val += order[:n_val]
-        train += order[n_val:]
+        held: dict[str, bool] = {}
+        for rank, i in enumerate(order):
+            held.setdefault(data.sha[i], rank < n_val)
+        side = [held[data.sha[i]] for i in order]
+        if all(side):  # every copy of one image: nothing would be left to train on
+            side = [False] * len(order)
+        val += [i for i, v in zip(order, side) if v]
+        train += [i for i, v in zip(order, side) if not v]
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))

@@ -125,7 +125,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         ``promoted`` says whether the gate passed; the checkpoint is written either way.
     """
     t0 = time.perf_counter()
-    _check(holdout, new_share, epochs, batch_size, failure_level)
+    _check(holdout, new_share, epochs, batch_size, failure_level, max_regression)
     found = checkpoint_meta(checkpoint)
     if found is None:
         raise InputError(f"not a shiftbench checkpoint: {checkpoint}")
@@ -155,12 +155,26 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     orig_train, orig_val = _recorded_split(_onto(original, classes, f"--train {train_root}"), meta, train_root)
     new = _onto(_load_new(new_root, pre, new_labels, max_pixels, num_workers), classes, f"--new {new_root}")
     ft, ho = stratified_split(new, holdout, seed)
+    warnings: list[str] = []  # logged, and kept in metrics.json
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if log:
+            log(f"warning: {message}")
+    orig_train, dropped = _without(orig_train, set(orig_val.sha) | {new.sha[i] for i in ho})
+    if dropped:
+        warn(f"{dropped} original training images are copies of held-out ones (validation or production "
+             f"holdout, e.g. the new images copied into --train): not trained on, so that the gate stays honest")
     data = _Data(train_root, train_labels, new_root, Path(new_labels).resolve() if new_labels else None,
                  orig_train, orig_val, new.subset(ft), new.subset(ho), original.skipped + new.skipped)
     if not len(data.prod):
         raise InputError(f"--new {new_root}: too few images to hold any out; label at least 2 of a class")
-    if log and orig_val.digest() != (meta.get("lineage") or {}).get("val_files_sha"):
-        log(f"warning: the validation images under {train_root} differ from those the checkpoint recorded")
+    earlier = (meta.get("lineage") or {}).get("new_root")  # the parent was fine-tuned itself
+    if earlier and not any(Path(earlier).resolve().is_relative_to(r) for r in (new_root, train_root)):
+        warn(f"the checkpoint was fine-tuned on {meta['lineage'].get('n_new', '?')} images of {earlier}, "
+             f"which this run neither trains nor gates on: put them into --new or --train to keep them")
+    if orig_val.digest() != (meta.get("lineage") or {}).get("val_files_sha"):
+        warn(f"the validation images under {train_root} differ from those the checkpoint recorded")
     if log:
         log(f"{len(orig_train)} original + {len(data.new_train)} new training images; held out: "
             f"{len(orig_val)} original validation, {len(data.prod)} production")
@@ -186,6 +200,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     created = datetime.now(timezone.utc)
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable, "flip": flip,
                 "new_share": new_share, "new_draws_per_epoch": int(draws[len(data.orig_train):].sum()),
+                "copies_of_held_out_not_trained": dropped,
                 "seed": seed, "augment_file": augment_file, "augment_summary": card.transform_names(pipeline),
                 "augment": _describe(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
@@ -200,7 +215,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         "data": card.data_lineage(data, meta),
         "training": {**training, "history": result.history, "cached_features": result.cached},
         "evaluation": evaluation, "scan": str(Path(scan).resolve()) if scan is not None else None,
-        "clusters": clusters, "gate": decision,
+        "clusters": clusters, "gate": decision, "warnings": warnings,
         "unmeasured_clusters": card.unmeasured(scan_table, clusters) if scan_table is not None else None,
         "failure_level": failure_level,
         "timings": {"load_s": round(t_load - t0, 3), "evaluate_before_s": round(t_before - t_load, 3),
@@ -232,6 +247,12 @@ class _Data:
         return {"original_val": self.orig_val, "production_holdout": self.prod}
 
 
+def _without(data: LabeledImages, shas: set[str]) -> tuple[LabeledImages, int]:
+    """``data`` less the images whose bytes are in ``shas``, and how many that was."""
+    keep = np.array([s not in shas for s in data.sha], dtype=bool)
+    return (data, 0) if keep.all() else (data.subset(np.flatnonzero(keep)), int((~keep).sum()))
+
+
 def _draws(n_orig: int, n_new: int, new_share: float) -> np.ndarray:
     """Draws per epoch of each image (original ones first): new ones repeated so that they make
     about ``new_share`` of an epoch, and at least once."""
@@ -239,7 +260,10 @@ def _draws(n_orig: int, n_new: int, new_share: float) -> np.ndarray:
     return np.concatenate([np.ones(n_orig, np.int64), np.full(n_new, reps, np.int64)])
 
 
-def _check(holdout: float, new_share: float, epochs: int, batch_size: int, failure_level: float) -> None:
+def _check(holdout: float, new_share: float, epochs: int, batch_size: int, failure_level: float,
+           max_regression: float) -> None:
+    if not np.isfinite(max_regression):  # (negative: the original accuracy must rise by that much)
+        raise InputError(f"max regression must be a finite number of points, got {max_regression}")
     if not 0 < holdout < 1:
         raise InputError(f"holdout must be in (0, 1): some new images train, some test; got {holdout}")
     if not 0 <= new_share < 1:

@@ -45,13 +45,14 @@ class FitResult:
     per_class_accuracy: dict[str, float | None] | None
     cached: bool
     seconds: float
+    trained_from: str | None = None  # the first trainable module (None: every layer)
 
     def metrics(self) -> dict:
         """The ``metrics`` block of ``model.json``."""
         m = asdict(self)
         return {"val_accuracy": m["val_accuracy"], "val_loss": m["val_loss"],
                 "per_class_accuracy": m["per_class_accuracy"], "epochs": len(self.history),
-                "best_epoch": self.best_epoch, "cached_features": self.cached,
+                "best_epoch": self.best_epoch, "cached_features": self.cached, "trained_from": self.trained_from,
                 "seconds": round(self.seconds, 3), "history": m["history"]}
 
 
@@ -200,6 +201,9 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     model.to(dev).to(memory_format=torch.channels_last)
     cut, names = plan_trainable(model, trainable, preprocess.size)
     set_trainable(model, trainable, names)
+    if log:  # what `last` means differs between architectures: say it
+        log(f"trainable={trainable}: {'every layer' if cut is None else f'from module {cut!r} on'} "
+            f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} weights)")
     autocast, scaler = _autocast(dev, amp)
     inputs = _Inputs(preprocess, dev)
     n_val = len(val) if val is not None else 0
@@ -241,7 +245,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         dict(zip(val.classes, _evaluate(model, tail, inputs, val, batch_size, autocast)["per_class"]))
     final = best.history[best.epoch - 1]
     return FitResult(best.history, best.epoch, final.get("val_accuracy"), final.get("val_loss"), per_class,
-                     tail is not None, time.perf_counter() - t0)
+                     tail is not None, time.perf_counter() - t0, cut)
 
 
 def _train_epoch(forward, opt, sched, scaler, autocast, batches: list[tuple[np.ndarray, np.ndarray]],
@@ -282,7 +286,8 @@ class _Best:
         if "val_loss" not in row:
             self.epoch = row["epoch"]  # nothing to choose by: the last epoch
             return False
-        score = (-row["val_loss"],) if self.monitor == "loss" else (row["val_accuracy"], -row["val_loss"])
+        loss = row["val_loss"] if math.isfinite(row["val_loss"]) else math.inf  # a diverged epoch is the worst
+        score = (-loss,) if self.monitor == "loss" else (row["val_accuracy"], -loss)
         if self.score is not None and score <= self.score:
             self.since += 1
             return False
