@@ -245,12 +245,15 @@ def _lineage(metrics: dict, meta: dict) -> list[str]:
     if not o["val_matches_checkpoint"]:
         lines += ["**Warning:** the original validation images differ from those the parent was validated "
                   f"on ({o['val_missing']} missing or changed); before/after compare on the same images anyway.", ""]
-    return lines
+    lines += [f"**Warning:** {w}." for w in metrics.get("warnings", []) if "validation images differ" not in w]
+    return lines + ([""] if metrics.get("warnings") else [])
 
 
 def _metrics(metrics: dict) -> list[str]:
     lines = ["## Metrics", "", "Accuracy of the parent (before) and the fine-tuned model (after); change in "
-             "percentage points.", "", "| split | n | before | after | change |", "|---|---:|---:|---:|---:|"]
+             "percentage points. A parent from `train` chose its best epoch on the original validation images, so its "
+             "figure there is slightly optimistic: the gate errs towards refusing.", "",
+             "| split | n | before | after | change |", "|---|---:|---:|---:|---:|"]
     for key, name in SPLITS.items():
         e = metrics["evaluation"][key]
         lines.append(f"| {name} | {e['n']} | {_pct(e['before']['accuracy'])} | {_pct(e['after']['accuracy'])} | "
