@@ -19,6 +19,7 @@ from torch import nn
 from .. import __version__
 from ..embedding import embed_files, load_backbone
 from ..images import DEFAULT_MAX_PIXELS, InputError, find_images
+from .augmentation import describe_augmentation
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
 from .fit import DEFAULT_LR, FitResult, fit
@@ -126,7 +127,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
         "metrics": result.metrics(),
         "training": {"backbone": str(backbone), "weights": weights, "epochs": epochs,
                      "lr": lr or DEFAULT_LR[trainable], "batch_size": batch_size, "patience": patience,
-                     "monitor": monitor, "flip": flip, "augment": _describe(augment),
+                     "monitor": monitor, "flip": flip, "augment": describe_augmentation(augment),
                      "device": str(next(model.parameters()).device),
                      "amp": bool(amp and next(model.parameters()).device.type == "cuda")},  # what ran
         "created": created.isoformat(timespec="seconds"), "shiftbench": __version__,
@@ -136,17 +137,6 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     out = out or DEFAULT_CHECKPOINTS / f"{root.name}-{created:%Y%m%d-%H%M%S}"
     path = save_checkpoint(out, model, meta)
     return TrainResult(path, read_checkpoint(path), model, result)
-
-
-def _describe(augment) -> dict | str | None:
-    """The augmentation pipeline, as albumentations serialises it (else its repr)."""
-    if augment is None:
-        return None
-    try:
-        import albumentations as A
-        return A.to_dict(augment)
-    except Exception:  # not albumentations, or not serialisable: a readable trace is enough
-        return repr(augment)
 
 
 def predict(checkpoint: str | os.PathLike, images: str | os.PathLike | Iterable[str | os.PathLike], *,

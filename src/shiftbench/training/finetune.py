@@ -44,7 +44,7 @@ from ..embedding.backbones import Preprocess, checkpoint_meta, resolve_device
 from ..fsutil import write_json, write_text
 from ..images import DEFAULT_MAX_PIXELS, InputError
 from . import card
-from .api import _describe
+from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import LabeledImages, load_labeled, stratified_split
 from .fit import DEFAULT_LR, _autocast, _Inputs, fit
@@ -202,7 +202,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
                 "new_share": new_share, "new_draws_per_epoch": int(draws[len(data.orig_train):].sum()),
                 "copies_of_held_out_not_trained": dropped,
                 "seed": seed, "augment_file": augment_file, "augment_summary": card.transform_names(pipeline),
-                "augment": _describe(pipeline), "device": str(dev), "amp": amp}
+                "augment": describe_augmentation(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
                                                      after["original_val"], decision, created))
     model_meta = read_checkpoint(out_dir)
@@ -272,34 +272,6 @@ def _check(holdout: float, new_share: float, epochs: int, batch_size: int, failu
         raise InputError("epochs and batch size must be at least 1")
     if not 0 <= failure_level <= 1:
         raise InputError(f"failure level must be in [0, 1], got {failure_level}")
-
-
-def load_augment(augment) -> tuple[object | None, str | None]:
-    """(pipeline, its file or None): an albumentations transform as given, or read from YAML/JSON.
-
-    The pipeline is tried once on a dummy image, so that bad parameters fail here
-    and not after the images are loaded.
-    """
-    if augment is None:
-        return None, None
-    path = None
-    if isinstance(augment, (str, os.PathLike)):
-        path = Path(augment)
-        if not path.is_file():
-            raise InputError(f"--augment: no such file: {augment}")
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        import albumentations as A
-        fmt = "json" if path.suffix.lower() == ".json" else "yaml"
-        try:
-            augment = A.load(str(path), data_format=fmt)
-        except Exception as e:  # yaml, key and type errors alike: the file is not a pipeline
-            raise InputError(f"--augment {path}: not an albumentations {fmt} pipeline "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    try:
-        augment(image=np.zeros((32, 32, 3), np.uint8))
-    except Exception as e:
-        raise InputError(f"--augment {path or repr(augment)} fails on an image: {type(e).__name__}: {e}") from None
-    return augment, str(path.resolve()) if path else None
 
 
 def _original_source(meta: dict, train_dir, train_labels) -> tuple[Path, Path | None]:
