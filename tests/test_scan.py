@@ -56,7 +56,10 @@ def scanned(tmp_path_factory, bank_workspace, synth):
 def test_bank_contents(bank_workspace, synth):
     bank = load_bank(bank_workspace)
     assert bank.meta["root"] == str((synth / "train").resolve())
-    assert bank.meta["counts"] == {"images": N_TRAIN, "ok": N_TRAIN, "unreadable": 0, "reused": 0}
+    counts = bank.meta["counts"]
+    assert counts == {"images": N_TRAIN, "ok": N_TRAIN, "unreadable": 0, "reused": 0, "exact_copies": 0,
+                      "with_copies": counts["with_copies"]}
+    assert counts["with_copies"] <= N_TRAIN // 4  # a few pairs alike in some view; no copies
     assert bank.table["path"].tolist() == find_images(synth / "train")
     assert bank.table["label"].tolist() == [p.split("/")[0] for p in find_images(synth / "train")]
     assert bank.features.shape == (N_TRAIN, 1280 + 24 + 40 + 112)
@@ -332,7 +335,8 @@ def test_reindex_reuses_unchanged_files_and_embeds_new_ones(tmp_path, synth, tin
     assert spy_embed[2] == ["spot/zz_new.png"]
     assert done[0] == (N_TRAIN, N_TRAIN + 1) and done[-1] == (N_TRAIN + 1, N_TRAIN + 1)
     assert third.meta["counts"] == {"images": N_TRAIN + 1, "ok": N_TRAIN + 1, "unreadable": 0,
-                                    "reused": N_TRAIN}
+                                    "reused": N_TRAIN, "exact_copies": 0,
+                                    "with_copies": third.meta["counts"]["with_copies"]}
     row = third.table["path"].tolist().index("spot/zz_new.png")
     assert third.table["label"][row] == "spot"
     old_rows = [third.table["path"].tolist().index(p) for p in first.table["path"]]
@@ -562,3 +566,19 @@ def test_images_at_a_new_pixel_size_reach_attribution_and_agreement(tmp_path, wo
     assert small["new_pixel_size"].all() and not t.loc[[p for p in paths if not p.startswith("small_")],
                                                         "new_pixel_size"].any()
     assert not small["cause"].str.contains("lighting|angle").any()
+
+
+def test_a_bank_with_every_image_twice_calibrates_as_one_without_copies(tmp_path, synth, tiny_ts):
+    """Copies (a re-saved file, a burst's frames) must not make every new image look unlike training."""
+    twice = copy_tree(synth / "train", tmp_path / "twice")
+    for p in sorted(twice.rglob("*.png")):
+        shutil.copy(p, p.with_name(f"copy_{p.name}"))
+    once = shiftbench.index(synth / "train", workspace=tmp_path / "once", backbone=str(tiny_ts), device="cpu",
+                            num_workers=0)
+    both = shiftbench.index(twice, workspace=tmp_path / "both", backbone=str(tiny_ts), device="cpu", num_workers=0)
+    assert both.meta["counts"]["exact_copies"] == N_TRAIN
+    for name, sc in once.scorer.scorers_.items():  # each image's score: the distance to another image
+        np.testing.assert_allclose(both.scorer.scorers_[name].calibration_.scores, np.repeat(sc.calibration_.scores, 2),
+                                   rtol=1e-5)
+    res = invoke("index", twice, "-w", tmp_path / "cli", "--backbone", tiny_ts, "--device", "cpu", "--workers", "0")
+    assert f"{2 * N_TRAIN} training images have a copy" in res.stderr and f"{N_TRAIN} are byte-identical" in res.stderr

@@ -185,15 +185,37 @@ def test_leave_one_out_matches_brute_force():
     d, _ = brute_knn(x, x, 6)  # column 0 is the point itself
     assert (d[:, 0] < 1e-6).all()
     np.testing.assert_allclose(scorer.calibration_.scores, np.sort(d[:, 5]), atol=2e-3)
-    assert scorer.index_info_ == {"kind": "flat", "breadth": None, "recall_at_k": 1.0, "k": 10, "n": 300}
+    info = scorer.index_info_
+    assert {k: info[k] for k in ("kind", "breadth", "recall_at_k", "k", "n")} == \
+        {"kind": "flat", "breadth": None, "recall_at_k": 1.0, "k": 10, "n": 300}
+    assert info["rows_with_copies"] == 0 and 0 < info["copy_radius"] < d[:, 1].min()  # no copies: unchanged
 
 
-def test_leave_one_out_with_duplicates():
-    """Duplicated training rows: a copy is a neighbour (distance 0), not oneself."""
-    base = clustered(50, d=8, seed=4)
-    x = np.vstack([base, base[:10]])
-    scorer = KNNScorer(k=1, index="flat").fit(x)
-    assert (scorer.calibration_.scores < 1e-3).sum() == 20  # the 10 pairs see each other at 0
+def test_leave_one_out_skips_copies_and_near_copies(monkeypatch):
+    """A training set of bursts (each image twice, the second nearly the same): scored against its own
+    copy, every training image would look closer than any new image does; leave-one-out skips copies."""
+    base = l2_normalize(clustered(60, d=16, seed=4))
+    rng = np.random.default_rng(0)
+    near = base + 0.01 * rng.normal(size=base.shape)  # a frame later: nearly the same
+    x = np.vstack([base, base[:10], near[10:]])  # ten exact copies, fifty near-copies
+    shas = np.array([f"s{i}" for i in range(60)] + [f"s{i}" for i in range(10)] + [f"n{i}" for i in range(10, 60)])
+    scorer = KNNScorer(k=1, index="flat").fit(x, copies=shas)
+    expected = KNNScorer(k=1, index="flat").fit(base).loo_  # the distinct images alone
+    # (a near-copy of another image may sit a little closer than that image itself)
+    np.testing.assert_allclose(scorer.loo_[:60], expected, rtol=0.2)
+    assert np.median(np.abs(scorer.loo_[:60] / expected - 1)) < 0.02
+    assert scorer.index_info_["rows_with_copies"] == 120
+    new = clustered(2000, d=16, seed=4, sample_seed=9)  # new images of the same kind
+
+    def flagged(sc: KNNScorer) -> float:
+        return float((sc.calibration_.p_values(sc.score(new)[0]) <= 0.05).mean())
+    assert abs(flagged(scorer) - flagged(KNNScorer(k=1, index="flat").fit(base))) < 0.02
+    monkeypatch.setattr("shiftbench.scoring.knn.NEAR_COPY", 0.0)  # copies counted as other images:
+    assert flagged(KNNScorer(k=1, index="flat").fit(x)) > 0.9  # nearly every new image flagged
+    assert flagged(KNNScorer(k=1, index="flat").fit(x, copies=shas)) > 0.25  # the near-copies alone
+    monkeypatch.undo()
+    radius_only = KNNScorer(k=1, index="flat").fit(x[:70]).calibration_  # exact copies without labels
+    assert (radius_only.scores > 1e-3).all()
 
 
 def test_score_of_queries():

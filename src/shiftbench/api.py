@@ -89,12 +89,16 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     t_embed = time.perf_counter() - t0
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
+    shas = emb.table["sha"].to_numpy()[emb.ok]
+    if len(set(shas)) < 2:
+        raise InputError(f"the {int(emb.ok.sum())} readable images in {root} are copies of one image: "
+                         f"nothing to calibrate on")
     table = emb.table.copy()
     table.insert(3, "label", lab if lab is not None else [""] * len(paths))
     conditions = fit_standardizer(table)
     scorer = FusedKNNScorer([*bb.views, ("conditions", len(conditions["columns"]))], k=k, index=index_kind,
                             raw_views=("conditions",))
-    scorer.fit(with_conditions(emb.features, table, conditions)[emb.ok])
+    scorer.fit(with_conditions(emb.features, table, conditions)[emb.ok], copies=shas)
     meta = {
         "root": str(root), "created": _now(), "shiftbench": __version__,
         "backbone": {"name": str(Path(backbone).resolve()) if os.path.exists(backbone) else backbone,
@@ -103,7 +107,8 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         "identity": identity, "k": k, "index": scorer.index_info_, "conditions": conditions,
         "scorer": {"views": scorer.views, "raw_views": list(scorer.raw_views)},
         "counts": {"images": len(paths), "ok": int(emb.ok.sum()), "unreadable": int((~emb.ok).sum()),
-                   "reused": emb.reused},
+                   "reused": emb.reused, "exact_copies": int(len(shas) - len(set(shas))),
+                   "with_copies": max(int(sc.index_info_["rows_with_copies"]) for sc in scorer.scorers_.values())},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
     }
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)

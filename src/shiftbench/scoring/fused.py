@@ -72,10 +72,11 @@ class FusedKNNScorer:
             yield name, slice(start, start + size)
             start += size
 
-    def fit(self, features: np.ndarray) -> "FusedKNNScorer":
-        """Fit on (N, D) training features (no NaN rows)."""
+    def fit(self, features: np.ndarray, copies: np.ndarray | None = None) -> "FusedKNNScorer":
+        """Fit on (N, D) training features (no NaN rows); ``copies`` (N,) labels (content hashes):
+        copies of one image are left out together (:meth:`KNNScorer.fit`)."""
         self.scorers_ = {name: KNNScorer(self.k, self.index_kind, normalize=name not in self.raw_views)
-                         .fit(features[:, sl]) for name, sl in self._slices()}
+                         .fit(features[:, sl], copies) for name, sl in self._slices()}
         return self._calibrate()
 
     def restore(self, scorers: dict[str, KNNScorer]) -> "FusedKNNScorer":

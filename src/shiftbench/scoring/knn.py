@@ -21,6 +21,9 @@ import numpy as np
 from ..search import build_index, l2_normalize, search, tune_recall
 
 DEFAULT_K = 1  # chosen on the steel benchmark (scripts/bench_detection.py, docs/benchmarks.md)
+# A training neighbour closer than NEAR_COPY x the median distance to the 5th neighbour is a near-copy
+# (a frame of the same burst, a re-save): leave-one-out skips it (see KNNScorer._leave_one_out).
+NEAR_COPY, SPACING_RANK = 0.25, 5
 
 
 @dataclass
@@ -89,15 +92,20 @@ class KNNScorer:
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         return l2_normalize(x) if self.normalize else np.ascontiguousarray(x, dtype=np.float32)
 
-    def fit(self, features: np.ndarray) -> "KNNScorer":
-        """Index (N, D) training features and calibrate by leave-one-out."""
+    def fit(self, features: np.ndarray, copies: np.ndarray | None = None) -> "KNNScorer":
+        """Index (N, D) training features and calibrate by leave-one-out.
+
+        ``copies`` (N,) labels (e.g. content hashes): rows with the same label are copies
+        of one image, left out together.
+        """
         if len(features) < 2:
             raise ValueError("need at least 2 training images to calibrate")
         x = self._prepare(features)
         self.index_ = build_index(x, self.index_kind)
         self.index_info_ = tune_recall(self.index_, x, target=self.recall_target)
         self.index_info_["n"] = len(x)
-        self.loo_ = self._leave_one_out(x)
+        self.loo_, self.index_info_["copy_radius"], self.index_info_["rows_with_copies"] = \
+            self._leave_one_out(x, copies)
         self.calibration_ = Calibration(np.sort(self.loo_))
         return self
 
@@ -110,18 +118,59 @@ class KNNScorer:
         self.calibration_ = Calibration(np.sort(self.loo_))
         return self
 
-    def _leave_one_out(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """Score each training row against the others: k+1 neighbours, self removed."""
-        k = min(self.k, len(x) - 1)
-        out = np.empty(len(x), dtype=np.float32)
-        for lo in range(0, len(x), batch):
-            dist, ids = search(self.index_, x[lo:lo + batch], k + 1)
-            own = ids == np.arange(lo, lo + len(ids))[:, None]
-            # drop self where found; otherwise (approximate search missed it) drop the last
-            keep = ~own
-            keep[~own.any(axis=1), -1] = False
-            out[lo:lo + len(ids)] = dist[keep].reshape(len(ids), k)[:, k - 1]
-        return out
+    def _leave_one_out(self, x: np.ndarray, copies: np.ndarray | None = None,
+                       batch: int = 4096) -> tuple[np.ndarray, float, int]:
+        """(N,) score of each training row against the others, the near-copy radius, and how many
+        rows had a copy left out.
+
+        Leave-one-out stands for a new image of the same kind. A training set of video
+        frames or bursts holds near-copies of each image, and a new image has none: scored
+        against its copy, every training image would look far more typical than any new one,
+        and every production image would be flagged. So the score skips neighbours with the
+        same ``copies`` label or closer than the copy radius, ``NEAR_COPY`` x the median
+        distance to the ``SPACING_RANK``-th neighbour (the set's typical spacing: a pair that
+        much closer than its neighbours is one image twice). On sets without copies nothing
+        changes.
+        """
+        n, k = len(x), min(self.k, len(x) - 1)
+        radius = NEAR_COPY * self._spacing(x, copies)
+        out, skipped = np.empty(n, dtype=np.float32), 0
+        for lo in range(0, n, batch):
+            rows = np.arange(lo, min(lo + batch, n))
+            depth = k + 1
+            while True:  # deeper where copies take up the nearest places
+                dist, ids = search(self.index_, x[rows], depth)
+                other = (ids >= 0) & (ids != rows[:, None]) & (dist >= radius)
+                if copies is not None:
+                    other &= copies[np.maximum(ids, 0)] != copies[rows][:, None]
+                found = other.sum(1) >= k
+                if found.all() or depth >= n:
+                    break
+                depth = min(4 * depth, n)
+            # the k-th remaining neighbour (inf where none remains: every other image is a copy)
+            out[rows] = np.sort(np.where(other, dist, np.inf), axis=1)[:, k - 1]
+            plain = np.sort(np.where((ids >= 0) & (ids != rows[:, None]), dist, np.inf), axis=1)[:, k - 1]
+            skipped += int((out[rows] > plain).sum())
+        return out, radius, skipped
+
+    def _spacing(self, x: np.ndarray, copies: np.ndarray | None) -> float:
+        """Median distance to the ``SPACING_RANK``-th nearest *other image*: exact copies (same
+        ``copies`` label) count once, so a set of every image twice has the spacing of the set once."""
+        n = len(x)
+        if copies is None:
+            d = search(self.index_, x, min(SPACING_RANK + 1, n))[0][:, -1]
+        else:
+            codes = np.unique(copies, return_inverse=True)[1].astype(np.int64)
+            most = int(np.bincount(codes).max())  # deep enough when every neighbour has that many copies
+            depth = min((SPACING_RANK + 1) * most, n, 256)
+            dist, ids = search(self.index_, x, depth)
+            c = np.where(ids >= 0, codes[np.maximum(ids, 0)], -1)
+            firsts = _first_of_each(c) & (c != codes[:, None]) & (c >= 0)  # one entry per other image
+            rank = np.cumsum(firsts, axis=1)
+            hit = rank == min(SPACING_RANK, len(np.unique(codes)) - 1)
+            d = np.where(hit.any(1), dist[np.arange(n), hit.argmax(1)], np.inf)
+        d = d[np.isfinite(d)]
+        return float(np.median(d)) if len(d) else 0.0
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores of (M, D) features.
@@ -159,3 +208,15 @@ class KNNScorer:
         both = np.sort(np.concatenate([dist, extra_d], axis=1), axis=1)
         return both[:, k - 1].astype(np.float32)
 
+
+
+def _first_of_each(codes: np.ndarray) -> np.ndarray:
+    """(M, K) bool: where each row's value appears for the first time (left to right)."""
+    m, k = codes.shape
+    order = np.argsort(codes * k + np.arange(k), axis=1, kind="stable")  # by value, then position
+    by_value = np.take_along_axis(codes, order, axis=1)
+    first = np.ones_like(by_value, dtype=bool)
+    first[:, 1:] = by_value[:, 1:] != by_value[:, :-1]
+    out = np.empty_like(first)
+    np.put_along_axis(out, order, first, axis=1)
+    return out
