@@ -215,7 +215,9 @@ def test_find_images_recursive_sorted_relative(tmp_path):
     assert all("\\" not in p and not p.startswith("/") for p in found)
 
 
-def test_find_images_follows_file_links_not_folder_links(tmp_path):
+def test_find_images_follows_links_and_ends_cycles(tmp_path):
+    """A class folder linked in from elsewhere is found; a folder reached twice is listed once; a
+    link back to the root does not loop."""
     root = tmp_path / "root"
     _touch(root, "a.png")
     _touch(tmp_path, "outside/b.png")
@@ -223,9 +225,11 @@ def test_find_images_follows_file_links_not_folder_links(tmp_path):
     try:
         os.symlink(tmp_path / "outside" / "b.png", root / "link.png")
         os.symlink(tmp_path / "outdir", root / "linkdir", target_is_directory=True)
+        os.symlink(tmp_path / "outdir", root / "zz_again", target_is_directory=True)
+        os.symlink(root, root / "loop", target_is_directory=True)
     except OSError:
         pytest.skip("no symlinks here")
-    assert find_images(root) == ["a.png", "link.png"]
+    assert find_images(root) == ["a.png", "link.png", "linkdir/c.png"]
 
 
 def test_find_images_not_a_folder(tmp_path):

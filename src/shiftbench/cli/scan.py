@@ -57,7 +57,7 @@ def index(
     info(f"indexed {c['ok']} images ({c['unreadable']} unreadable, {c['reused']} reused) with "
          f"{bank.meta['identity']['backbone']} ({len(bank.scorer.views)} feature views); calibrated on "
          f"{len(bank.scorer.calibration_.scores)} leave-one-out scores", quiet)
-    if c.get("with_copies"):
+    if c.get("exact_copies") or c.get("with_copies", 0) > 0.05 * c["ok"]:  # (a few close pairs are normal)
         info(f"{c['with_copies']} training images have a copy or near-copy (frames of one burst? {c['exact_copies']} "
              f"are byte-identical duplicates): calibration skips copies, as a new image has none", quiet)
     typer.echo(str((workspace / "bank").resolve()))

@@ -22,8 +22,9 @@ def find_images(root: str | os.PathLike) -> list[str]:
 
     Matching is by suffix, case-insensitive (``.JPG`` counts). Hidden files and
     folders (name starting with ``.``) are skipped, so a workspace kept inside the
-    image folder is not scanned as data. Symbolic links to files are followed;
-    links to folders are not (no cycles).
+    image folder is not scanned as data. Symbolic links are followed, to files and
+    to folders (a class folder linked in from elsewhere is common); a folder already
+    visited through another link is not entered again, so link cycles end.
 
     Returns
     -------
@@ -33,9 +34,14 @@ def find_images(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"not a folder: {root}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a link: already listed (or a cycle)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # the first link to a folder wins
         for name in filenames:
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
