@@ -447,6 +447,17 @@ def test_channel_swap_is_offered_only_for_colour_images():
     assert np.array_equal(pipeline_faults(views(colour))["channels swapped"].whole, colour[..., ::-1])
 
 
+def test_colour_dropped_is_offered_for_a_grey_image_against_colour_neighbours():
+    grey = texture(0)
+    colour = grey.copy()
+    colour[..., 0] = 200
+    assert "colour dropped (grey)" not in pipeline_faults(views(colour))  # the production image has colour
+    assert "colour dropped (grey)" not in pipeline_faults(views(grey), grey=True)  # nothing to drop
+    dropped = pipeline_faults(views(colour), grey=True)["colour dropped (grey)"].whole
+    expected = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+    assert all(np.array_equal(dropped[..., c], expected) for c in range(3))
+
+
 # ------------------------------------------------------------------ scoring with extra references
 
 def test_score_with_an_exact_copy_as_reference_gives_distance_zero():
@@ -598,6 +609,27 @@ def test_the_change_reported_is_the_counterfactual_that_explains_most(bank_works
     made[0].reverse()
     assert at.attribute_one(views(x), feats[0], measure(x), score, [views(train_img)], scorer, lite0, conditions,
                             made=(made[0], made[1][::-1], 25.0))["how_angle"].endswith("zoom 1.00")
+
+
+def test_a_colour_image_against_grey_training_is_a_pipeline_fault(bank_workspace, lite0):
+    """Colour where every training image is grey: no neighbour can be given colour, so the image is
+    made grey, and that explains it (the synthetic training images are grey)."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    # the same luma with colour that varies across the image (a colour camera; not a cast, which relighting matches)
+    y = cv2.cvtColor(train_img, cv2.COLOR_RGB2GRAY)
+    rng = np.random.default_rng(0)
+    chroma = [np.clip(128 + 40 * cv2.resize(rng.normal(size=(4, 4)), y.shape[::-1]), 0, 255).astype(np.uint8)
+              for _ in range(2)]
+    tinted = cv2.cvtColor(np.dstack([y, *chroma]), cv2.COLOR_YCrCb2RGB)
+    feats = at._embed([views(tinted)], lite0, conditions)
+    score = float(scorer.score(feats)[0][0])
+    assert score > np.quantile(scorer.calibration_.scores, 0.95)
+    row = at.attribute_one(views(tinted), feats[0], measure(tinted), score, [views(train_img)], scorer, lite0,
+                           conditions)
+    assert row["cause"].startswith("pipeline") and row["how_pipeline"] == "colour where training is grey"
+    assert row["share_pipeline"] >= 0.8
 
 
 def test_lighting_that_cannot_be_undone_is_not_the_cause_unless_the_image_clips(bank_workspace, lite0, monkeypatch):

@@ -76,9 +76,9 @@ from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
-from .interventions import degrade_like, grey_noise, pipeline_faults, relight_like
+from .interventions import degrade_like, grey_noise, is_colour, pipeline_faults, relight_like, to_grey
 from .pose import apply_pose, estimate_pose, tilted_pose
-from .views import Views, cached, views
+from .views import Views, cached, each, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
@@ -136,7 +136,7 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             small = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
             out["resolution"].append((views(small, x.whole.shape[:2]), f"resized to {x.shape[1]}x{x.shape[0]}"))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
-            out["pipeline"] += [(img, name) for name, img in pipeline_faults(n).items()]
+            out["pipeline"] += [(img, name) for name, img in pipeline_faults(n, grey=not is_colour(x.whole)).items()]
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 
@@ -215,6 +215,12 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         row[f"share_{c}"] = share(s_c)
         row[f"how_{c}"] = how
         explained[c] = s_c
+    if neighbours and is_colour(x.whole) and not is_colour(neighbours[0].whole):
+        # colour where the training images are grey: no neighbour can be given colour, so x loses it
+        s_grey = float(scorer.score(_embed([each(x, to_grey)], backbone, conditions))[0][0])
+        if share(s_grey) > row["share_pipeline"]:
+            row["share_pipeline"], row["how_pipeline"], explained["pipeline"] = \
+                share(s_grey), "colour where training is grey", s_grey
     shares = {c: row[f"share_{c}"] for c in CAUSES}
     row["undo_lighting"] = np.nan
     if new_size:  # the same camera under other light or at another angle gives the same pixel grid

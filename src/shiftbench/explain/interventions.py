@@ -327,14 +327,26 @@ def degrade_like(src: Views, ref_measures: dict, scale: dict[str, float],
 
 # --- pipeline faults --------------------------------------------------------------
 
-def pipeline_faults(src: Views) -> dict[str, Views]:
-    """Common preprocessing faults applied to ``src``: channel order, inversion, orientation.
+def is_colour(a: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 image has colour (its red and blue differ by more than 2 levels on average)."""
+    return bool(np.abs(a[..., 0].astype(np.int16) - a[..., 2]).mean() > 2.0)
+
+
+def to_grey(a: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as grey, in three equal channels (what a mono camera or decoder gives)."""
+    return np.ascontiguousarray(np.repeat(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2))
+
+
+def pipeline_faults(src: Views, grey: bool = False) -> dict[str, Views]:
+    """Common preprocessing faults applied to ``src``: channel order, inversion, orientation, and,
+    where the production image is ``grey`` and ``src`` has colour, the colour dropped.
 
     Channel swap only for colour images (it changes nothing in grey ones).
     """
     out = {"inverted": each(src, lambda a: 255 - a),
            "rotated 90": each(src, lambda a: np.ascontiguousarray(np.rot90(a)), shape=src.shape[::-1])}
-    whole = src.whole
-    if np.abs(whole[..., 0].astype(np.int16) - whole[..., 2]).mean() > 2.0:
+    if is_colour(src.whole):
         out["channels swapped"] = each(src, lambda a: np.ascontiguousarray(a[..., ::-1]))
+        if grey:
+            out["colour dropped (grey)"] = each(src, to_grey)
     return out
