@@ -609,6 +609,18 @@ def test_a_cause_seen_on_two_images_gets_no_transforms():
     assert {e["cause"] for e in augmentation_spec(rows, TRAIN)} == {"resolution"}
 
 
+def test_a_cause_on_too_few_images_is_said_so_not_called_unseen(tmp_path):
+    rows = [_row(f"d/{i}.png", is_ood=True, cause="lighting", cluster=0, brightness_p50=0.1) for i in range(2)] + \
+           [_row(f"ok/{i}.png") for i in range(3)]
+    scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows)])
+    res = CliRunner().invoke(app, ["collect", str(scan), "--budget", "2"])
+    assert res.exit_code == 0, res.output
+    assert "augmentation: none (lighting on 2 flagged images, fewer than the 3 a range is drawn from)" in res.stderr
+    md = (scan / "collect" / "augment.md").read_text()
+    assert "**lighting**: no transform (seen on 2 flagged images, fewer than the 3 a range is drawn from)" in md
+    assert "No transform: no lighting" not in md
+
+
 def test_no_augmentation_for_causes_not_seen(tmp_path):
     rows = [_row(f"c/{i}.png", is_ood=True, cause="content", cluster=0) for i in range(4)] + \
            [_row(f"ok/{i}.png") for i in range(3)]
@@ -708,3 +720,13 @@ def test_medoids_from_the_gram_matrix_equal_the_broadcast_distances_in_chunks():
     np.testing.assert_allclose(mean_distances(x, chunk=64), exact, rtol=1e-9, atol=1e-9)
     assert medoid(x) == 7 and medoids(x, 3)[0] == 7
     assert medoids(x, 3).tolist() == np.argsort(exact)[:3].tolist()
+
+
+def test_copies_of_one_image_are_labelled_once(tmp_path):
+    rows = [_row(f"l/{i}.png", is_ood=True, cause="lighting", cluster=0, brightness_p50=0.1, sha=f"h{i % 2}")
+            for i in range(6)]  # six files, two images
+    scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows)])
+    res = collect(scan, budget=4)
+    chosen = res.selection["path"].tolist()
+    shas = {r["path"]: r["sha"] for r in rows}
+    assert len(chosen) == 2 and {shas[p] for p in chosen} == {"h0", "h1"}

@@ -780,8 +780,15 @@ def test_describe_change_names_a_new_pixel_size():
     t = pd.DataFrame({"width": [200, 200, 200], "height": [200, 200, 200], "share_lighting": 0.3,
                       "new_pixel_size": [True, True, False]})
     lines = describe_change(t, "content", {"width": 128.0, "height": 128.0})
-    assert "pixel size no training image has (median 200x200, training 128x128)" in lines[-1]
+    assert "pixel size no training image has (200x200, training 128x128)" in lines[-1]
     assert len(describe_change(t.assign(new_pixel_size=False), "content", {})) == 1
+    # squashed both ways: the sizes the images have, not a median of widths beside one of heights
+    both = t.assign(width=[2000, 16, 2000], height=[16, 2000, 16], new_pixel_size=True)
+    assert "(2000x16 (2), 16x2000 (1), training 128x128)" in describe_change(both, "content", {"width": 128.0,
+                                                                                              "height": 128.0})[-1]
+    many = pd.DataFrame({"width": [300, 300, 310, 320, 330], "height": 200, "share_lighting": 0.3,
+                         "new_pixel_size": True})
+    assert "(4 sizes, most often 300x200 (2 of 5))" in describe_change(many, "content", {})[-1]
 
 
 # ------------------------------------------------------------------ agreement among alike images
@@ -840,3 +847,10 @@ def test_images_at_a_new_pixel_size_vote_only_among_themselves():
     agreed, agreement = agree_with_neighbours(causes, conditions, np.zeros((28, 4)), groups=new_size)
     assert list(agreed[:20]) == ["lighting"] * 20 and list(agreed[20:]) == ["content"] * 8  # voted within
     assert agreement[20:].min() >= 6 / 7 and agreement[:20].min() == 1.0
+
+
+def test_explained_share_leaves_out_lighting_that_relighting_did_not_undo():
+    from shiftbench.explain import explained_share
+    t = pd.DataFrame({"share_lighting": [0.84, 0.84, 0.84], "share_angle": [0.1, 0.1, 0.1],
+                      "undo_lighting": [0.26, 0.5, np.nan]})
+    assert explained_share(t).tolist() == [0.1, 0.84, 0.84]  # not undone / undone / not asked

@@ -213,3 +213,10 @@ def test_an_interrupted_explanation_resumes_and_a_rescan_reuses_it(workspace, sy
     shutil.rmtree(fresh / "work")
     recomputed = shiftbench.scan(synth / "prod", workspace=fresh, out=tmp_path / "d", device="cpu", num_workers=0)
     pd.testing.assert_frame_equal(recomputed.table, first.table, check_exact=False, rtol=1e-5, atol=1e-7)
+
+
+def test_labels_that_match_no_image_are_refused_before_embedding(workspace, synth, tmp_path, spy_embed):
+    (tmp_path / "labels.csv").write_text("path,label\nelsewhere/a.png,spot\n")
+    res = invoke("scan", synth / "prod", "-w", workspace, "--labels", tmp_path / "labels.csv", "--device", "cpu")
+    _one_line_error(res, 2, "none of its paths is among the")
+    assert spy_embed == []

@@ -213,7 +213,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     paths = find_images(root)  # before indexing: a mistyped folder fails at once
     if not paths:
         raise InputError(f"no images found in {root}")
-    _check_options(out, model, labels)  # and so does a mistyped option, before minutes of embedding
+    _check_options(out, model, labels, paths)  # and so does a mistyped option, before minutes of embedding
     if reference is not None:
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
@@ -292,11 +292,14 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
 
 
-def _check_options(out, model, labels) -> None:
+def _check_options(out, model, labels, paths: list[str]) -> None:
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     if labels is not None and not Path(labels).is_file():
         raise InputError(f"--labels {labels}: no such file")
+    if labels is not None and not any(labels_from_csv(labels, paths)):
+        raise InputError(f"--labels {labels}: none of its paths is among the {len(paths)} images found (paths "
+                         f"are relative to the production folder, e.g. {paths[0]})")
     if model is not None and not Path(model).exists():
         raise InputError(f"--model {model}: no such checkpoint folder")
 

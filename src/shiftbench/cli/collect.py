@@ -43,7 +43,12 @@ def collect(
     by_cause: dict[str, list[str]] = {}
     for t in s["augmentation"]["transforms"]:
         by_cause.setdefault(t["cause"], []).extend(n for n in _leaves(t) if n not in by_cause.get(t["cause"], []))
-    shown = "; ".join(f"{c}: {', '.join(n)}" for c, n in by_cause.items()) or "none (no condition shift seen)"
+    aug = s["augmentation"]
+    few = [f"{c} on {n}" for c, n in aug.get("images_per_cause", {}).items()
+           if c != "content" and c not in by_cause and n < aug.get("images_needed", 0)]
+    none = (f"none ({', '.join(few)} flagged images, fewer than the {aug['images_needed']} a range is drawn from)"
+            if few else "none (no condition shift seen)")
+    shown = "; ".join(f"{c}: {', '.join(n)}" for c, n in by_cause.items()) or none
     info(f"augmentation: {shown} (augment.yaml; augment.md says where each range came from)", quiet)
     from ..fsutil import json_text
     typer.echo(json_text(s, indent=None) if json_out else str(result.out_dir))

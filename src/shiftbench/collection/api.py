@@ -24,7 +24,7 @@ import pandas as pd
 from ..fsutil import write_json, write_text
 from ..images import InputError
 from . import augment, plan as planmod, transforms
-from .scan_io import ScanOutputs, load_scan, training_reference
+from .scan_io import ScanOutputs, has_cause, load_scan, training_reference
 from .select import allocate, cluster_weights, k_center_greedy, label_order, medoid, normalise
 
 
@@ -119,6 +119,7 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
 def _pick_by_mode(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> list[tuple[int, str]]:
     """:func:`_pick` in each mode of a cluster (at least one image each, budget allowing, the rest
     by size), interleaved as clusters are; a cluster of one mode as :func:`_pick`."""
+    group = _distinct(scan, group)
     modes = scan.table["mode"].to_numpy()[group["rows"]] if "mode" in scan.table else np.zeros(len(group["rows"]))
     names = np.unique(modes)
     if len(names) < 2 or k < 2:
@@ -129,6 +130,21 @@ def _pick_by_mode(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generat
                           "uncertainty": None if group["uncertainty"] is None else group["uncertainty"][p]}, n, rng)
              for m, p, n in zip(names, parts, ks)]
     return [picks[c][j] for c, j in label_order(picks, ks)]
+
+
+def _distinct(scan: ScanOutputs, group: dict) -> dict:
+    """``group`` with one row per image content (copies of a file are labelled once)."""
+    if "sha" not in scan.table:
+        return group
+    sha = scan.table["sha"].astype(str).to_numpy()[group["rows"]]
+    keep, seen = np.ones(len(sha), dtype=bool), set()
+    for i, h in enumerate(sha):
+        keep[i] = not (h and h in seen)
+        seen.add(h)
+    if keep.all():
+        return group
+    return {**group, "rows": group["rows"][keep], "explained": group["explained"][keep],
+            "uncertainty": None if group["uncertainty"] is None else group["uncertainty"][keep]}
 
 
 CONTENT_TRIAGE = 3  # images to label now from a content cluster, when condition clusters exist
@@ -245,12 +261,14 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
                  f"follow the same rule (at least 1 per cluster when the budget allows, at most the cluster's size"
                  f"{triage}).")
     causes_seen = sorted({c for cs in flagged["cause"].str.split("+") for c in cs if c not in ("none", "unknown")})
+    per_cause = {c: int(has_cause(flagged["cause"], c).sum()) for c in causes_seen}
     spec = augment.augmentation_spec(flagged, train, p)
     summary = {"scan_dir": str(scan.scan_dir.resolve()), "prod_dir": str(scan.prod_dir), "out_dir": str(out_dir),
                "readable": n_readable, "flagged": int(len(flagged)), "budget": budget,
                "budget_source": budget_source, "selected": int(len(selection)), "rule": rule_text,
                "training": train_source, "notes": notes, "clusters": clusters,
-               "augmentation": {"file": "augment.yaml", "causes_seen": causes_seen, "transforms": spec}}
+               "augmentation": {"file": "augment.yaml", "causes_seen": causes_seen, "images_per_cause": per_cause,
+                                "images_needed": augment.images_needed(len(flagged)), "transforms": spec}}
     _write(out_dir, summary, selection, spec, seed, causes_seen, train_source, scan, copy, p)
     return CollectResult(plan=clusters, selection=selection, out_dir=out_dir, summary=summary)
 
@@ -280,7 +298,9 @@ def _write(out_dir: Path, summary: dict, selection: pd.DataFrame, spec: list[dic
             pd.DataFrame({"path": selection["path"], "label": ""}).to_csv(tmp / "labels_template.csv", index=False)
         selection.to_csv(tmp / "selection.csv", index=False, float_format="%.6g")
         transforms.save_augmentation(transforms.compose(spec, seed, p), tmp / "augment.yaml")
-        write_text(tmp / "augment.md", transforms.render_markdown(spec, causes_seen, train_source))
+        aug = summary["augmentation"]
+        write_text(tmp / "augment.md", transforms.render_markdown(spec, causes_seen, train_source,
+                                                                  aug["images_per_cause"], aug["images_needed"]))
         write_json(tmp / "plan.json", summary)
         write_text(tmp / "plan.md", planmod.render_markdown(summary))
         _swap_in(tmp, out_dir)

@@ -311,12 +311,23 @@ def augmentation_spec(table: pd.DataFrame, train: dict[str, float], p: float = 0
     ``table``: scan rows (all of images.csv or only the flagged ones; rows with
     ``is_ood`` false are ignored); ``train``: training median per measurement.
     """
-    if "is_ood" in table:
-        table = table[table["is_ood"].astype(str).str.lower().isin(("true", "1"))]
+    table = _flagged(table)
+    need = images_needed(len(table))
     spec = []
     for cause, build in _BUILDERS.items():
         rows = table[has_cause(table["cause"], cause)] if "cause" in table else table.iloc[:0]
-        # a cause seen on a handful of images is more likely a wrong call than a shift to train for
-        if len(rows) >= max(MIN_CAUSE_IMAGES, MIN_CAUSE_SHARE * len(table)):
+        if len(rows) >= need:
             spec += build(rows, train, p)
     return spec
+
+
+def images_needed(n_flagged: int) -> int:
+    """Flagged images a cause needs for transforms: one seen on a handful of images is more likely a
+    wrong call than a shift to train for."""
+    return int(max(MIN_CAUSE_IMAGES, np.ceil(MIN_CAUSE_SHARE * n_flagged)))
+
+
+def _flagged(table: pd.DataFrame) -> pd.DataFrame:
+    if "is_ood" in table:
+        return table[table["is_ood"].astype(str).str.lower().isin(("true", "1"))]
+    return table

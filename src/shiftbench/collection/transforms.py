@@ -106,8 +106,10 @@ def _children_md(kids: list[dict], indent: str) -> list[str]:
     return out
 
 
-def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> str:
-    """augment.md: every transform, its parameters and where they came from."""
+def render_markdown(spec: list[dict], causes_seen: list[str], source: str, counts: dict[str, int] | None = None,
+                    needed: int = 0) -> str:
+    """augment.md: every transform, its parameters and where they came from; ``counts``: flagged
+    images per cause, ``needed``: how many a cause needs for transforms."""
     lines = ["# Shift-matched augmentation", "",
              "`augment.yaml` is an albumentations 2 pipeline (`shiftbench.load_augmentation(path)` or "
              "`albumentations.load(path, data_format='yaml')`). Its ranges span the central 80% "
@@ -123,10 +125,12 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str) -> st
     covered = {e["cause"] for e in spec}
     for c in causes_seen:
         if c not in covered:
+            n = (counts or {}).get(c, needed)
             why = ("new parts/defects need labels, not augmentation" if c == "content"
+                   else f"seen on {n} flagged images, fewer than the {needed} a range is drawn from" if n < needed
                    else "no measured change large enough to turn into a range")
             lines.append(f"- **{c}**: no transform ({why})")
-    if not spec:
+    if not spec and not set(causes_seen) - {"content"}:
         lines.append("No transform: no lighting, angle, resolution or pipeline shift among the flagged images.")
     lines.append("")
     return "\n".join(lines)

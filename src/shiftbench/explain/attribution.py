@@ -78,11 +78,11 @@ from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from .interventions import degrade_like, grey_noise, is_colour, pipeline_faults, relight_like, to_grey
 from .pose import apply_pose, estimate_pose, tilted_pose
+from .clusters import MIN_UNDO
 from .views import Views, cached, each, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
-MIN_UNDO = 0.3
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
 # p-value that a resized neighbour or a stretched or sheared pose must give x. Resized to x's smaller pixel
 # size: images of the same line reached 0.03 and more, another line's 0.015 at most; stretched:

@@ -87,14 +87,22 @@ def _pct(new: float, old: float) -> str:
     return f"{abs(change):.0f}% {'above' if change > 0 else 'below'} training ({new:.3g} vs {old:.3g})"
 
 
+# Lighting is named only where relighting the image like its neighbours also removes this share of its
+# distance (:mod:`.attribution`): imitated but not undone, lighting does not explain it.
+MIN_UNDO = 0.3
+
+
 def explained_share(members: pd.DataFrame) -> pd.Series:
     """Per row, the largest share of its distance that a cause it may be named for explains
-    (at a new pixel size, lighting and angle may not: :mod:`.attribution`)."""
-    shares = members.filter(like="share_")
+    (at a new pixel size, lighting and angle may not; lighting that relighting does not undo
+    may not either: :mod:`.attribution`)."""
+    shares = members.filter(like="share_").copy()
     if "new_pixel_size" in members:
         ruled_out = members["new_pixel_size"].eq(True).to_numpy()
-        shares = shares.copy()
         shares.loc[ruled_out, [c for c in ("share_lighting", "share_angle") if c in shares]] = np.nan
+    if "undo_lighting" in members and "share_lighting" in shares:
+        shares.loc[(pd.to_numeric(members["undo_lighting"], errors="coerce") < MIN_UNDO).to_numpy(),
+                   "share_lighting"] = np.nan
     return shares.max(axis=1)
 
 
@@ -146,11 +154,23 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
                    f"(best explained share {explained_share(members).median():.2f}): "
                    "new parts, defects or another line")
     if {"new_pixel_size", "width", "height"} <= set(members) and members["new_pixel_size"].eq(True).mean() >= 0.5:
-        size = f"median {med['width']:.0f}x{med['height']:.0f}"
+        size = _sizes(members)
         if "width" in center and "height" in center:
             size += f", training {center['width']:.0f}x{center['height']:.0f}"
         out.append(f"taken at a pixel size no training image has ({size}): another camera or pipeline")
     return out
+
+
+def _sizes(members: pd.DataFrame) -> str:
+    """The members' pixel sizes in words: the one size, the few sizes, or the most common of many
+    (never a median of widths beside a median of heights, which no image may have)."""
+    sizes = members[["width", "height"]].dropna().astype(int).apply(tuple, axis=1).value_counts()
+    names = [f"{w}x{h}" for w, h in sizes.index]
+    if len(sizes) == 1:
+        return names[0]
+    if len(sizes) <= 3:
+        return ", ".join(f"{n} ({k})" for n, k in zip(names, sizes))
+    return f"{len(sizes)} sizes, most often {names[0]} ({sizes.iloc[0]} of {len(members)})"
 
 
 def mean_distances(x: np.ndarray, chunk: int = 512) -> np.ndarray:

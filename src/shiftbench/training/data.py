@@ -105,7 +105,7 @@ def load_labeled(root: str | os.PathLike, pre: Preprocess, *, labels: str | os.P
     names = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
     if names is None:
         raise InputError(f"{root}: put the images in one sub-folder per class, or give --labels CSV")
-    workers = num_workers or min(8, os.cpu_count() or 2)
+    workers = max(1, num_workers) if num_workers is not None else min(8, os.cpu_count() or 2)  # 0: one thread
     pixels, sha, keep, skipped = [], [], [], []
     # Threads, not processes: OpenCV decodes and resizes with the GIL released.
     with ThreadPoolExecutor(workers) as pool:
