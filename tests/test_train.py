@@ -353,14 +353,15 @@ def test_copies_of_one_image_stay_on_one_side_of_the_split():
     from shiftbench.training import LabeledImages, stratified_split
     n = 40
     shas = [f"s{i}" for i in range(n - 10)] + ["dup"] * 10  # ten copies of one image under other names
-    data = LabeledImages(np.zeros((n, 2, 2, 3), np.uint8), np.zeros(n, np.int64), ["a"], [f"{i}.png" for i in range(n)],
-                         shas, "/x")
+    data = LabeledImages(np.zeros((n, 2, 2, 3), np.uint8), np.zeros(n, np.int64), ["a"],
+                         [f"{i}.png" for i in range(n)], shas, "/x")
     for seed in range(5):
         tr, va = stratified_split(data, 0.3, seed)
         sides = {"dup" in data.sha[i] for i in va}, {"dup" in data.sha[i] for i in tr}
         assert not (True in sides[0] and True in sides[1])  # never both
         assert len(tr) + len(va) == n and len(tr) and len(va)
-    same = LabeledImages(np.zeros((3, 2, 2, 3), np.uint8), np.zeros(3, np.int64), ["a"], ["a", "b", "c"], ["x"] * 3, "/x")
+    same = LabeledImages(np.zeros((3, 2, 2, 3), np.uint8), np.zeros(3, np.int64), ["a"], ["a", "b", "c"], ["x"] * 3,
+                         "/x")
     tr, va = stratified_split(same, 0.3, 0)
     assert len(tr) == 3 and len(va) == 0  # one image three times: nothing to validate on
 

@@ -38,7 +38,8 @@ def standardize(table: pd.DataFrame, standardizer: dict) -> np.ndarray:
     training median, so it adds no distance.
     """
     cols = standardizer["columns"]  # absent when no image could be measured (all unreadable)
-    x = (table.reindex(columns=cols).to_numpy(float) - np.asarray(standardizer["center"])) / np.asarray(standardizer["scale"])
+    x = table.reindex(columns=cols).to_numpy(float)
+    x = (x - np.asarray(standardizer["center"])) / np.asarray(standardizer["scale"])
     ok = (table["status"] == "ok").to_numpy()
     x[ok] = np.nan_to_num(x[ok], nan=0.0)
     x[~ok] = np.nan

@@ -153,22 +153,22 @@ class KNNScorer:
             skipped += int((out[rows] > plain).sum())
         return out, radius, skipped
 
-    def _spacing(self, x: np.ndarray, copies: np.ndarray | None) -> float:
+    def _spacing(self, x: np.ndarray, copies: np.ndarray | None, batch: int = 4096) -> float:
         """Median distance to the ``SPACING_RANK``-th nearest *other image*: exact copies (same
         ``copies`` label) count once, so a set of every image twice has the spacing of the set once."""
         n = len(x)
-        if copies is None:
-            d = search(self.index_, x, min(SPACING_RANK + 1, n))[0][:, -1]
-        else:
-            codes = np.unique(copies, return_inverse=True)[1].astype(np.int64)
-            most = int(np.bincount(codes).max())  # deep enough when every neighbour has that many copies
-            depth = min((SPACING_RANK + 1) * most, n, 256)
-            dist, ids = search(self.index_, x, depth)
+        codes = np.unique(copies, return_inverse=True)[1].astype(np.int64) if copies is not None \
+            else np.arange(n, dtype=np.int64)
+        most = int(np.bincount(codes).max())  # deep enough when every neighbour has that many copies
+        depth, rank = min((SPACING_RANK + 1) * most, n, 256), min(SPACING_RANK, int(codes.max())) if n else 0
+        d = np.full(n, np.inf)
+        for lo in range(0, n, batch):
+            rows = np.arange(lo, min(lo + batch, n))
+            dist, ids = search(self.index_, x[rows], depth)
             c = np.where(ids >= 0, codes[np.maximum(ids, 0)], -1)
-            firsts = _first_of_each(c) & (c != codes[:, None]) & (c >= 0)  # one entry per other image
-            rank = np.cumsum(firsts, axis=1)
-            hit = rank == min(SPACING_RANK, len(np.unique(codes)) - 1)
-            d = np.where(hit.any(1), dist[np.arange(n), hit.argmax(1)], np.inf)
+            firsts = _first_of_each(c) & (c != codes[rows][:, None]) & (c >= 0)  # one entry per other image
+            hit = np.cumsum(firsts, axis=1) == rank
+            d[rows] = np.where(hit.any(1), dist[np.arange(len(rows)), hit.argmax(1)], np.inf)
         d = d[np.isfinite(d)]
         return float(np.median(d)) if len(d) else 0.0
 
@@ -207,7 +207,6 @@ class KNNScorer:
         extra_d = np.where(np.isnan(extra_d), np.inf, extra_d)
         both = np.sort(np.concatenate([dist, extra_d], axis=1), axis=1)
         return both[:, k - 1].astype(np.float32)
-
 
 
 def _first_of_each(codes: np.ndarray) -> np.ndarray:
