@@ -854,3 +854,14 @@ def test_explained_share_leaves_out_lighting_that_relighting_did_not_undo():
     t = pd.DataFrame({"share_lighting": [0.84, 0.84, 0.84], "share_angle": [0.1, 0.1, 0.1],
                       "undo_lighting": [0.26, 0.5, np.nan]})
     assert explained_share(t).tolist() == [0.1, 0.84, 0.84]  # not undone / undone / not asked
+
+
+def test_a_colour_cast_is_told_from_colour_that_varies_across_the_image():
+    from shiftbench.explain.interventions import is_cast
+    grey = texture(0)
+    cast = np.clip(grey.astype(np.float32) * [1.2, 1.0, 0.75] + [5, 0, 0], 0, 255).astype(np.uint8)  # tinted light
+    assert is_cast(cast) and is_cast(grey)
+    y = grey[..., 0]
+    cr = np.clip(128 + 40 * cv2.resize(np.random.default_rng(0).normal(size=(4, 4)), y.shape[::-1]), 0, 255)
+    parts = cv2.cvtColor(np.dstack([y, cr.astype(np.uint8), np.full_like(y, 128)]), cv2.COLOR_YCrCb2RGB)
+    assert not is_cast(parts)  # red here, green there: no tone curve per channel greys it

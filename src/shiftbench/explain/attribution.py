@@ -76,14 +76,13 @@ from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
-from .interventions import degrade_like, grey_noise, is_colour, pipeline_faults, relight_like, to_grey
+from .interventions import degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, relight_like, to_grey
 from .pose import apply_pose, estimate_pose, tilted_pose
 from .clusters import MIN_UNDO
 from .views import Views, cached, each, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 MIN_SHARE = 0.2
-CAST_MARGIN = 0.1  # how much more than relighting greying a colour image must explain to be a pipeline fault
 CLIPPED = 0.01  # share of shadow plus highlight pixels above which lighting is not asked to be undone
 # p-value that a resized neighbour or a stretched or sheared pose must give x. Resized to x's smaller pixel
 # size: images of the same line reached 0.03 and more, another line's 0.015 at most; stretched:
@@ -216,12 +215,11 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         row[f"share_{c}"] = share(s_c)
         row[f"how_{c}"] = how
         explained[c] = s_c
-    if neighbours and is_colour(x.whole) and not is_colour(neighbours[0].whole):
-        # colour where the training images are grey: no neighbour can be given colour, so x loses it.
-        # A colour cast (coloured light on grey parts) greys out as well, and relighting matches it:
-        # only colour that relighting explains clearly less of is the pipeline's (X-SDD's casts: lighting)
+    if neighbours and is_colour(x.whole) and not is_colour(neighbours[0].whole) and not is_cast(x.whole):
+        # colour where the training images are grey: no neighbour can be given colour, so x loses it
+        # (a cast, coloured light on grey parts, is lighting: relighting matches it channel by channel)
         s_grey = float(scorer.score(_embed([each(x, to_grey)], backbone, conditions))[0][0])
-        if share(s_grey) > max(row["share_pipeline"], row["share_lighting"] + CAST_MARGIN):
+        if share(s_grey) > row["share_pipeline"]:
             row["share_pipeline"], row["how_pipeline"], explained["pipeline"] = \
                 share(s_grey), "colour where training is grey", s_grey
     shares = {c: row[f"share_{c}"] for c in CAUSES}

@@ -332,6 +332,22 @@ def is_colour(a: np.ndarray) -> bool:
     return bool(np.abs(a[..., 0].astype(np.int16) - a[..., 2]).mean() > 2.0)
 
 
+def is_cast(a: np.ndarray, tol: float = 3.0) -> bool:
+    """Whether an (H, W, 3) uint8 image's colour is a cast: each channel a tone curve of the green one
+    (coloured light or a white balance on grey parts), so that matching the red and blue histograms to
+    the green one leaves a grey image (within ``tol`` levels on average). Colour that varies across the
+    image (coloured parts seen by a colour camera) does not match away."""
+    g = a[..., 1].ravel()
+    for c in (0, 2):
+        ch = a[..., c].ravel()
+        src_cdf = np.cumsum(np.bincount(ch, minlength=256)) / ch.size
+        ref_cdf = np.cumsum(np.bincount(g, minlength=256)) / g.size
+        mapped = np.interp(src_cdf, ref_cdf, np.arange(256))[ch]
+        if np.abs(mapped - g).mean() > tol:
+            return False
+    return True
+
+
 def to_grey(a: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB as grey, in three equal channels (what a mono camera or decoder gives)."""
     return np.ascontiguousarray(np.repeat(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2))
