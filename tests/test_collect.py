@@ -640,6 +640,10 @@ def test_pipeline_faults_map_to_their_transforms():
                          for i in range(4)] + [_row("x", is_ood=True, cause="pipeline", how_pipeline="inverted")])
     names = [e["name"] for e in augmentation_spec(rows, TRAIN)]
     assert names == ["ChannelShuffle", "InvertImg"]
+    flips = pd.DataFrame([_row(f"{i}", is_ood=True, cause="pipeline", how_pipeline=h)
+                          for i, h in enumerate(["mirrored"] * 3 + ["upside down"] * 2)])
+    assert [e["name"] for e in augmentation_spec(flips, TRAIN)] == ["HorizontalFlip", "VerticalFlip"]
+    compose(augmentation_spec(flips, TRAIN))(image=np.zeros((8, 8, 3), np.uint8))  # they instantiate
 
 
 @pytest.mark.filterwarnings("ignore:Transform NoSuchTransform:UserWarning")

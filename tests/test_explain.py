@@ -865,3 +865,10 @@ def test_a_colour_cast_is_told_from_colour_that_varies_across_the_image():
     cr = np.clip(128 + 40 * cv2.resize(np.random.default_rng(0).normal(size=(4, 4)), y.shape[::-1]), 0, 255)
     parts = cv2.cvtColor(np.dstack([y, cr.astype(np.uint8), np.full_like(y, 128)]), cv2.COLOR_YCrCb2RGB)
     assert not is_cast(parts)  # red here, green there: no tone curve per channel greys it
+
+
+def test_flipped_read_outs_are_pipeline_faults():
+    img = texture(0, angle=30)
+    faults = pipeline_faults(views(img))
+    assert np.array_equal(faults["mirrored"].whole, img[:, ::-1])
+    assert np.array_equal(faults["upside down"].whole, img[::-1])

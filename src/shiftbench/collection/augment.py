@@ -283,7 +283,8 @@ def _resolution(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]
     return out
 
 
-_FAULTS = {"channels swapped": "ChannelShuffle", "inverted": "InvertImg", "rotated 90": "RandomRotate90"}
+_FAULTS = {"channels swapped": "ChannelShuffle", "inverted": "InvertImg", "rotated 90": "RandomRotate90",
+           "mirrored": "HorizontalFlip", "upside down": "VerticalFlip"}
 
 
 def _pipeline(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:

@@ -354,13 +354,16 @@ def to_grey(a: np.ndarray) -> np.ndarray:
 
 
 def pipeline_faults(src: Views, grey: bool = False) -> dict[str, Views]:
-    """Common preprocessing faults applied to ``src``: channel order, inversion, orientation, and,
+    """Common preprocessing faults applied to ``src``: channel order, inversion, orientation (rotated
+    by 90 degrees, mirrored, upside down: a flipped read-out), and,
     where the production image is ``grey`` and ``src`` has colour, the colour dropped.
 
     Channel swap only for colour images (it changes nothing in grey ones).
     """
     out = {"inverted": each(src, lambda a: 255 - a),
-           "rotated 90": each(src, lambda a: np.ascontiguousarray(np.rot90(a)), shape=src.shape[::-1])}
+           "rotated 90": each(src, lambda a: np.ascontiguousarray(np.rot90(a)), shape=src.shape[::-1]),
+           "mirrored": each(src, lambda a: np.ascontiguousarray(a[:, ::-1])),
+           "upside down": each(src, lambda a: np.ascontiguousarray(a[::-1]))}
     if is_colour(src.whole):
         out["channels swapped"] = each(src, lambda a: np.ascontiguousarray(a[..., ::-1]))
         if grey:
