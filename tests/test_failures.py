@@ -134,7 +134,7 @@ def test_mistyped_scan_options_fail_before_embedding(workspace, synth, tmp_path,
     assert spy_embed == []  # nothing was embedded
 
 
-def test_predict_on_an_empty_folder_or_a_missing_checkpoint_exits_2(tmp_path):
+def test_predict_with_a_missing_checkpoint_says_so_and_exits_2(tmp_path):  # (an empty folder: test_train)
     (tmp_path / "empty").mkdir()
     _one_line_error(invoke("predict", tmp_path / "nope", tmp_path / "empty"), 2, "no such file or folder")
 

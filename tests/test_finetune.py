@@ -360,6 +360,8 @@ def test_new_images_copied_into_the_training_folder_are_not_trained_on(setup, tm
     assert res.metrics["training"]["copies_of_held_out_not_trained"] == 6
     assert any("copies of held-out ones" in w for w in res.metrics["warnings"])
     assert any(line.startswith("warning:") and "copies" in line for line in logged)
+    card_text = (res.out_dir / "model_card.md").read_text()
+    assert "**Warning:** 6 original training images are copies of held-out ones" in card_text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -54,7 +54,7 @@ def write_json(target: str | os.PathLike, obj) -> None:
 
 def json_text(obj, indent: int | None = 2) -> str:
     """Strict JSON (what jq and other languages read): NaN and infinities become null."""
-    return json.dumps(_finite(obj), indent=indent, default=_jsonable, allow_nan=False)
+    return json.dumps(_finite(obj), indent=indent, default=to_jsonable, allow_nan=False)
 
 
 def _finite(o):
@@ -85,7 +85,8 @@ def save_npz(target: str | os.PathLike, **arrays: np.ndarray) -> None:
     write_with(target, writer)
 
 
-def _jsonable(o):
+def to_jsonable(o):
+    """``json.dumps`` ``default`` for numpy scalars and arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

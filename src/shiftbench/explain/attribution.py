@@ -76,9 +76,9 @@ from ..embedding.extract import model_scale
 from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
+from .clusters import MIN_UNDO
 from .interventions import degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, relight_like, to_grey
 from .pose import apply_pose, estimate_pose, tilted_pose
-from .clusters import MIN_UNDO
 from .views import Views, cached, each, views
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")

@@ -338,10 +338,10 @@ def is_cast(a: np.ndarray, tol: float = 3.0) -> bool:
     the green one leaves a grey image (within ``tol`` levels on average). Colour that varies across the
     image (coloured parts seen by a colour camera) does not match away."""
     g = a[..., 1].ravel()
+    ref_cdf = np.cumsum(np.bincount(g, minlength=256)) / g.size
     for c in (0, 2):
         ch = a[..., c].ravel()
         src_cdf = np.cumsum(np.bincount(ch, minlength=256)) / ch.size
-        ref_cdf = np.cumsum(np.bincount(g, minlength=256)) / g.size
         mapped = np.interp(src_cdf, ref_cdf, np.arange(256))[ch]
         if np.abs(mapped - g).mean() > tol:
             return False

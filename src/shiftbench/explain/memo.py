@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ..fsutil import write_text
+from ..fsutil import to_jsonable, write_text
 
 _PACKAGE = Path(__file__).parent.parent
 
@@ -61,20 +61,17 @@ def append_rows(path: Path, keys: list[str], rows: list[dict]) -> None:
     an image or neighbour that could not be read may be readable next time)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        for k, r in zip(keys, rows):
-            if r.get("cause") != "unknown":
-                f.write(json.dumps({"key": k, "row": r}, default=_plain) + "\n")
+        f.write(_lines(zip(keys, rows)))
         f.flush()
         os.fsync(f.fileno())
 
 
 def keep_only(path: Path, rows: dict[str, dict]) -> None:
     """Rewrite ``path`` (atomically) with only ``rows``: rows of other banks or code go."""
-    write_text(path, "".join(json.dumps({"key": k, "row": r}, default=_plain) + "\n"
-                             for k, r in rows.items() if r.get("cause") != "unknown"))
+    write_text(path, _lines(rows.items()))
 
 
-def _plain(o):
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _lines(items) -> str:
+    """One JSON line per (key, row); NaN kept as JSON's NaN (read back by Python only)."""
+    return "".join(json.dumps({"key": k, "row": r}, default=to_jsonable) + "\n"
+                   for k, r in items if r.get("cause") != "unknown")

@@ -242,10 +242,7 @@ def _lineage(metrics: dict, meta: dict) -> list[str]:
              f"New weights sha256 `{meta.get('weights_sha256', '')}`. Seed {t['seed']}. "
              f"Augmentation: {t['augment_file'] or 'none'} ({t['augment_summary'] or 'no transforms'}). "
              "Files digests: blake2b of the sorted path, content hash and label of each file.", ""]
-    if not o["val_matches_checkpoint"]:
-        lines += ["**Warning:** the original validation images differ from those the parent was validated "
-                  f"on ({o['val_missing']} missing or changed); before/after compare on the same images anyway.", ""]
-    lines += [f"**Warning:** {w}." for w in metrics.get("warnings", []) if "validation images differ" not in w]
+    lines += [f"**Warning:** {w}." for w in metrics.get("warnings", [])]  # (finetune's, also in metrics.json)
     return lines + ([""] if metrics.get("warnings") else [])
 
 

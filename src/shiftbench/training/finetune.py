@@ -174,7 +174,9 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         warn(f"the checkpoint was fine-tuned on {meta['lineage'].get('n_new', '?')} images of {earlier}, "
              f"which this run neither trains nor gates on: put them into --new or --train to keep them")
     if orig_val.digest() != (meta.get("lineage") or {}).get("val_files_sha"):
-        warn(f"the validation images under {train_root} differ from those the checkpoint recorded")
+        missing = len(set(meta["split"]["val"]) - set(orig_val.paths))
+        warn(f"the validation images under {train_root} differ from those the checkpoint recorded ({missing} "
+             f"missing or changed); before and after are compared on the same images anyway")
     if log:
         log(f"{len(orig_train)} original + {len(data.new_train)} new training images; held out: "
             f"{len(orig_val)} original validation, {len(data.prod)} production")
