@@ -235,11 +235,17 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert "12 images:" in res.stderr and "flagged" in res.stderr
     assert "cluster 0:" in res.stderr  # the cluster cards
     assert (out / "images.csv").is_file()
+    assert f"report: {out / 'report.html'}" in res.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    n = int(read_csv(out / "images.csv")["is_ood"].str.lower().eq("true").sum())
+    assert f"<b>{n} flagged</b>" in page and n > 0
+    assert 'title="nearest training image: ' in page  # its neighbours found under the bank's root
     # the shift gate: something is flagged, so any flagged share > 0 trips it
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate", "--device", "cpu",
-                 "--workers", "0", "--fail-on-shift", "0.0", "--no-explain")
+                 "--workers", "0", "--fail-on-shift", "0.0", "--no-explain", "--no-report")
     assert res.exit_code == 1
     assert res.stdout == f"{tmp_path / 'gate'}\n" and "shift gate" in res.stderr
+    assert not (tmp_path / "gate" / "report.html").exists()  # --no-report
     assert "cluster 0:" not in res.stderr
     unexplained = read_csv(tmp_path / "gate" / "images.csv")
     assert set(unexplained["cause"]) <= {"none", "unknown"}

@@ -6,13 +6,14 @@
     result.table[result.table.is_ood]
     shiftbench.train("labelled_images/")  # a classifier checkpoint (shiftbench.training)
     shiftbench.collect(result.out_dir, budget=50)  # what to collect and label (shiftbench.collection)
+    shiftbench.report(result.out_dir)  # one HTML page: clusters beside their nearest training images
 
 The heavy modules (torch, faiss) load on first use, so ``import shiftbench``
 and ``shiftbench --help`` stay fast.
 """
 
 __version__ = "0.1.0"
-__all__ = ["index", "scan", "train", "collect", "build_augmentation", "finetune", "__version__"]
+__all__ = ["index", "scan", "report", "train", "collect", "build_augmentation", "finetune", "__version__"]
 
 
 def __getattr__(name):
@@ -25,4 +26,7 @@ def __getattr__(name):
     if name in ("collect", "build_augmentation", "load_augmentation", "CollectResult"):
         from . import collection
         return getattr(collection, name)
+    if name == "report":
+        from .report import write_report
+        return write_report
     raise AttributeError(f"module 'shiftbench' has no attribute {name!r}")

@@ -24,6 +24,7 @@ import pandas as pd
 from .api import scan
 from .collection import collect
 from .datasets.factory import make_factory
+from .report import write_report
 from .training import finetune, predict, train
 
 
@@ -96,6 +97,8 @@ def run_demo(out: str | Path = "shiftbench-demo", *, seed: int = 0, n_train: int
     col = collect(scan_dir, budget_fraction=budget_fraction, seed=seed)
     for entry in col.plan:
         log(f"plan, cluster {entry['cluster']}: {entry['action']}")
+    step(f"shiftbench report {scan_dir}")
+    log(f"{write_report(scan_dir)}: the clusters beside their nearest training images, and the plan (a browser page)")
     labelled_dir = out / "labelled"
     n = _label_selection(col.selection, truth, data / "prod", labelled_dir)
     log(f"(simulated labeller: the {n} selected images labelled from prod_truth.csv into {labelled_dir})")

@@ -7,6 +7,7 @@ import typer
 from . import collect as collect_cmds
 from . import demo as demo_cmds
 from . import finetune as finetune_cmds
+from . import report as report_cmds
 from . import scan as scan_cmds
 from . import train as train_cmds
 
@@ -21,6 +22,7 @@ app.command("index")(scan_cmds.index)
 app.command("scan")(scan_cmds.scan)
 app.command("train")(train_cmds.train)
 app.command("predict")(train_cmds.predict)
+app.command("report")(report_cmds.report)
 app.command("collect")(collect_cmds.collect)
 app.command("finetune")(finetune_cmds.finetune)
 app.command("demo")(demo_cmds.demo)

@@ -75,6 +75,8 @@ def scan(
         "--explain/--no-explain", help="Attribute flagged images to causes and cluster them.")] = True,
     fail_on_shift: Annotated[Optional[float], typer.Option(
         help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Also write OUT/report.html (see 'shiftbench report').")] = True,
     backbone: Annotated[Optional[str], typer.Option(
         help="With --reference: lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train`.")] = None,
     weights: Weights = None,
@@ -97,8 +99,8 @@ def scan(
 ) -> None:
     """Flag the production images that are unlike the training set.
 
-    Writes images.csv (one row per image) and summary.json, and prints the
-    output folder on stdout. Bank options (--backbone ... --index) apply with --reference.
+    Writes images.csv (one row per image), summary.json and report.html, and prints
+    the output folder on stdout. Bank options (--backbone ... --index) apply with --reference.
     """
     if fail_on_shift is not None and not 0 <= fail_on_shift <= 1:
         raise fail("--fail-on-shift must be between 0 and 1")
@@ -144,6 +146,10 @@ def scan(
         for line in card["change"]:
             info(f"    {line}", quiet)
         info(f"    e.g. {', '.join(card['medoids'])}", quiet)
+    if report:
+        with user_errors():
+            from ..report import write_report
+            info(f"report: {write_report(result.out_dir)}", quiet)
     typer.echo(str(result.out_dir))
     if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)
