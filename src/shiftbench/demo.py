@@ -98,7 +98,8 @@ def run_demo(out: str | Path = "shiftbench-demo", *, seed: int = 0, n_train: int
     for entry in col.plan:
         log(f"plan, cluster {entry['cluster']}: {entry['action']}")
     step(f"shiftbench report {scan_dir}")
-    log(f"{write_report(scan_dir)}: the clusters beside their nearest training images, and the plan (a browser page)")
+    log(f"report: {write_report(scan_dir)} (a page for a browser: each cluster beside its nearest training images, "
+        "and the plan)")
     labelled_dir = out / "labelled"
     n = _label_selection(col.selection, truth, data / "prod", labelled_dir)
     log(f"(simulated labeller: the {n} selected images labelled from prod_truth.csv into {labelled_dir})")
