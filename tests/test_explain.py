@@ -872,3 +872,22 @@ def test_flipped_read_outs_are_pipeline_faults():
     faults = pipeline_faults(views(img))
     assert np.array_equal(faults["mirrored"].whole, img[:, ::-1])
     assert np.array_equal(faults["upside down"].whole, img[::-1])
+
+
+def test_a_squashed_image_is_a_wrong_resize_in_the_pipeline(bank_workspace, lite0):
+    """A training image resized to another width-to-height ratio (half its height): the nearest
+    neighbour squashed the same way explains it as a pipeline fault, not as a lower-resolution camera."""
+    from shiftbench.explain import attribution as at
+    bank, train_img = _bank_and_image(bank_workspace)
+    conditions, scorer = bank.meta["conditions"], bank.scorer
+    h, w = train_img.shape[:2]
+    flat = cv2.resize(train_img, (w, h // 4), interpolation=cv2.INTER_AREA)
+    feats = at._embed([views(flat)], lite0, conditions)
+    score = float(scorer.score(feats)[0][0])
+    assert score > np.quantile(scorer.calibration_.scores, 0.95)
+    row = at.attribute_one(views(flat), feats[0], measure(flat), score, [views(train_img)], scorer, lite0, conditions,
+                           new_size=True)
+    assert row["cause"] == "pipeline" and row["how_pipeline"] == f"resized to {w}x{h // 4} (aspect ratio changed)"
+    assert row["share_pipeline"] >= at.STRICT_SHARE and row["share_resolution"] == 0.0
+    assert at.aspect_changed((h // 4, w), (h, w)) and not at.aspect_changed((h // 2, w // 2), (h, w))
+    assert not at.aspect_changed((100, 105), (100, 100))  # within the tolerance: the same camera's crop

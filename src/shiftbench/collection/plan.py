@@ -163,7 +163,7 @@ def _action(causes: list[str], n: int, conditions: list[str], examples: list[str
     primary = causes[0]
     add, note = (f"add {n} images", "") if n else ("add images", " (none fit in this budget: raise --budget)")
     if primary == "pipeline":
-        return (f"Check the production preprocessing first (decoding, channel order, orientation): {what}. "
+        return (f"Check the production preprocessing first (decoding, channel order, orientation, resizing): {what}. "
                 f"Then {add} captured through it{note}.")
     if primary in _PHRASES:
         return f"{add.capitalize()} {' and '.join(_PHRASES[c] for c in causes if c in _PHRASES)}{note}: {what}."

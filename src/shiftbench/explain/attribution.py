@@ -32,7 +32,10 @@ neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` w
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
 neighbour on both sides also gets that neighbour resized to its pixel size as a
-resolution counterfactual: the same view through a lower-resolution camera. A blur, noise or
+resolution counterfactual: the same view through a lower-resolution camera, where the two have
+the same width-to-height ratio (within ``ASPECT_TOLERANCE``). Where they do not, the nearest
+neighbour squashed to the image's pixel size is a pipeline counterfactual instead (a wrong resize:
+the model squashes it back, as it does the image). A blur, noise or
 compression of a neighbour on its own pixel grid keeps that grid too, so at a new pixel size only
 the resize is made (another plant's images, larger than the training ones, were otherwise
 "explained" 0.07-0.36 by noise added to a neighbour). A camera
@@ -96,6 +99,8 @@ STRICT = ("resized", "stretch", "shear", "moved away")  # how those counterfactu
 # the zoom of a camera moved away: zoomed-out textures (x0.72-0.85) were explained by 0.8 as by
 # their own zoom, other lines' images by neither (docs/benchmarks.md)
 ZOOM_OUT = 0.8
+# width-to-height ratios further apart than this (relative) are another pipeline's resize, not another camera
+ASPECT_TOLERANCE = 0.1
 BLOCK = 16  # flagged images whose counterfactuals are made, then embedded, together
 
 
@@ -131,12 +136,17 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             degraded, how = degrade_like(n, x_meas, scale, known[i], grey)
             if degraded is not n:
                 out["resolution"].append((degraded, how))
-        if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1]:
+        squashed = aspect_changed(x.shape, n.shape)
+        if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1] and not squashed:
             # fewer pixels than the neighbour: the same view through a lower-resolution camera
             small = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
             out["resolution"].append((views(small, x.whole.shape[:2]), f"resized to {x.shape[1]}x{x.shape[0]}"))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n, grey=not is_colour(x.whole)).items()]
+            if squashed and n.image is not None:  # a wrong resize: the neighbour squashed to x's pixel size
+                wrong = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
+                out["pipeline"].append((views(wrong, x.whole.shape[:2]),
+                                        f"resized to {x.shape[1]}x{x.shape[0]} (aspect ratio changed)"))
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 
@@ -273,6 +283,12 @@ def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.nd
     if not (np.isfinite(th).any() and np.isfinite(tw).any()):
         return np.zeros(len(h), dtype=bool)
     return (h < np.nanmin(th)) | (h > np.nanmax(th)) | (w < np.nanmin(tw)) | (w > np.nanmax(tw))
+
+
+def aspect_changed(shape: tuple, other: tuple, tolerance: float = ASPECT_TOLERANCE) -> bool:
+    """Whether two (H, W, ...) shapes' width-to-height ratios differ by more than ``tolerance`` (relative)."""
+    a, b = shape[1] / max(shape[0], 1), other[1] / max(other[0], 1)
+    return max(a, b) / max(min(a, b), 1e-9) > 1.0 + tolerance
 
 
 def _threads() -> int:
