@@ -345,6 +345,29 @@ def test_api_defaults_to_the_recorded_training_folder(setup, tmp_path, monkeypat
     assert sorted(os.listdir(res.out_dir)) == ["metrics.json", "model.json", "model.safetensors", "model_card.md"]
 
 
+def test_the_same_command_resumes_an_interrupted_finetune(setup, tmp_path, monkeypatch):
+    """Without --out too: the state waits under WORKSPACE/finetune and the rerun goes on from it."""
+    monkeypatch.chdir(tmp_path)
+    one = []
+
+    def progress(done, total):
+        if one:
+            raise KeyboardInterrupt
+
+    opts = dict(epochs=2, trainable="head", seed=5, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(setup["parent"].checkpoint, setup["prod"], progress=progress,
+                 log=lambda line: one.append(1) if "epoch   1/" in line else None, **opts)
+    parent = tmp_path / ".shiftbench" / "finetune"
+    assert len(list(parent.glob(".resume-*.pt"))) == 1
+    lines = []
+    res = finetune(setup["parent"].checkpoint, setup["prod"], log=lines.append, **opts)
+    assert any(line.startswith("resuming after epoch 1") for line in lines)
+    assert not list(parent.glob(".resume-*.pt")) and len(res.metrics["training"]["history"]) == 2
+    again = finetune(setup["parent"].checkpoint, setup["prod"], out=tmp_path / "again", **opts)
+    assert (again.out_dir / "model.safetensors").read_bytes() == (res.out_dir / "model.safetensors").read_bytes()
+
+
 def test_new_images_copied_into_the_training_folder_are_not_trained_on(setup, tmp_path):
     """The usual workflow (labelled images merged into the training data) must not leak the holdout."""
     train_dir = shutil.copytree(setup["data"], tmp_path / "train")

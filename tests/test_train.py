@@ -174,6 +174,40 @@ def test_same_seed_same_split_and_weights(toy, tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
 
 
+def test_an_interrupted_training_resumes_to_the_same_weights(toy, tmp_path):
+    """Stopped in its third epoch, the same call goes on after epoch 2 and ends where an unbroken run does."""
+    opts = dict(epochs=4, trainable="all", seed=3, **FAST)
+    whole = train(toy, out=tmp_path / "whole", **opts)
+
+    def interrupted(out, **kw):  # Ctrl-C in the third epoch, once the second's line is out
+        two = []
+
+        def progress(done, total):
+            if two:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train(toy, out=out, progress=progress, log=lambda line: two.append(1) if "epoch   2/" in line else None,
+                  **{**opts, **kw})
+
+    interrupted(tmp_path / "broken")
+    states = list((tmp_path / "broken").glob(".resume-*.pt"))
+    assert len(states) == 1 and not (tmp_path / "broken" / "model.json").exists()
+    lines = []
+    resumed = train(toy, out=tmp_path / "broken", log=lines.append, **opts)
+    assert any(line.startswith("resuming after epoch 2") for line in lines)
+    assert [h["epoch"] for h in resumed.fit.history] == [1, 2, 3, 4]
+    assert [h["val_loss"] for h in resumed.fit.history] == [h["val_loss"] for h in whole.fit.history]
+    sa, sb = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not list((tmp_path / "broken").glob(".resume-*.pt"))  # removed once the checkpoint is written
+    # another setting is another run: the state of this one is not used
+    interrupted(tmp_path / "c")
+    lines = []
+    train(toy, out=tmp_path / "c", log=lines.append, **{**opts, "seed": 4})
+    assert not any(line.startswith("resuming") for line in lines)
+
+
 def test_labels_csv_and_parent_checkpoint(trained, toy, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()

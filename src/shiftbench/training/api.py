@@ -115,7 +115,8 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     model = build_classifier(source, data.classes, seed)
     result = fit(model, train_set, val_set, preprocess=source.preprocess, trainable=trainable, augment=augment,
                  flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, monitor=monitor,
-                 seed=seed, device=device, amp=amp, progress=progress, log=log)
+                 seed=seed, device=device, amp=amp, progress=progress, log=log,
+                 resume_dir=out or DEFAULT_CHECKPOINTS)  # the same command again resumes an interrupted run
     created = datetime.now(timezone.utc)
     meta = {
         "arch": source.arch, "classes": data.classes, "preprocess": source.preprocess.to_dict(),
@@ -136,6 +137,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     }
     out = out or DEFAULT_CHECKPOINTS / f"{root.name}-{created:%Y%m%d-%H%M%S}"
     path = save_checkpoint(out, model, meta)
+    result.resume_file.unlink(missing_ok=True)
     return TrainResult(path, read_checkpoint(path), model, result)
 
 

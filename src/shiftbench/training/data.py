@@ -1,4 +1,5 @@
-"""Labelled training images in memory, a stratified split, and content digests for lineage.
+"""Labelled training images in memory, a stratified split, content digests for lineage, and the
+batches the model sees (:class:`Inputs`: normalised, flipped and augmented on the way).
 
 Images are decoded once, resized to the model input (``Preprocess.size``) and
 kept as uint8: a few hundred images at 224 px are ~100 MB, and decoding once
@@ -13,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
 from ..embedding.backbones import Preprocess
 from ..embedding.extract import resize_for_model
@@ -156,3 +159,27 @@ def stratified_split(data: LabeledImages, val_fraction: float, seed: int) -> tup
         val += [i for i, v in zip(order, side) if v]
         train += [i for i, v in zip(order, side) if not v]
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+class Inputs:
+    """uint8 (N, S, S, 3) images -> normalised (N, 3, S, S) on the device, as extract.py does."""
+
+    def __init__(self, pre: Preprocess, device: torch.device):
+        self.device, self.size = device, pre.size
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2).float()
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def augmented(self, pixels: np.ndarray, flips: np.ndarray, augment) -> torch.Tensor:
+        """Flip where ``flips``, then apply the albumentations pipeline to each image."""
+        out = pixels.copy()
+        out[flips] = out[flips][:, :, ::-1]
+        if augment is not None:
+            imgs = [augment(image=img)["image"] for img in out]
+            out = np.stack([img if img.shape[:2] == (self.size, self.size) else  # a cropping pipeline
+                            cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                            for img in imgs])
+        return self(out)

@@ -46,8 +46,8 @@ from ..images import DEFAULT_MAX_PIXELS, InputError
 from . import card
 from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import LabeledImages, load_labeled, stratified_split
-from .fit import DEFAULT_LR, _autocast, _Inputs, fit
+from .data import Inputs, LabeledImages, load_labeled, stratified_split
+from .fit import DEFAULT_LR, _autocast, fit
 from .model import TRAINABLE, build_classifier, load_source
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
@@ -189,7 +189,8 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     draws = _draws(len(data.orig_train), len(data.new_train), new_share)
     result = fit(model, data.orig_train.concat(data.new_train), None, preprocess=pre, trainable=trainable,
                  augment=pipeline, flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, patience=None,
-                 seed=seed, device=str(dev), amp=amp, draws=draws, progress=progress, log=log)
+                 seed=seed, device=str(dev), amp=amp, draws=draws, progress=progress, log=log,
+                 resume_dir=out_dir if out is not None else out_dir.parent)  # rerun: resumes
     t_fit = time.perf_counter()
     after = {k: _logits(model, d, pre, dev, batch_size, amp) for k, d in data.held_out.items()}
     t_after = time.perf_counter()
@@ -207,6 +208,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
                 "augment": describe_augmentation(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
                                                      after["original_val"], decision, created))
+    result.resume_file.unlink(missing_ok=True)
     model_meta = read_checkpoint(out_dir)
     clusters = _clusters(scan_table, data.prod, before, after)
     metrics = {
@@ -328,7 +330,7 @@ def _logits(model: nn.Module, data: LabeledImages, pre: Preprocess, dev: torch.d
             amp: bool) -> np.ndarray:
     """(N, classes) float32 logits, with the same input path and precision as training."""
     model.to(dev).to(memory_format=torch.channels_last).eval()  # as fit runs it: same numbers before/after
-    inputs, (autocast, _) = _Inputs(pre, dev), _autocast(dev, amp)
+    inputs, (autocast, _) = Inputs(pre, dev), _autocast(dev, amp)
     parts = []
     for lo in range(0, len(data), batch_size):
         with autocast():

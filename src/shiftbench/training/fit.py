@@ -18,16 +18,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..embedding.backbones import Preprocess, resolve_device
-from .data import LabeledImages
+from .augmentation import describe_augmentation
+from .data import Inputs, LabeledImages
 from .model import plan_trainable, set_modes, set_trainable
+from .resume import load_state, run_key, save_state, seed_epoch, state_path
 
 DEFAULT_LR = {"head": 3e-3, "last": 1e-3, "all": 3e-4}
 CACHE_LIMIT_BYTES = 4 << 30  # above this the cached activations would crowd memory: run end to end
@@ -46,10 +48,11 @@ class FitResult:
     cached: bool
     seconds: float
     trained_from: str | None = None  # the first trainable module (None: every layer)
+    resume_file: Path | None = None  # the state saved after each epoch (fit's resume_dir): remove it when done
 
     def metrics(self) -> dict:
         """The ``metrics`` block of ``model.json``."""
-        m = asdict(self)
+        m = asdict(self)  # (resume_file is not a metric)
         return {"val_accuracy": m["val_accuracy"], "val_loss": m["val_loss"],
                 "per_class_accuracy": m["per_class_accuracy"], "epochs": len(self.history),
                 "best_epoch": self.best_epoch, "cached_features": self.cached, "trained_from": self.trained_from,
@@ -116,30 +119,6 @@ class _Cut:
         return False
 
 
-class _Inputs:
-    """uint8 (N, S, S, 3) images -> normalised (N, 3, S, S) on the device, as extract.py does."""
-
-    def __init__(self, pre: Preprocess, device: torch.device):
-        self.device, self.size = device, pre.size
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
-
-    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(0, 3, 1, 2).float()
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-    def augmented(self, pixels: np.ndarray, flips: np.ndarray, augment) -> torch.Tensor:
-        """Flip where ``flips``, then apply the albumentations pipeline to each image."""
-        out = pixels.copy()
-        out[flips] = out[flips][:, :, ::-1]
-        if augment is not None:
-            imgs = [augment(image=img)["image"] for img in out]
-            out = np.stack([img if img.shape[:2] == (self.size, self.size) else  # a cropping pipeline
-                            cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
-                            for img in imgs])
-        return self(out)
-
-
 def _autocast(device: torch.device, amp: bool):
     """(context, GradScaler or None): bf16 where the GPU has it, fp16 with loss scaling otherwise."""
     if not amp or device.type != "cuda":
@@ -154,7 +133,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         batch_size: int = 32, weight_decay: float = 1e-2, patience: int | None = 5,
         monitor: str = "accuracy", seed: int = 0, device: str = "auto", amp: bool = True,
         draws: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
-        log: Callable[[str], None] | None = None) -> FitResult:
+        log: Callable[[str], None] | None = None, resume_dir: str | Path | None = None) -> FitResult:
     """Train ``model`` in place; on return it holds the best epoch's weights, in eval mode.
 
     Parameters
@@ -187,17 +166,22 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         draw flipped and augmented anew); default once.
     progress, log
         ``progress(done, total)`` in images processed; ``log(line)`` once per epoch.
+    resume_dir
+        Save the run's state here after every epoch, and go on from a state saved by the same run
+        (same images, starting weights and settings) that was interrupted (:mod:`.resume`); the
+        caller removes ``FitResult.resume_file`` once the checkpoint is written.
     """
     t0 = time.perf_counter()
     if monitor not in ("accuracy", "loss"):
         raise ValueError(f"monitor must be 'accuracy' or 'loss', got {monitor!r}")
     dev = resolve_device(device)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    if augment is not None and hasattr(augment, "set_random_seed"):
-        augment.set_random_seed(seed)
     val = val if val is not None and len(val) else None
     pool = np.arange(len(train)) if draws is None else np.repeat(np.arange(len(train)), draws)
+    state_file = None if resume_dir is None else state_path(resume_dir, run_key(model, dict(
+        train=train.digest(), val=val.digest() if val is not None else None, pool=pool.tolist(),
+        preprocess=preprocess.to_dict(), trainable=trainable, augment=describe_augmentation(augment), flip=flip,
+        epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, patience=patience,
+        monitor=monitor, seed=seed, device=dev.type, amp=amp)))
     model.to(dev).to(memory_format=torch.channels_last)
     cut, names = plan_trainable(model, trainable, preprocess.size)
     set_trainable(model, trainable, names)
@@ -205,7 +189,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         log(f"trainable={trainable}: {'every layer' if cut is None else f'from module {cut!r} on'} "
             f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} weights)")
     autocast, scaler = _autocast(dev, amp)
-    inputs = _Inputs(preprocess, dev)
+    inputs = Inputs(preprocess, dev)
     n_val = len(val) if val is not None else 0
     per_epoch = len(pool) + n_val
     caching = cut is not None and augment is None
@@ -219,9 +203,13 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     steps = epochs * math.ceil(len(pool) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
     best = _Best(model, monitor)
-    for epoch in range(1, epochs + 1):
+    start = _resume(state_file, model, opt, sched, scaler, best, tick, per_epoch, log) if state_file else 1
+    for epoch in range(start, epochs + 1):
+        if patience and val is not None and best.since >= patience:
+            break  # (checked first: a resumed run may have stopped here already)
         te = time.perf_counter()
         set_modes(model, trainable, names)
+        rng = seed_epoch(seed, epoch, augment)  # per epoch: a resumed run draws what an unbroken one would
         order = rng.permutation(len(pool))  # positions in pool: each draw of an image flips on its own
         flips = rng.random(len(pool)) < 0.5 if flip else np.zeros(len(pool), bool)
         chunks = [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
@@ -235,17 +223,36 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
             tick(len(val))
         row["seconds"] = round(time.perf_counter() - te, 3)
         improved = best.update(row)
+        if state_file:  # before the epoch's line: an epoch reported is an epoch kept
+            save_state(state_file, {"key": state_file.stem.removeprefix(".resume-"), "epoch": epoch,
+                                    "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                    "scaler": scaler.state_dict() if scaler else {}, "best": best.to_state()})
         if log:
             log(_epoch_line(row, epochs, improved))
-        if patience and val is not None and best.since >= patience:
-            break
     best.restore()
     tick.finish()
     per_class = None if val is None else \
         dict(zip(val.classes, _evaluate(model, tail, inputs, val, batch_size, autocast)["per_class"]))
     final = best.history[best.epoch - 1]
     return FitResult(best.history, best.epoch, final.get("val_accuracy"), final.get("val_loss"), per_class,
-                     tail is not None, time.perf_counter() - t0, cut)
+                     tail is not None, time.perf_counter() - t0, cut, state_file)
+
+
+def _resume(path: Path, model, opt, sched, scaler, best: "_Best", tick: "_Ticker", per_epoch: int, log) -> int:
+    """Load the state an interrupted run of the same key saved at ``path``; the first epoch to train."""
+    saved = load_state(path, path.stem.removeprefix(".resume-"))
+    if saved is None:
+        return 1
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    if scaler and saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    best.from_state(saved["best"])
+    tick(saved["epoch"] * per_epoch)
+    if log:
+        log(f"resuming after epoch {saved['epoch']} (state saved in {path})")
+    return int(saved["epoch"]) + 1
 
 
 def _train_epoch(forward, opt, sched, scaler, autocast, batches: list[tuple[np.ndarray, np.ndarray]],
@@ -295,6 +302,15 @@ class _Best:
         self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return True
 
+    def to_state(self) -> dict:
+        return {"score": list(self.score) if self.score is not None else None, "epoch": self.epoch,
+                "since": self.since, "history": self.history, "state": self.state or {}}
+
+    def from_state(self, st: dict) -> None:
+        self.score = tuple(st["score"]) if st["score"] is not None else None
+        self.epoch, self.since, self.history = int(st["epoch"]), int(st["since"]), list(st["history"])
+        self.state = dict(st["state"]) or None
+
     def restore(self) -> None:
         """Load the best epoch's weights; eval mode."""
         if self.state is not None:
@@ -327,7 +343,7 @@ def _epoch_line(row: dict, epochs: int, best: bool) -> str:
 
 
 @torch.no_grad()
-def _evaluate(model, tail, inputs: _Inputs, val: LabeledImages, batch_size: int, autocast) -> dict:
+def _evaluate(model, tail, inputs: Inputs, val: LabeledImages, batch_size: int, autocast) -> dict:
     """Validation loss, accuracy and per-class accuracy (None for a class with no image)."""
     model.eval()
     losses, preds = [], []
@@ -345,7 +361,7 @@ def _evaluate(model, tail, inputs: _Inputs, val: LabeledImages, batch_size: int,
             "per_class": per_class}
 
 
-def _cached_tail(model, cut: str, inputs: _Inputs, train: LabeledImages, val: LabeledImages | None,
+def _cached_tail(model, cut: str, inputs: Inputs, train: LabeledImages, val: LabeledImages | None,
                  flip: bool, batch_size: int, autocast, tick) -> Callable | None:
     """A function running only the trainable tail on cached activations, or None when
     caching does not fit in memory or does not reproduce the full forward pass."""
