@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from test_collect import _card, invoke, make_scan, standard_rows
 
 import shiftbench
 from shiftbench.images import InputError
-from shiftbench.report import write_report
+from shiftbench.reports import html, write_report
 
 
 def _thumbs(html: str) -> list[str]:
@@ -63,11 +67,108 @@ def test_thumbnails_are_capped_but_rows_are_not(scan_dir):
     assert table.count("<tr>") == 1 + 17
 
 
-def test_unreadable_and_moved_images_do_not_stop_the_report(scan_dir):
-    (Path(scan_dir).parent / "prod" / "rot" / "0.png").unlink()  # moved since the scan
-    html = write_report(scan_dir).read_text(encoding="utf-8")
-    assert "rot/0.png" in _section(html, "Flagged images")
-    assert "broken.png" in _section(html, "Unreadable images")
+def test_unreadable_moved_and_changed_images_do_not_stop_the_report(scan_dir):
+    prod = Path(scan_dir).parent / "prod"
+    (prod / "rot" / "0.png").unlink()  # moved since the scan
+    page = write_report(scan_dir).read_text(encoding="utf-8")
+    rows = _section(page, "Flagged images")
+    assert re.search(r'<td></td><td>rot/0.png</td>', rows)  # listed, without a thumbnail
+    assert "1 of 18 images could not be shown" in page  # 17 flagged and the one training image
+    assert "broken.png" in _section(page, "Unreadable images")
+    t = pd.read_csv(scan_dir / "images.csv")  # with the content hashes a scan records: a changed file is not shown
+    t["sha"] = [__import__("hashlib").blake2b((prod / q).read_bytes(), digest_size=16).hexdigest()
+                if (prod / q).is_file() else "" for q in t["path"]]
+    t.loc[t["path"] == "dark/0.png", "sha"] = "0" * 32
+    t.to_csv(scan_dir / "images.csv", index=False)
+    page = write_report(scan_dir).read_text(encoding="utf-8")
+    assert re.search(r'<td></td><td>dark/0.png</td>', page) and "2 of 18 images could not be shown" in page
+
+
+def test_the_estimated_change_is_the_attributed_causes_only(tmp_path):
+    """Every cause is tried, so every image has a how_<cause>: only the named causes' are shown."""
+    rows = standard_rows()
+    for r in rows:
+        r["how_pipeline"], r["share_pipeline"] = "inverted", 0.0
+    page = write_report(make_scan(tmp_path, rows, [_card(1, "angle", rows)])).read_text(encoding="utf-8")
+    assert "inverted" not in page
+    assert page.count("angle: rotate +") == 5 + 5  # the table and the card, once per rotated image
+
+
+def test_python_api_twice_after_the_package_was_imported(scan_dir, tmp_path):
+    import shiftbench.reports  # noqa: F401  (the CLI and the demo import it: the function must stay callable)
+    for name in ("a", "b"):
+        assert shiftbench.report(scan_dir, out=tmp_path / f"{name}.html") == tmp_path / f"{name}.html"
+    assert write_report(scan_dir, out=tmp_path) == tmp_path / "report.html"  # a folder: report.html inside
+
+
+def test_flagged_but_not_explained(tmp_path):
+    rows = standard_rows()
+    for r in rows:
+        r.update(cause="none", cluster=-1)
+    page = write_report(make_scan(tmp_path, rows, [])).read_text(encoding="utf-8")
+    assert "<b>17 flagged</b>" in page and "not explained" in page and "No flagged images" not in page
+
+
+@pytest.mark.parametrize("case", ["no error column", "bank null", "card without cause", "error rate null",
+                                  "duplicate rows", "text share", "change as text"])
+def test_older_or_edited_scans_still_render(tmp_path, case):
+    rows = standard_rows()
+    cards = [_card(0, "lighting", rows), _card(1, "angle", rows, error_rate=0.5)]
+    scan = make_scan(tmp_path, rows, cards)
+    t = pd.read_csv(scan / "images.csv")
+    summary = json.loads((scan / "summary.json").read_text())
+    if case == "no error column":
+        t = t.drop(columns="error")
+    elif case == "bank null":
+        summary["bank"] = None
+    elif case == "card without cause":
+        del summary["clusters"][0]["cause"]
+    elif case == "error rate null":
+        summary["clusters"][1]["error_rate"] = None
+    elif case == "duplicate rows":
+        t = pd.concat([t, t.iloc[[7]]])
+    elif case == "text share":
+        t["share_lighting"] = ["n/a" if i == 7 else 0.5 for i in range(len(t))]
+    elif case == "change as text":
+        summary["clusters"][0]["change"] = "darker"
+    t.to_csv(scan / "images.csv", index=False)
+    (scan / "summary.json").write_text(json.dumps(summary))
+    page = write_report(scan).read_text(encoding="utf-8")
+    assert "Cluster 1: angle" in page and ">nan<" not in page
+    if case == "change as text":
+        assert "<li>darker</li>" in page
+
+
+def test_a_very_long_image_keeps_a_visible_thumbnail(tmp_path):
+    rows = standard_rows()
+    scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows)])
+    cv2.imwrite(str(tmp_path / "prod" / "dark" / "7.png"), np.full((16, 2000, 3), 90, np.uint8))
+    page = write_report(scan).read_text(encoding="utf-8")
+    uri = re.search(r'src="data:image/jpeg;base64,([^"]+)" alt="dark/7.png"', page).group(1)
+    thumb = cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape[1] == html.THUMB and thumb.shape[0] == html.THUMB // html.MAX_ASPECT
+
+
+def test_long_lists_are_cut_and_say_so(scan_dir, monkeypatch):
+    monkeypatch.setattr(html, "MAX_ROWS", 5)
+    page = write_report(scan_dir).read_text(encoding="utf-8")
+    assert "(the 5 most unusual of 17; all in images.csv)" in page
+    assert _section(page, "Flagged images").count("<tr>") == 1 + 5
+
+
+def test_a_report_that_fails_leaves_the_scans_status_and_stdout(scan_dir, monkeypatch):
+    summary = {"counts": {"images": 24, "ok": 23, "unreadable": 1, "flagged": 17}, "share_flagged": 17 / 23,
+               "drift": [], "clusters": [], "unreadable": []}
+    import shiftbench.api
+    monkeypatch.setattr(shiftbench.api, "scan", lambda *a, **k: SimpleNamespace(summary=summary, out_dir=scan_dir))
+
+    def broken(*a, **k):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(html, "write_report", broken)
+    monkeypatch.setattr(shiftbench.reports, "write_report", broken)
+    r = invoke("scan", scan_dir, "--fail-on-shift", 0.5)
+    assert r.exit_code == 1 and r.stdout == f"{scan_dir}\n"
+    assert "report.html not written (RuntimeError: disk on fire)" in r.stderr
 
 
 def test_names_are_escaped(tmp_path):

@@ -27,6 +27,6 @@ def __getattr__(name):
         from . import collection
         return getattr(collection, name)
     if name == "report":
-        from .report import write_report
+        from .reports import write_report
         return write_report
     raise AttributeError(f"module 'shiftbench' has no attribute {name!r}")

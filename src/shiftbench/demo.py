@@ -24,7 +24,7 @@ import pandas as pd
 from .api import scan
 from .collection import collect
 from .datasets.factory import make_factory
-from .report import write_report
+from .reports import write_report
 from .training import finetune, predict, train
 
 

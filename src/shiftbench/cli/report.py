@@ -20,6 +20,6 @@ def report(
     """Write a self-contained HTML page: drift, failure clusters beside their nearest training images,
     every flagged image with its cause, and collect's plan when it ran. Prints the file's path."""
     with user_errors():
-        from ..report import write_report
+        from ..reports import write_report
         path = write_report(scan_dir, out=out, max_images=max_images)
     typer.echo(str(path))

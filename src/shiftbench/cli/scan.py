@@ -124,6 +124,8 @@ def scan(
     c = s["counts"]
     if c["ok"] == 0:  # nothing to judge: not a pass (a broken camera feed looks like this)
         typer.echo(str(result.out_dir))
+        if report:  # its table of unreadable files and their reasons
+            _write_report(result.out_dir, quiet)
         errors = sorted({u["error"].split(":")[0] for u in s["unreadable"]})[:3]
         raise fail(f"none of the {c['images']} files in {prod_dir} could be read ({'; '.join(errors)}); "
                    f"each has a row with its reason in {result.out_dir / 'images.csv'}")
@@ -146,11 +148,19 @@ def scan(
         for line in card["change"]:
             info(f"    {line}", quiet)
         info(f"    e.g. {', '.join(card['medoids'])}", quiet)
-    if report:
-        with user_errors():
-            from ..report import write_report
-            info(f"report: {write_report(result.out_dir)}", quiet)
     typer.echo(str(result.out_dir))
+    if report:
+        _write_report(result.out_dir, quiet)
     if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)
         raise typer.Exit(EXIT_SHIFT)
+
+
+def _write_report(scan_dir, quiet: bool) -> None:
+    """report.html beside the scan's outputs; a failure is a warning: the scan itself is written."""
+    try:
+        from ..reports import write_report
+        info(f"report: {write_report(scan_dir)}", quiet)
+    except Exception as e:  # noqa: BLE001 (the page is a by-product; status and stdout stay the scan's)
+        info(f"warning: report.html not written ({type(e).__name__}: {e}); "
+             f"'shiftbench report {scan_dir}' tries again", quiet)

@@ -54,8 +54,8 @@ def _as_bool(col: pd.Series) -> pd.Series:
     return col.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
 
 
-def load_scan(scan_dir: str | Path) -> ScanOutputs:
-    """Read a scan folder; :class:`InputError` when it is not one."""
+def load_scan(scan_dir: str | Path, embeddings: bool = True) -> ScanOutputs:
+    """Read a scan folder (``embeddings=False``: not its embeddings); :class:`InputError` when it is not one."""
     d = Path(scan_dir)
     if not d.is_dir():
         raise InputError(f"not a scan folder: {d} does not exist")
@@ -80,7 +80,7 @@ def load_scan(scan_dir: str | Path) -> ScanOutputs:
         if c.startswith("how_"):
             table[c] = table[c].astype("string").fillna("").astype(str)
     emb = None
-    if (d / "embeddings.npy").is_file():
+    if embeddings and (d / "embeddings.npy").is_file():
         try:
             e = np.load(d / "embeddings.npy", allow_pickle=False)
             emb = e.astype(np.float32) if e.ndim == 2 and len(e) == len(table) else None
