@@ -206,6 +206,26 @@ def test_an_interrupted_training_resumes_to_the_same_weights(toy, tmp_path):
     lines = []
     train(toy, out=tmp_path / "c", log=lines.append, **{**opts, "seed": 4})
     assert not any(line.startswith("resuming") for line in lines)
+    assert not list((tmp_path / "c").glob(".resume-*.pt"))  # the changed run's stale state went too
+    # a damaged state is said and costs its epochs, not the run
+    interrupted(tmp_path / "d")
+    next((tmp_path / "d").glob(".resume-*.pt")).write_bytes(b"not a torch file")
+    lines = []
+    again = train(toy, out=tmp_path / "d", log=lines.append, **opts)
+    assert any(line.startswith("cannot read the saved state") for line in lines)
+    assert all(torch.equal(sa[k], again.model.state_dict()[k]) for k in sa)
+
+
+def test_a_state_that_cannot_be_saved_does_not_stop_training(toy, tmp_path, monkeypatch):
+    from shiftbench.training import resume
+
+    def full_disk(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(resume.torch, "save", full_disk)
+    lines = []
+    res = train(toy, out=tmp_path / "out", epochs=2, log=lines.append, **FAST)
+    assert (res.checkpoint / "model.json").is_file() and len(res.fit.history) == 2
+    assert sum(line.startswith("warning: cannot save the training state") for line in lines) == 1
 
 
 def test_labels_csv_and_parent_checkpoint(trained, toy, tmp_path):

@@ -101,6 +101,9 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
         Unreadable and unlabelled files are listed in ``meta["skipped"]``.
     """
     _check(epochs, batch_size, val_fraction, trainable, patience, monitor)
+    out_given = out is not None
+    if out_given and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise InputError(f"not a folder: {data_dir}")
@@ -137,7 +140,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     }
     out = out or DEFAULT_CHECKPOINTS / f"{root.name}-{created:%Y%m%d-%H%M%S}"
     path = save_checkpoint(out, model, meta)
-    result.resume_file.unlink(missing_ok=True)
+    result.run_state.remove(others=out_given)  # (in its own --out folder: stale states of changed runs too)
     return TrainResult(path, read_checkpoint(path), model, result)
 
 

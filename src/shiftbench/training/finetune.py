@@ -208,7 +208,6 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
                 "augment": describe_augmentation(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
                                                      after["original_val"], decision, created))
-    result.resume_file.unlink(missing_ok=True)
     model_meta = read_checkpoint(out_dir)
     clusters = _clusters(scan_table, data.prod, before, after)
     metrics = {
@@ -229,6 +228,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     metrics["failures"] = card.failures(metrics, failure_level)
     write_json(out_dir / "metrics.json", metrics)
     write_text(out_dir / "model_card.md", card.model_card(metrics, model_meta))
+    result.run_state.remove(others=out is not None)  # the run is kept: its state is not needed any more
     return FinetuneResult(out_dir, metrics, model_meta, model)
 
 

@@ -14,6 +14,7 @@ whole network runs on every batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import __version__
 from ..embedding.backbones import Preprocess, resolve_device
 from .augmentation import describe_augmentation
 from .data import Inputs, LabeledImages
 from .model import plan_trainable, set_modes, set_trainable
-from .resume import load_state, run_key, save_state, seed_epoch, state_path
+from .resume import RunState, seed_epoch
 
 DEFAULT_LR = {"head": 3e-3, "last": 1e-3, "all": 3e-4}
 CACHE_LIMIT_BYTES = 4 << 30  # above this the cached activations would crowd memory: run end to end
@@ -48,11 +50,11 @@ class FitResult:
     cached: bool
     seconds: float
     trained_from: str | None = None  # the first trainable module (None: every layer)
-    resume_file: Path | None = None  # the state saved after each epoch (fit's resume_dir): remove it when done
+    run_state: RunState | None = None  # saved after each epoch (fit's resume_dir): remove() it when done
 
     def metrics(self) -> dict:
         """The ``metrics`` block of ``model.json``."""
-        m = asdict(self)  # (resume_file is not a metric)
+        m = asdict(self)
         return {"val_accuracy": m["val_accuracy"], "val_loss": m["val_loss"],
                 "per_class_accuracy": m["per_class_accuracy"], "epochs": len(self.history),
                 "best_epoch": self.best_epoch, "cached_features": self.cached, "trained_from": self.trained_from,
@@ -148,7 +150,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         ``head``, ``last`` or ``all`` (see :mod:`shiftbench.training.model`).
     augment
         Optional albumentations transform applied to each uint8 RGB training image
-        (after the random flip) every time it is drawn. Its random seed is set from ``seed``.
+        (after the random flip) every time it is drawn; seeded per epoch (``seed``).
     flip
         Random horizontal flips of training images.
     lr
@@ -157,7 +159,8 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         Stop after ``patience`` epochs without a better validation ``accuracy``
         (ties broken by lower loss) or ``loss``; None or 0: never stop early.
     seed
-        Seeds the new layers' dropout, the batch order, the flips and ``augment``.
+        With the epoch number, seeds each epoch's dropout, batch order, flips and ``augment``
+        (so that a resumed run draws what an unbroken one would).
     device, amp
         ``auto`` uses CUDA when present; ``amp`` runs CUDA forward passes in
         bf16 (fp16 with loss scaling where bf16 is missing). Ignored on CPU.
@@ -169,7 +172,7 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     resume_dir
         Save the run's state here after every epoch, and go on from a state saved by the same run
         (same images, starting weights and settings) that was interrupted (:mod:`.resume`); the
-        caller removes ``FitResult.resume_file`` once the checkpoint is written.
+        caller calls ``FitResult.run_state.remove()`` once the checkpoint is written.
     """
     t0 = time.perf_counter()
     if monitor not in ("accuracy", "loss"):
@@ -177,14 +180,15 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     dev = resolve_device(device)
     val = val if val is not None and len(val) else None
     pool = np.arange(len(train)) if draws is None else np.repeat(np.arange(len(train)), draws)
-    state_file = None if resume_dir is None else state_path(resume_dir, run_key(model, dict(
-        train=train.digest(), val=val.digest() if val is not None else None, pool=pool.tolist(),
-        preprocess=preprocess.to_dict(), trainable=trainable, augment=describe_augmentation(augment), flip=flip,
-        epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, patience=patience,
-        monitor=monitor, seed=seed, device=dev.type, amp=amp)))
     model.to(dev).to(memory_format=torch.channels_last)
     cut, names = plan_trainable(model, trainable, preprocess.size)
     set_trainable(model, trainable, names)
+    run = None if resume_dir is None else RunState(resume_dir, model, dict(
+        shiftbench=__version__, torch=torch.__version__, train=train.digest(),
+        val=val.digest() if val is not None else None, pool=pool.tolist(), preprocess=preprocess.to_dict(),
+        trainable=trainable, augment=describe_augmentation(augment), flip=flip, epochs=epochs,
+        lr=lr or DEFAULT_LR[trainable], batch_size=batch_size, weight_decay=weight_decay, patience=patience,
+        monitor=monitor, seed=seed, device=dev.type, amp=amp), log)
     if log:  # what `last` means differs between architectures: say it
         log(f"trainable={trainable}: {'every layer' if cut is None else f'from module {cut!r} on'} "
             f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} weights)")
@@ -203,7 +207,9 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
     steps = epochs * math.ceil(len(pool) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1))))
     best = _Best(model, monitor)
-    start = _resume(state_file, model, opt, sched, scaler, best, tick, per_epoch, log) if state_file else 1
+    start = _resume(run, model, opt, sched, scaler, best) if run else 1
+    if start > 1:
+        tick((start - 1) * per_epoch)
     for epoch in range(start, epochs + 1):
         if patience and val is not None and best.since >= patience:
             break  # (checked first: a resumed run may have stopped here already)
@@ -223,10 +229,10 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
             tick(len(val))
         row["seconds"] = round(time.perf_counter() - te, 3)
         improved = best.update(row)
-        if state_file:  # before the epoch's line: an epoch reported is an epoch kept
-            save_state(state_file, {"key": state_file.stem.removeprefix(".resume-"), "epoch": epoch,
-                                    "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                    "scaler": scaler.state_dict() if scaler else {}, "best": best.to_state()})
+        if run:  # before the epoch's line: an epoch reported is an epoch kept
+            run.save({"epoch": epoch, "model": run.subset(model.state_dict()), "opt": opt.state_dict(),
+                      "sched": sched.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                      "best": best.to_state(run.subset)})
         if log:
             log(_epoch_line(row, epochs, improved))
     best.restore()
@@ -235,23 +241,22 @@ def fit(model: nn.Module, train: LabeledImages, val: LabeledImages | None, *, pr
         dict(zip(val.classes, _evaluate(model, tail, inputs, val, batch_size, autocast)["per_class"]))
     final = best.history[best.epoch - 1]
     return FitResult(best.history, best.epoch, final.get("val_accuracy"), final.get("val_loss"), per_class,
-                     tail is not None, time.perf_counter() - t0, cut, state_file)
+                     tail is not None, time.perf_counter() - t0, cut, run)
 
 
-def _resume(path: Path, model, opt, sched, scaler, best: "_Best", tick: "_Ticker", per_epoch: int, log) -> int:
-    """Load the state an interrupted run of the same key saved at ``path``; the first epoch to train."""
-    saved = load_state(path, path.stem.removeprefix(".resume-"))
+def _resume(run: RunState, model: nn.Module, opt, sched, scaler, best: "_Best") -> int:
+    """Load what an interrupted run of the same key saved into the model, optimizer, schedule, scaler
+    and early-stopping bookkeeping; return the first epoch left to train (1: nothing saved)."""
+    saved = run.restore()
     if saved is None:
         return 1
-    model.load_state_dict(saved["model"])
+    model.load_state_dict(saved["model"], strict=False)  # the frozen rest is the starting weights
     opt.load_state_dict(saved["opt"])
     sched.load_state_dict(saved["sched"])
     if scaler and saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])
     best.from_state(saved["best"])
-    tick(saved["epoch"] * per_epoch)
-    if log:
-        log(f"resuming after epoch {saved['epoch']} (state saved in {path})")
+    run._say(f"resuming after epoch {saved['epoch']} (state saved in {run.path})")
     return int(saved["epoch"]) + 1
 
 
@@ -302,9 +307,12 @@ class _Best:
         self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return True
 
-    def to_state(self) -> dict:
-        return {"score": list(self.score) if self.score is not None else None, "epoch": self.epoch,
-                "since": self.since, "history": self.history, "state": self.state or {}}
+    def to_state(self, subset=dict) -> dict:
+        """Plain values and tensors (what ``torch.load(weights_only=True)`` reads), the best weights
+        through ``subset``."""
+        history = json.loads(json.dumps(self.history, default=float))  # numpy scalars -> floats
+        return {"score": [float(v) for v in self.score] if self.score is not None else None, "epoch": self.epoch,
+                "since": self.since, "history": history, "state": subset(self.state or {})}
 
     def from_state(self, st: dict) -> None:
         self.score = tuple(st["score"]) if st["score"] is not None else None
@@ -314,7 +322,7 @@ class _Best:
     def restore(self) -> None:
         """Load the best epoch's weights; eval mode."""
         if self.state is not None:
-            self.model.load_state_dict(self.state)
+            self.model.load_state_dict(self.state, strict=False)  # (restored from a run state: trained part only)
         self.model.eval()
 
 

@@ -1,7 +1,7 @@
 """Resume an interrupted training run where it stopped.
 
-After every epoch :func:`~shiftbench.training.fit.fit` saves what the next epoch needs (weights,
-optimizer, learning-rate schedule, loss scaler, the best epoch so far and the history) to one file
+After every epoch :func:`~shiftbench.training.fit.fit` saves what the next epoch needs (the weights it
+trains, optimizer, learning-rate schedule, loss scaler, the best epoch so far and the history) to one file
 named by a digest of everything that decides the run: the images and labels, the starting weights
 and the settings. Running the same command again finds that file and goes on from the next epoch;
 any change to the data or the settings gives another name, so a stale state is never mixed in.
@@ -25,6 +25,57 @@ from torch import nn
 from ..fsutil import write_with
 
 
+class RunState:
+    """The saved state of one training run (``fit``'s ``resume_dir``): :meth:`restore` at the start,
+    :meth:`save` after each epoch, :meth:`remove` once the checkpoint is written.
+
+    Only what training changes is saved (trainable weights, every buffer, optimizer, schedule, loss
+    scaler, the best epoch's trainable weights): a frozen body is the starting weights, which the
+    key pins. Saving is best effort: a full or read-only disk costs the ability to resume, with one
+    warning, never the run.
+    """
+
+    def __init__(self, folder: str | Path, model: nn.Module, settings: dict, log=None):
+        self.key = run_key(model, settings)
+        self.path = Path(folder) / f".resume-{self.key}.pt"
+        self.changing = {n for n, p in model.named_parameters() if p.requires_grad} | \
+            {n for n, _ in model.named_buffers()}
+        self.log, self.broken = log, False
+
+    def subset(self, state: dict) -> dict:
+        return {k: v for k, v in state.items() if k in self.changing}
+
+    def restore(self) -> dict | None:
+        """The state an interrupted run of this key saved, or None (said when a file was there but unreadable)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file costs the epochs it held, never the run
+            self._say(f"cannot read the saved state {self.path} ({type(e).__name__}); starting from epoch 1")
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        if self.broken:
+            return
+        try:
+            write_with(self.path, lambda tmp: torch.save({"key": self.key, **state}, tmp))
+        except Exception as e:  # noqa: BLE001 (torch reports a full disk as RuntimeError)
+            self.broken = True
+            self._say(f"warning: cannot save the training state to {self.path} ({type(e).__name__}: {e}); "
+                      f"training goes on, but an interruption now would start it again")
+
+    def remove(self, others: bool = False) -> None:
+        """Delete the state (``others``: also other runs' in the folder: the run's own --out)."""
+        for p in (self.path.parent.glob(".resume-*.pt") if others else [self.path]):
+            p.unlink(missing_ok=True)
+
+    def _say(self, line: str) -> None:
+        if self.log:
+            self.log(line)
+
+
 def run_key(model: nn.Module, settings: dict) -> str:
     """Digest of ``settings`` (JSON-able) and of ``model``'s starting weights."""
     h = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode(), digest_size=12)
@@ -32,25 +83,6 @@ def run_key(model: nn.Module, settings: dict) -> str:
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def state_path(folder: str | Path, key: str) -> Path:
-    return Path(folder) / f".resume-{key}.pt"
-
-
-def save_state(path: Path, state: dict) -> None:
-    write_with(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_state(path: Path, key: str) -> dict | None:
-    """The saved state of the run ``key``; None when there is none (or it cannot be read: start again)."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged or foreign file costs the epochs it held, never the run
-        return None
-    return state if isinstance(state, dict) and state.get("key") == key else None
 
 
 def seed_epoch(seed: int, epoch: int, augment=None) -> np.random.Generator:
