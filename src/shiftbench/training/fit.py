@@ -256,7 +256,7 @@ def _resume(run: RunState, model: nn.Module, opt, sched, scaler, best: "_Best") 
     if scaler and saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])
     best.from_state(saved["best"])
-    run._say(f"resuming after epoch {saved['epoch']} (state saved in {run.path})")
+    run.say(f"resuming after epoch {saved['epoch']} (state saved in {run.path})")
     return int(saved["epoch"]) + 1
 
 

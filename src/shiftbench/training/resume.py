@@ -52,7 +52,7 @@ class RunState:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged file costs the epochs it held, never the run
-            self._say(f"cannot read the saved state {self.path} ({type(e).__name__}); starting from epoch 1")
+            self.say(f"cannot read the saved state {self.path} ({type(e).__name__}); starting from epoch 1")
             return None
         return state if isinstance(state, dict) and state.get("key") == self.key else None
 
@@ -63,7 +63,7 @@ class RunState:
             write_with(self.path, lambda tmp: torch.save({"key": self.key, **state}, tmp))
         except Exception as e:  # noqa: BLE001 (torch reports a full disk as RuntimeError)
             self.broken = True
-            self._say(f"warning: cannot save the training state to {self.path} ({type(e).__name__}: {e}); "
+            self.say(f"warning: cannot save the training state to {self.path} ({type(e).__name__}: {e}); "
                       f"training goes on, but an interruption now would start it again")
 
     def remove(self, others: bool = False) -> None:
@@ -71,7 +71,7 @@ class RunState:
         for p in (self.path.parent.glob(".resume-*.pt") if others else [self.path]):
             p.unlink(missing_ok=True)
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         if self.log:
             self.log(line)
 
