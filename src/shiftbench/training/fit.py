@@ -14,11 +14,12 @@ whole network runs on every batch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,10 @@ class FitResult:
 
     def metrics(self) -> dict:
         """The ``metrics`` block of ``model.json``."""
-        m = asdict(self)
-        return {"val_accuracy": m["val_accuracy"], "val_loss": m["val_loss"],
-                "per_class_accuracy": m["per_class_accuracy"], "epochs": len(self.history),
+        return {"val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
+                "per_class_accuracy": copy.deepcopy(self.per_class_accuracy), "epochs": len(self.history),
                 "best_epoch": self.best_epoch, "cached_features": self.cached, "trained_from": self.trained_from,
-                "seconds": round(self.seconds, 3), "history": m["history"]}
+                "seconds": round(self.seconds, 3), "history": copy.deepcopy(self.history)}
 
 
 class _Stop(Exception):
