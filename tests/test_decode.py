@@ -188,6 +188,21 @@ def test_exif_orientation_matches_pillow(orientation, fmt, tol):
     assert out.flags.c_contiguous
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_thumbnail_decodes_a_large_jpeg_reduced_and_turned_the_same(orientation):
+    """thumbnail=64 decodes a 512x320 JPEG at 1/4 (longer side 128 >= 2 x 64): the full decode shrunk,
+    EXIF orientation applied once; small JPEGs and other formats decode whole."""
+    big = cv2.resize(_asymmetric(), (512, 320), interpolation=cv2.INTER_NEAREST)
+    data = _with_orientation(big, orientation, "JPEG")
+    full, small = decode_image(data), decode_image(data, thumbnail=64)
+    assert small.shape[:2] == (full.shape[0] // 4, full.shape[1] // 4)
+    shrunk = cv2.resize(full, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - small.astype(int)).mean() < 4
+    assert decode_image(data, thumbnail=200).shape == full.shape  # 512 / 2 < 2 x 200: no reduction
+    png = _with_orientation(big, orientation, "PNG")
+    assert decode_image(png, thumbnail=64).shape == decode_image(png).shape
+
+
 def test_malformed_orientation_ignored():
     exif = Image.Exif()
     exif[0x0112] = 99  # not 1..8: shown as stored

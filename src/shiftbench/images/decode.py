@@ -143,7 +143,7 @@ def apply_exif_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, thumbnail: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array.
 
     Parameters
@@ -152,6 +152,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         The file's content.
     max_pixels : int
         Refuse images with more pixels than this (width * height).
+    thumbnail : int, optional
+        For a small picture only: a JPEG is decoded at the largest of libjpeg's reductions (1/2,
+        1/4, 1/8) that keeps its longer side at least twice this (a 12 MP JPEG: 24 instead of 171 ms).
 
     Returns
     -------
@@ -177,7 +180,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             raise ImageError(f"too large: {w}x{h} pixels (limit {max_pixels})")
         if w == 0 or h == 0:
             raise ImageError("zero-sized image")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    flags = cv2.IMREAD_UNCHANGED
+    if thumbnail and fmt == "jpeg" and header is not None:
+        reduce = next((r for r in (8, 4, 2) if max(header[:2]) / r >= 2 * thumbnail), 1)
+        if reduce > 1:  # (colour and EXIF are handled below, as for a full decode)
+            flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                     8: cv2.IMREAD_REDUCED_COLOR_8}[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise ImageError(f"cannot decode {fmt.upper()} data (corrupt or unsupported)")
     if header is None and img.shape[0] * img.shape[1] > max_pixels:

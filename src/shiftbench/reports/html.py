@@ -160,7 +160,7 @@ def _thumbnails(wanted: list[tuple[Path, str, str]]) -> dict[tuple[str, str], st
             data = (root / rel).read_bytes()
             if sha and hashlib.blake2b(data, digest_size=16).hexdigest() != sha:
                 return ""
-            img = decode_image(data)
+            img = decode_image(data, thumbnail=THUMB)
         except (ImageError, InputError, OSError, ValueError):
             return ""
         return _jpeg_uri(_fit(img))
