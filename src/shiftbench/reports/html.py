@@ -59,13 +59,7 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
     by_path = flagged.set_index("path")
     clusters = [_cluster(card, flagged, by_path) for card in summary.get("clusters") or []]
     in_table = flagged["path"].head(min(max_images, MAX_ROWS)).tolist()
-    on_cards = [r["path"] for c in clusters for r in c["rows"]]
-    shas = dict(zip(table["path"], table["sha"])) if "sha" in table else {}
-    wanted = [(prod_root, p, shas.get(p, "")) for p in dict.fromkeys(on_cards + in_table)]
-    if train_root is not None:
-        wanted += [(train_root, r["nearest_train"], "") for c in clusters for r in c["rows"] if r["nearest_train"]]
-    wanted = list(dict.fromkeys(wanted))
-    thumbs = _thumbnails(wanted)
+    thumbs = _thumbnails(_wanted(clusters, in_table, table, prod_root, train_root))
     for c in clusters:
         for r in c["rows"]:
             r["thumb"] = thumbs.get((str(prod_root), r["path"]), "")
@@ -73,17 +67,28 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
     rows = [_row(r, thumbs.get((str(prod_root), r["path"]), "") if i < max_images else "")
             for i, (_, r) in enumerate(flagged.head(MAX_ROWS).iterrows())]
     unreadable = table[table["status"] != "ok"][["path", "error"]]
-    missing = sum(1 for (root, p, _) in wanted if not thumbs.get((str(root), p)))
     page = _template().render(
         head=_head(summary, table, len(flagged)), clusters=clusters, drift=_drift(summary.get("drift") or []),
         rows=rows, n_flagged=len(flagged), max_rows=MAX_ROWS, causes=CAUSES, has_model="prediction" in table,
         unreadable=unreadable.head(MAX_ROWS).to_dict("records"), n_unreadable=len(unreadable),
-        missing=missing, n_wanted=len(wanted), prod_root=prod_root, train_root=train_root,
-        collect=_collect(scan.scan_dir / "collect"))
+        missing=sum(not uri for uri in thumbs.values()), n_wanted=len(thumbs), prod_root=prod_root,
+        train_root=train_root, collect=_collect(scan.scan_dir / "collect"))
     target = Path(out) if out is not None else scan.scan_dir
     target = target / "report.html" if target.is_dir() else target
     write_text(target, page)
     return target
+
+
+def _wanted(clusters: list[dict], in_table: list[str], table: pd.DataFrame, prod_root: Path,
+            train_root: Path | None) -> list[tuple[Path, str, str]]:
+    """(root, path, content hash or "") of every image the page shows: the cards' images and their
+    training neighbours, and the table's first rows."""
+    shas = dict(zip(table["path"], table["sha"])) if "sha" in table else {}
+    on_cards = [r["path"] for c in clusters for r in c["rows"]]
+    wanted = [(prod_root, p, shas.get(p, "")) for p in dict.fromkeys(on_cards + in_table)]
+    if train_root is not None:
+        wanted += [(train_root, r["nearest_train"], "") for c in clusters for r in c["rows"] if r["nearest_train"]]
+    return list(dict.fromkeys(wanted))
 
 
 def _clean(table: pd.DataFrame) -> pd.DataFrame:
