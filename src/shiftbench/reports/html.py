@@ -69,8 +69,12 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
     unreadable = table[table["status"] != "ok"][["path", "error"]]
     page = _template().render(
         head=_head(summary, table, len(flagged)), clusters=clusters, drift=_drift(summary.get("drift") or []),
-        rows=rows, n_flagged=len(flagged), max_rows=MAX_ROWS, causes=CAUSES, has_model="prediction" in table,
-        unreadable=unreadable.head(MAX_ROWS).to_dict("records"), n_unreadable=len(unreadable),
+        rows=rows, n_flagged=len(flagged), causes=CAUSES, has_model="prediction" in scan.table,
+        flagged_note=f" (the {MAX_ROWS} most unusual of {len(flagged)}; all in images.csv)"
+        if len(flagged) > MAX_ROWS else "",
+        unreadable=unreadable.head(MAX_ROWS).to_dict("records"),
+        unreadable_note=f" (the first {MAX_ROWS} of {len(unreadable)}; all in images.csv)"
+        if len(unreadable) > MAX_ROWS else "",
         missing=sum(not uri for uri in thumbs.values()), n_wanted=len(thumbs), prod_root=prod_root,
         train_root=train_root, collect=_collect(scan.scan_dir / "collect"))
     target = Path(out) if out is not None else scan.scan_dir
@@ -133,7 +137,8 @@ def _cluster(card: dict, flagged: pd.DataFrame, by_path: pd.DataFrame) -> dict:
 def _row(r: pd.Series, thumb: str) -> dict:
     """One flagged image for the page: its shares (blank where missing), the change it was attributed to."""
     shares = {c: float(r.get(f"share_{c}", np.nan)) for c in CAUSES}
-    return {**r.to_dict(), "shares": shares, "thumb": thumb, "changes": _changes(r)}
+    bars = {c: round(60 * v) if np.isfinite(v) else 0 for c, v in shares.items()}  # px
+    return {**r.to_dict(), "shares": shares, "bars": bars, "thumb": thumb, "changes": _changes(r)}
 
 
 def _changes(r: pd.Series) -> list[str]:
