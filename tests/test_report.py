@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_unreadable_moved_and_changed_images_do_not_stop_the_report(scan_dir):
     assert "1 of 18 images could not be shown" in page  # 17 flagged and the one training image
     assert "broken.png" in _section(page, "Unreadable images")
     t = pd.read_csv(scan_dir / "images.csv")  # with the content hashes a scan records: a changed file is not shown
-    t["sha"] = [__import__("hashlib").blake2b((prod / q).read_bytes(), digest_size=16).hexdigest()
+    t["sha"] = [hashlib.blake2b((prod / q).read_bytes(), digest_size=16).hexdigest()
                 if (prod / q).is_file() else "" for q in t["path"]]
     t.loc[t["path"] == "dark/0.png", "sha"] = "0" * 32
     t.to_csv(scan_dir / "images.csv", index=False)
@@ -165,8 +166,7 @@ def test_a_report_that_fails_leaves_the_scans_status_and_stdout(scan_dir, monkey
 
     def broken(*a, **k):
         raise RuntimeError("disk on fire")
-    monkeypatch.setattr(html, "write_report", broken)
-    monkeypatch.setattr(shiftbench.reports, "write_report", broken)
+    monkeypatch.setattr(shiftbench.reports, "write_report", broken)  # what scan's CLI calls
     r = invoke("scan", scan_dir, "--fail-on-shift", 0.5)
     assert r.exit_code == 1 and r.stdout == f"{scan_dir}\n"
     assert "report.html not written (RuntimeError: disk on fire)" in r.stderr

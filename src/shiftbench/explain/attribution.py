@@ -136,17 +136,17 @@ def _counterfactuals(x: Views, x_meas: dict, neighbours: list[Views], scale: dic
             degraded, how = degrade_like(n, x_meas, scale, known[i], grey)
             if degraded is not n:
                 out["resolution"].append((degraded, how))
-        squashed = aspect_changed(x.shape, n.shape)
-        if n.image is not None and x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1] and not squashed:
-            # fewer pixels than the neighbour: the same view through a lower-resolution camera
-            small = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
-            out["resolution"].append((views(small, x.whole.shape[:2]), f"resized to {x.shape[1]}x{x.shape[0]}"))
         if i == 0:  # discrete faults are all-or-nothing: one neighbour shows them (and saves embeddings)
             out["pipeline"] += [(img, name) for name, img in pipeline_faults(n, grey=not is_colour(x.whole)).items()]
-            if squashed and n.image is not None:  # a wrong resize: the neighbour squashed to x's pixel size
-                wrong = cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA)
-                out["pipeline"].append((views(wrong, x.whole.shape[:2]),
-                                        f"resized to {x.shape[1]}x{x.shape[0]} (aspect ratio changed)"))
+        squashed = aspect_changed(x.shape, n.shape)
+        smaller = x.shape[0] < n.shape[0] and x.shape[1] < n.shape[1]
+        if n.image is not None and (squashed and i == 0 or smaller and not squashed):
+            # the neighbour at x's pixel size: a wrong resize (another width-to-height ratio; a discrete
+            # fault, from the nearest only), else the same view through a lower-resolution camera
+            at_x = views(cv2.resize(n.image, (x.shape[1], x.shape[0]), interpolation=cv2.INTER_AREA), x.whole.shape[:2])
+            how = f"resized to {x.shape[1]}x{x.shape[0]}"
+            out["pipeline" if squashed else "resolution"].append(
+                (at_x, f"{how} (aspect ratio changed)" if squashed else how))
     return out, float(np.median(rotations)) if rotations else float("nan")
 
 
