@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shiftbench.explain import agree_with_neighbours, new_pixel_size
+from shiftbench.explain import agree_with_neighbours, light_field_range, new_pixel_size
+from shiftbench.explain.attribution import unusual_light_field
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, relight_like
+from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, refield_like, relight_like
 from shiftbench.explain.pose import (_cosine, _orientation_hist, _tilt, apply_pose, estimate_pose,
                                      orientation_similarity, rotation_between, tilted_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
@@ -104,6 +105,57 @@ def test_relighting_makes_the_vignette_on_a_large_image_s_crop_too():
     made = ring(out.crop.astype(float) / np.maximum(centre_crop(big[0]), 1))
     want = ring(centre_crop(x.astype(float) / np.maximum(big[1], 1)))
     assert abs(made - want) < 0.01 and want < 0.97
+
+
+def test_refielding_takes_the_vignette_off_a_texture_and_keeps_its_tones():
+    """Undoing uneven light without a neighbour's histogram: a vignetted texture given a
+    neighbour's light field is lit evenly again (a histogram matched to another texture would
+    change its tones too); with ``tone`` it also takes the neighbour's exposure."""
+    other = texture(1)
+    src = np.clip(texture(0).astype(np.float32) * 0.8 + 30, 0, 255).astype(np.uint8)  # another exposure
+    x = vignetted(other, 0.45)
+    back = refield_like(views(x), views(src))
+
+    def light(img):  # x's light over the unvignetted texture's, smoothed: 1 everywhere for an even light
+        low = lambda a: cv2.resize(a[..., 0].astype(np.float32), (8, 8), interpolation=cv2.INTER_AREA)  # noqa: E731
+        r = low(img) / low(other)
+        return r / r.mean()
+    assert np.abs(light(back.whole) - 1).max() < 0.05 < 0.2 < np.abs(light(x) - 1).max()
+    # its falloff is now the neighbour's
+    assert abs(measure(back.whole)["vignetting"] - measure(src)["vignetting"]) < 0.03 < 0.3 < measure(x)["vignetting"]
+    toned = measure(refield_like(views(x), views(src), tone=True).whole)
+    assert abs(toned["brightness"] - measure(src)["brightness"]) < 0.01
+    assert abs(toned["contrast"] - measure(src)["contrast"]) < 0.01
+
+
+def test_refielding_a_large_image_changes_its_crop_alike():
+    big = [cv2.resize(texture(s), (640, 640), interpolation=cv2.INTER_CUBIC) for s in (0, 1)]
+    x = vignetted(big[1], 0.4)
+    out = refield_like(views(x, (160, 160)), views(big[0], (160, 160)), tone=True)
+    assert not out.single and out.crop.shape == centre_crop(x).shape
+    # the crop is the middle of the full-resolution image refielded: compare with the whole's middle
+    mid = cv2.resize(out.crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    whole_mid = cv2.resize(out.whole[48:112, 48:112], (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert abs(mid.mean() - whole_mid.mean()) < 2.0
+
+
+def test_only_an_unusual_light_field_is_undone_by_the_field():
+    """The field alone is tried only where the image shows more vignetting or more uneven light than
+    95% of the training images (another plant's flat-lit images keep the stricter histogram test);
+    unreadable training rows and missing measurements count for nothing."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"status": ["ok"] * 200 + ["unreadable"],
+                          "vignetting": np.r_[rng.normal(0.0, 0.2, 200), 9.0],
+                          "illum_gradient": np.r_[rng.uniform(0.05, 0.3, 200), np.nan]})
+    top = light_field_range(train)
+    assert 0.2 < top["vignetting"] < 0.5 and 0.25 < top["illum_gradient"] < 0.3
+    assert unusual_light_field({"vignetting": 0.6, "illum_gradient": 0.1}, top)
+    assert unusual_light_field({"vignetting": 0.0, "illum_gradient": 0.5}, top)
+    assert not unusual_light_field({"vignetting": 0.0, "illum_gradient": 0.1}, top)
+    assert not unusual_light_field({"vignetting": -0.9, "illum_gradient": 0.0}, top)  # flatter: no light to undo
+    assert not unusual_light_field({"vignetting": np.nan}, top)
+    assert not unusual_light_field({"vignetting": 0.6}, None)
+    assert light_field_range(train.drop(columns="vignetting")).keys() == {"illum_gradient"}
 
 
 @pytest.mark.parametrize("deg", [-25.0, 12.0, 30.0])
@@ -322,7 +374,8 @@ def test_degrade_like_finds_the_closest_candidate_while_measuring_few_in_full(mo
             yield part
 
     monkeypatch.setattr(iv, "optics_parts", counted)
-    for k, made in enumerate([cv2.GaussianBlur(texture(1, angle=60), (0, 0), 1.3), degrade(texture(2, angle=60), "jpeg 10"),
+    for k, made in enumerate([cv2.GaussianBlur(texture(1, angle=60), (0, 0), 1.3),
+                              degrade(texture(2, angle=60), "jpeg 10"),
                               degrade(texture(3, angle=60), "pixelate 0.35"), texture(4, angle=60)]):
         ref = {**measure(made), "blur_direction": 0.0}
         sharper = all(ref[c] >= full["none"][c] for c in ("sharpness", "hf_ratio"))
@@ -408,7 +461,8 @@ def test_a_soft_scene_shown_by_repeated_pixels_is_told_from_blur(f):
     soft = cv2.GaussianBlur(texture(1), (0, 0), 1.6)
     x = {**measure(degrade(soft, f"pixelate {f}")), "blur_direction": 0.0}
     assert degrade_like(views(texture(0)), x, scale)[1].startswith("pixelate")
-    assert not degrade_like(views(texture(0)), {**measure(soft), "blur_direction": 0.0}, scale)[1].startswith("pixelate")
+    plain = {**measure(soft), "blur_direction": 0.0}
+    assert not degrade_like(views(texture(0)), plain, scale)[1].startswith("pixelate")
 
 
 def test_noise_is_added_with_the_colour_the_production_image_s_noise_has():

@@ -23,7 +23,8 @@ from .bank import Bank, check_identity, load_bank, save_bank
 from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
-from .explain import CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, new_pixel_size
+from .explain import (CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, light_field_range,
+                      new_pixel_size)
 from .explain import memo
 from .fsutil import save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
@@ -376,7 +377,7 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
     todo = [i for i, k in enumerate(keys) if k not in kept]
     made = attribute(rows.iloc[todo], feats[flagged[todo]], root, bank.meta["root"],
                      bank.table["path"].to_numpy()[bank.rows], bank.scorer, bb, bank.meta["conditions"],
-                     new_size=new_size[todo], progress=progress,
+                     new_size=new_size[todo], light_range=light_field_range(bank.table), progress=progress,
                      on_block=lambda pos, got: memo.append_rows(log, [keys[todo[i]] for i in pos], got))
     kept.update(zip([keys[i] for i in todo], made.to_dict("records")))
     got = pd.DataFrame([kept[k] for k in keys], index=rows.index)

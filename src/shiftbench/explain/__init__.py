@@ -9,10 +9,11 @@ from .clusters import cluster_cards, cluster_flagged, describe_change, explained
 from .views import Views, views
 
 _LAZY = {"CAUSES": "attribution", "attribute": "attribution", "attribute_one": "attribution",
-         "new_pixel_size": "attribution", "agree_with_neighbours": "agreement"}
+         "new_pixel_size": "attribution", "light_field_range": "attribution",
+         "agree_with_neighbours": "agreement"}
 
 __all__ = ["CAUSES", "Views", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards",
-           "cluster_flagged", "describe_change", "explained_share", "new_pixel_size", "views"]
+           "cluster_flagged", "describe_change", "explained_share", "light_field_range", "new_pixel_size", "views"]
 
 
 def __getattr__(name: str):

@@ -24,7 +24,10 @@ training images' lighting must lose at least ``MIN_UNDO`` of its distance, unles
 ``x`` clips (a clipped tone cannot be restored). A histogram is cheap to imitate:
 relighting steel with the flat tone of another plant's images explains a fifth of
 their distance, but stretching those images back to steel's tone leaves them as far
-as before, since what differs is the content.
+as before, since what differs is the content. Where ``x`` shows more vignetting or more
+uneven light than most training images (:func:`light_field_range`), its light field alone
+is also given the neighbour's: matching a vignetted texture's histogram to another
+texture's changed its tones as much as the vignette had.
 
 Lighting and a camera's angle keep the pixel grid: an image whose height or width lies
 outside the training images' range (:func:`new_pixel_size`) came from another camera or pipeline, and
@@ -66,6 +69,7 @@ mostly name another cause takes theirs.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,7 +84,8 @@ from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from .clusters import MIN_UNDO
-from .interventions import degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, relight_like, to_grey
+from .interventions import (degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, refield_like, relight_like,
+                            to_grey)
 from .pose import apply_pose, estimate_pose, tilted_pose
 from .views import Views, cached, each, views
 
@@ -101,6 +106,10 @@ STRICT = ("resized", "stretch", "shear", "moved away")  # how those counterfactu
 ZOOM_OUT = 0.8
 # width-to-height ratios further apart than this (relative) are another pipeline's resize, not another camera
 ASPECT_TOLERANCE = 0.1
+# the smooth light field's measurements: where one exceeds the training images' 95th percentile, the
+# light field alone is undone too (:func:`_undo_lighting`)
+LIGHT_FIELD = ("vignetting", "illum_gradient")
+LIGHT_FIELD_PERCENTILE = 95
 BLOCK = 16  # flagged images whose counterfactuals are made, then embedded, together
 
 
@@ -168,7 +177,8 @@ def _make(x: Views, x_meas: dict, neighbours: list[Views], conditions: dict,
 def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float,
                   neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
                   conditions: dict, optics_known: list[dict] | None = None, made: tuple | None = None,
-                  made_features: np.ndarray | None = None, new_size: bool = False) -> dict:
+                  made_features: np.ndarray | None = None, new_size: bool = False,
+                  light_range: dict | None = None) -> dict:
     """Shares explained by each cause for one image; see the module docstring.
 
     Parameters
@@ -184,6 +194,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         ``made_features`` optionally its counterfactuals' (K, D) features, embedded beforehand.
     new_size : whether ``x``'s pixel size is outside the training images' range (:func:`new_pixel_size`):
         then neither lighting nor angle is named, and resolution only by a resize to ``x``'s size.
+    light_range : :func:`light_field_range` of the training images: where ``x``'s vignetting or uneven
+        light exceeds it, undoing lighting may also change only ``x``'s light field (:func:`_undo_lighting`).
 
     Returns
     -------
@@ -241,7 +253,8 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
     clipped = x_meas.get("shadows_clipped", 0.0) + x_meas.get("highlights_clipped", 0.0)
     # asked only where lighting would be named (an unmeasured clip is asked too)
     if shares["lighting"] >= max(MIN_SHARE, 0.5 * max(shares.values())) and not (clipped >= CLIPPED):
-        row["undo_lighting"] = share(_undo_lighting(x, neighbours[:2], scorer, backbone, conditions))
+        row["undo_lighting"] = share(_undo_lighting(x, neighbours[:2], scorer, backbone, conditions,
+                                                    unusual_light_field(x_meas, light_range)))
         if row["undo_lighting"] < MIN_UNDO:
             shares["lighting"] = 0.0  # imitated but not undone: the lighting does not explain x
             del explained["lighting"]
@@ -268,9 +281,34 @@ def _embed(images: list[Views], backbone: Backbone, conditions: dict, measures: 
 
 
 def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, backbone: Backbone,
-                   conditions: dict) -> float:
-    """The lowest score of ``x`` relit like one of ``neighbours`` (scored against the whole bank)."""
-    return float(scorer.score(_embed([relight_like(x, n) for n in neighbours], backbone, conditions))[0].min())
+                   conditions: dict, field: bool = False) -> float:
+    """The lowest score of ``x`` relit like one of ``neighbours`` (scored against the whole bank): its
+    histogram and light field matched (an exposure, gamma or cast); with ``field``, also only its
+    light field, with or without its mean and spread (a vignette over a texture, whose histogram
+    is not the neighbour's)."""
+    relights = (relight_like, refield_like, partial(refield_like, tone=True)) if field else (relight_like,)
+    undone = [f(x, n) for n in neighbours for f in relights]
+    return float(scorer.score(_embed(undone, backbone, conditions))[0].min())
+
+
+def light_field_range(train: pd.DataFrame) -> dict[str, float]:
+    """The 95th percentile of each of the light field's measurements (:data:`LIGHT_FIELD`) over the
+    readable rows of ``train`` (a bank's table); those it lacks are left out."""
+    ok = train[train["status"] == "ok"]
+    out = {}
+    for c in LIGHT_FIELD:
+        v = ok[c].to_numpy(float) if c in ok else np.array([])
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[c] = float(np.percentile(v, LIGHT_FIELD_PERCENTILE))
+    return out
+
+
+def unusual_light_field(x_meas: dict, light_range: dict[str, float] | None) -> bool:
+    """Whether ``x`` shows more vignetting or more uneven light than ``light_range`` (a falloff
+    or a gradient weaker than the training images' is no light to undo: another plant's flat-lit
+    images are)."""
+    return any(x_meas.get(c, np.nan) > top for c, top in (light_range or {}).items())
 
 
 def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.ndarray,
@@ -322,15 +360,16 @@ def _neighbours(scorer: FusedKNNScorer, features: np.ndarray, n: int) -> list[li
 
 def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, train_root: str | Path,
               train_paths: np.ndarray, scorer: FusedKNNScorer, backbone: Backbone, conditions: dict,
-              n_neighbours: int = 3, new_size: np.ndarray | None = None, progress=None,
-              on_block=None) -> pd.DataFrame:
+              n_neighbours: int = 3, new_size: np.ndarray | None = None, light_range: dict | None = None,
+              progress=None, on_block=None) -> pd.DataFrame:
     """Attribute the rows of ``table`` (scan rows: path, ood_score and measurements).
 
     ``features`` (N, D) are their features with the conditions view;
     ``train_paths`` the training path of each scorer row; ``n_neighbours`` the
     nearest training images taken from the penultimate view (one more from each
     early-layer view); ``new_size`` (N,) bool, the rows at a pixel size outside the training
-    images' range (:func:`new_pixel_size`; none if not given). Returns a frame indexed
+    images' range (:func:`new_pixel_size`; none if not given); ``light_range`` the training images'
+    :func:`light_field_range` (:func:`attribute_one`). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     ``on_block(positions, rows)`` is called as each block of rows is done (to keep them:
@@ -375,7 +414,7 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
                 x, nbrs, x_meas, mine = current
                 rows.append(attribute_one(x, features[j], x_meas, float(table["ood_score"].iloc[j]), nbrs, scorer,
                                           backbone, conditions, made=mine, new_size=bool(new_size[j]),
-                                          made_features=next(per_image)))
+                                          made_features=next(per_image), light_range=light_range))
                 if progress:
                     progress(j + 1, len(table))
             if on_block:

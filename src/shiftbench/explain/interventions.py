@@ -144,6 +144,40 @@ def relight_like(src: Views, ref: Views, cache: dict | None = None) -> Views:
     return Views(whole, _apply_luts(_scaled(src.crop, ratio), luts), src.shape)
 
 
+def _log_field(fit: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """exp of a :func:`light_surface` fit (bx, by, c, d) of log luma, without its constant, at ``u``, ``v``."""
+    return np.exp(fit[0] * u + fit[1] * v + fit[3] * (u * u + v * v))
+
+
+def refield_like(src: Views, ref: Views, tone: bool = False) -> Views:
+    """``src`` with the smooth light field of ``ref`` in place of its own, its tones otherwise kept.
+
+    The field is the plane and radial falloff (a vignette) fitted to each whole's log luma; no
+    histogram is matched, since a texture's histogram is its content's as much as its light's
+    (a vignetted steel image relit to a neighbour's histogram came out further from training than
+    it went in). ``tone``: then also ``ref``'s mean and spread of grey levels, one gain and offset
+    for all channels (an exposure). Undoes uneven light; :func:`relight_like` imitates it.
+    """
+    fit = light_surface(_log_luma(ref.whole)) - light_surface(_log_luma(src.whole))
+    h, w = src.shape
+    u, v = _grid(h, w)
+    mean = _log_field(fit, *_grid(*src.whole.shape[:2])).mean()
+    whole = _scaled(src.whole, (_log_field(fit, *_grid(*src.whole.shape[:2])) / mean).astype(np.float32))
+    gain, offset = 1.0, 0.0
+    if tone:
+        g, r = cv2.cvtColor(whole, cv2.COLOR_RGB2GRAY), cv2.cvtColor(ref.whole, cv2.COLOR_RGB2GRAY)
+        (m, s), (rm, rs) = (tuple(float(a[0, 0]) for a in cv2.meanStdDev(x)) for x in (g, r))
+        gain = rs / max(s, 1e-3)
+        offset = rm - gain * m
+        whole = np.clip(whole * gain + offset, 0, 255).astype(np.uint8)
+    if src.single:
+        return Views(whole, whole, whole.shape[:2], whole)
+    (left, top), (ch, cw) = src.crop_offset(), src.crop.shape[:2]
+    ratio = (_log_field(fit, u[:, left:left + cw], v[top:top + ch]) / mean).astype(np.float32)
+    crop = np.clip(_scaled(src.crop, ratio) * gain + offset, 0, 255).astype(np.uint8)
+    return Views(whole, crop, src.shape)
+
+
 # --- optics and resolution ------------------------------------------------------
 
 OPTICS_MATCHED = ("sharpness", "hf_ratio", "blockiness", "blur_anisotropy", "noise", "repeats")
