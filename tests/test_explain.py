@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from shiftbench.explain import agree_with_neighbours, light_field_range, new_pixel_size
-from shiftbench.explain.attribution import unusual_light_field
+from shiftbench.explain.ranges import unusual_light_field
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
-from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults, refield_like, relight_like
+from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults
+from shiftbench.explain.lighting import refield_like, relight_like
 from shiftbench.explain.pose import (_cosine, _orientation_hist, _tilt, apply_pose, estimate_pose,
                                      orientation_similarity, rotation_between, tilted_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views

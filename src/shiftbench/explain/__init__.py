@@ -6,10 +6,10 @@ models (torch), and both the search index (faiss), while the clusters' table hel
 """
 
 from .clusters import cluster_cards, cluster_flagged, describe_change, explained_share
+from .ranges import light_field_range, new_pixel_size
 from .views import Views, views
 
 _LAZY = {"CAUSES": "attribution", "attribute": "attribution", "attribute_one": "attribution",
-         "new_pixel_size": "attribution", "light_field_range": "attribution",
          "agree_with_neighbours": "agreement"}
 
 __all__ = ["CAUSES", "Views", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards",

@@ -25,12 +25,12 @@ training images' lighting must lose at least ``MIN_UNDO`` of its distance, unles
 relighting steel with the flat tone of another plant's images explains a fifth of
 their distance, but stretching those images back to steel's tone leaves them as far
 as before, since what differs is the content. Where ``x`` shows more vignetting or more
-uneven light than most training images (:func:`light_field_range`), its light field alone
+uneven light than most training images (:func:`~.ranges.light_field_range`), its light field alone
 is also given the neighbour's: matching a vignetted texture's histogram to another
 texture's changed its tones as much as the vignette had.
 
 Lighting and a camera's angle keep the pixel grid: an image whose height or width lies
-outside the training images' range (:func:`new_pixel_size`) came from another camera or pipeline, and
+outside the training images' range (:func:`~.ranges.new_pixel_size`) came from another camera or pipeline, and
 neither is named for it alone. Such an image is ``resolution`` or ``pipeline`` where
 those explain it, else ``content`` (steel of another plant, stretched to the training
 set's tone, is otherwise "explained" by a relighting). An image with fewer pixels than a
@@ -69,9 +69,9 @@ mostly name another cause takes theirs.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -84,8 +84,9 @@ from ..images import read_image
 from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from .clusters import MIN_UNDO
-from .interventions import (degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, refield_like, relight_like,
-                            to_grey)
+from .interventions import degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, to_grey
+from .lighting import refield_like, relight_like
+from .ranges import unusual_light_field
 from .pose import apply_pose, estimate_pose, tilted_pose
 from .views import Views, cached, each, views
 
@@ -106,10 +107,6 @@ STRICT = ("resized", "stretch", "shear", "moved away")  # how those counterfactu
 ZOOM_OUT = 0.8
 # width-to-height ratios further apart than this (relative) are another pipeline's resize, not another camera
 ASPECT_TOLERANCE = 0.1
-# the smooth light field's measurements: where one exceeds the training images' 95th percentile, the
-# light field alone is undone too (:func:`_undo_lighting`)
-LIGHT_FIELD = ("vignetting", "illum_gradient")
-LIGHT_FIELD_PERCENTILE = 95
 BLOCK = 16  # flagged images whose counterfactuals are made, then embedded, together
 
 
@@ -192,9 +189,9 @@ def attribute_one(x: Views, x_features: np.ndarray, x_meas: dict, x_score: float
         :func:`~.interventions.degrade_like`).
     made : optional, what :func:`_make` returns for these arguments, made beforehand;
         ``made_features`` optionally its counterfactuals' (K, D) features, embedded beforehand.
-    new_size : whether ``x``'s pixel size is outside the training images' range (:func:`new_pixel_size`):
+    new_size : whether ``x``'s pixel size is outside the training images' range (:func:`~.ranges.new_pixel_size`):
         then neither lighting nor angle is named, and resolution only by a resize to ``x``'s size.
-    light_range : :func:`light_field_range` of the training images: where ``x``'s vignetting or uneven
+    light_range : :func:`~.ranges.light_field_range` of the training images: where ``x``'s vignetting or uneven
         light exceeds it, undoing lighting may also change only ``x``'s light field (:func:`_undo_lighting`).
 
     Returns
@@ -291,38 +288,6 @@ def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, ba
     return float(scorer.score(_embed(undone, backbone, conditions))[0].min())
 
 
-def light_field_range(train: pd.DataFrame) -> dict[str, float]:
-    """The 95th percentile of each of the light field's measurements (:data:`LIGHT_FIELD`) over the
-    readable rows of ``train`` (a bank's table); those it lacks are left out."""
-    ok = train[train["status"] == "ok"]
-    out = {}
-    for c in LIGHT_FIELD:
-        v = ok[c].to_numpy(float) if c in ok else np.array([])
-        v = v[np.isfinite(v)]
-        if len(v):
-            out[c] = float(np.percentile(v, LIGHT_FIELD_PERCENTILE))
-    return out
-
-
-def unusual_light_field(x_meas: dict, light_range: dict[str, float] | None) -> bool:
-    """Whether ``x`` shows more vignetting or more uneven light than ``light_range`` (a falloff
-    or a gradient weaker than the training images' is no light to undo: another plant's flat-lit
-    images are)."""
-    return any(x_meas.get(c, np.nan) > top for c, top in (light_range or {}).items())
-
-
-def new_pixel_size(heights: np.ndarray, widths: np.ndarray, train_heights: np.ndarray,
-                   train_widths: np.ndarray) -> np.ndarray:
-    """(N,) bool: whether each (N,) height or width lies outside the range of the training images'
-    heights or widths (a fixed-size training set: any other size; a training set of many sizes:
-    one beyond them all)."""
-    th, tw = np.asarray(train_heights, float), np.asarray(train_widths, float)
-    h, w = np.asarray(heights, float), np.asarray(widths, float)
-    if not (np.isfinite(th).any() and np.isfinite(tw).any()):
-        return np.zeros(len(h), dtype=bool)
-    return (h < np.nanmin(th)) | (h > np.nanmax(th)) | (w < np.nanmin(tw)) | (w > np.nanmax(tw))
-
-
 def aspect_changed(shape: tuple, other: tuple, tolerance: float = ASPECT_TOLERANCE) -> bool:
     """Whether two (H, W, ...) shapes' width-to-height ratios differ by more than ``tolerance`` (relative)."""
     a, b = shape[1] / max(shape[0], 1), other[1] / max(other[0], 1)
@@ -368,8 +333,8 @@ def attribute(table: pd.DataFrame, features: np.ndarray, prod_root: str | Path, 
     ``train_paths`` the training path of each scorer row; ``n_neighbours`` the
     nearest training images taken from the penultimate view (one more from each
     early-layer view); ``new_size`` (N,) bool, the rows at a pixel size outside the training
-    images' range (:func:`new_pixel_size`; none if not given); ``light_range`` the training images'
-    :func:`light_field_range` (:func:`attribute_one`). Returns a frame indexed
+    images' range (:func:`~.ranges.new_pixel_size`; none if not given); ``light_range`` the training images'
+    :func:`~.ranges.light_field_range` (:func:`attribute_one`). Returns a frame indexed
     like ``table`` with the columns of :func:`attribute_one`; rows whose image or
     neighbours cannot be read get cause ``unknown`` and the reason in ``how_lighting``.
     ``on_block(positions, rows)`` is called as each block of rows is done (to keep them:
