@@ -14,7 +14,7 @@ from shiftbench.explain import agree_with_neighbours, light_field_range, new_pix
 from shiftbench.explain.ranges import unusual_light_field
 from shiftbench.explain.clusters import cluster_cards, cluster_flagged, describe_change
 from shiftbench.explain.interventions import BLOCKY, degrade, degrade_like, pipeline_faults
-from shiftbench.explain.lighting import refield_like, relight_like
+from shiftbench.explain.lighting import match_exposure, refield_like, relight_like
 from shiftbench.explain.pose import (_cosine, _orientation_hist, _tilt, apply_pose, estimate_pose,
                                      orientation_similarity, rotation_between, tilted_pose, warp_like, zoom_between)
 from shiftbench.explain.views import views
@@ -124,7 +124,7 @@ def test_refielding_takes_the_vignette_off_a_texture_and_keeps_its_tones():
     assert np.abs(light(back.whole) - 1).max() < 0.05 < 0.2 < np.abs(light(x) - 1).max()
     # its falloff is now the neighbour's
     assert abs(measure(back.whole)["vignetting"] - measure(src)["vignetting"]) < 0.03 < 0.3 < measure(x)["vignetting"]
-    toned = measure(refield_like(views(x), views(src), tone=True).whole)
+    toned = measure(match_exposure(refield_like(views(x), views(src)), views(src)).whole)
     assert abs(toned["brightness"] - measure(src)["brightness"]) < 0.01
     assert abs(toned["contrast"] - measure(src)["contrast"]) < 0.01
 
@@ -132,7 +132,7 @@ def test_refielding_takes_the_vignette_off_a_texture_and_keeps_its_tones():
 def test_refielding_a_large_image_changes_its_crop_alike():
     big = [cv2.resize(texture(s), (640, 640), interpolation=cv2.INTER_CUBIC) for s in (0, 1)]
     x = vignetted(big[1], 0.4)
-    out = refield_like(views(x, (160, 160)), views(big[0], (160, 160)), tone=True)
+    out = match_exposure(refield_like(views(x, (160, 160)), views(big[0], (160, 160))), views(big[0], (160, 160)))
     assert not out.single and out.crop.shape == centre_crop(x).shape
     # the crop is the middle of the full-resolution image refielded: compare with the whole's middle
     mid = cv2.resize(out.crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)

@@ -71,7 +71,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -85,7 +84,7 @@ from ..properties.measures import measure_views
 from ..scoring import FusedKNNScorer, with_conditions
 from .clusters import MIN_UNDO
 from .interventions import degrade_like, grey_noise, is_cast, is_colour, pipeline_faults, to_grey
-from .lighting import refield_like, relight_like
+from .lighting import match_exposure, refield_like, relight_like
 from .ranges import unusual_light_field
 from .pose import apply_pose, estimate_pose, tilted_pose
 from .views import Views, cached, each, views
@@ -283,8 +282,12 @@ def _undo_lighting(x: Views, neighbours: list[Views], scorer: FusedKNNScorer, ba
     histogram and light field matched (an exposure, gamma or cast); with ``field``, also only its
     light field, with or without its mean and spread (a vignette over a texture, whose histogram
     is not the neighbour's)."""
-    relights = (relight_like, refield_like, partial(refield_like, tone=True)) if field else (relight_like,)
-    undone = [f(x, n) for n in neighbours for f in relights]
+    undone = []
+    for n in neighbours:
+        undone.append(relight_like(x, n))
+        if field:
+            even = refield_like(x, n)
+            undone += [even, match_exposure(even, n)]
     return float(scorer.score(_embed(undone, backbone, conditions))[0].min())
 
 

@@ -1,6 +1,7 @@
 """Lighting interventions: give an image another image's lighting (:func:`relight_like`), or only
-its smooth light field (:func:`refield_like`). Pure functions of :class:`~.views.Views`, OpenCV and
-numpy; see :mod:`.interventions` for what an intervention is and why it works at two scales.
+its smooth light field (:func:`refield_like`) or its exposure (:func:`match_exposure`). Pure
+functions of :class:`~.views.Views`, OpenCV and numpy; see :mod:`.interventions` for what an
+intervention is and why it works at two scales.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 
 from ..properties.measures import light_surface
-from .views import Views, cached
+from .views import Views, cached, each
 
 
 def _illumination_fit(img: np.ndarray) -> np.ndarray:
@@ -132,31 +133,30 @@ def _log_field(fit: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.exp(fit[0] * u + fit[1] * v + fit[3] * (u * u + v * v))
 
 
-def refield_like(src: Views, ref: Views, tone: bool = False) -> Views:
+def refield_like(src: Views, ref: Views) -> Views:
     """``src`` with the smooth light field of ``ref`` in place of its own, its tones otherwise kept.
 
     The field is the plane and radial falloff (a vignette) fitted to each whole's log luma; no
     histogram is matched, since a texture's histogram is its content's as much as its light's
     (a vignetted steel image relit to a neighbour's histogram came out further from training than
-    it went in). ``tone``: then also ``ref``'s mean and spread of grey levels, one gain and offset
-    for all channels (an exposure). Undoes uneven light; :func:`relight_like` imitates it.
+    it went in). Undoes uneven light; :func:`relight_like` imitates it.
     """
     fit = light_surface(_log_luma(ref.whole)) - light_surface(_log_luma(src.whole))
-    h, w = src.shape
-    u, v = _grid(h, w)
     field = _log_field(fit, *_grid(*src.whole.shape[:2]))
     mean = field.mean()  # the light is moved, not added: the whole keeps its mean
     whole = _scaled(src.whole, (field / mean).astype(np.float32))
-    gain, offset = 1.0, 0.0
-    if tone:
-        g, r = cv2.cvtColor(whole, cv2.COLOR_RGB2GRAY), cv2.cvtColor(ref.whole, cv2.COLOR_RGB2GRAY)
-        (m, s), (rm, rs) = (tuple(float(a[0, 0]) for a in cv2.meanStdDev(x)) for x in (g, r))
-        gain = rs / max(s, 1e-3)
-        offset = rm - gain * m
-        whole = np.clip(whole * gain + offset, 0, 255).astype(np.uint8)
     if src.single:
         return Views(whole, whole, whole.shape[:2], whole)
+    u, v = _grid(*src.shape)
     (left, top), (ch, cw) = src.crop_offset(), src.crop.shape[:2]
     ratio = (_log_field(fit, u[:, left:left + cw], v[top:top + ch]) / mean).astype(np.float32)
-    crop = np.clip(_scaled(src.crop, ratio) * gain + offset, 0, 255).astype(np.uint8)
-    return Views(whole, crop, src.shape)
+    return Views(whole, _scaled(src.crop, ratio), src.shape)
+
+
+def match_exposure(src: Views, ref: Views) -> Views:
+    """``src`` with ``ref``'s mean and spread of grey levels: one gain and offset for all channels
+    and both scales, estimated on the wholes (an exposure change, nothing local)."""
+    g, r = cv2.cvtColor(src.whole, cv2.COLOR_RGB2GRAY), cv2.cvtColor(ref.whole, cv2.COLOR_RGB2GRAY)
+    (m, s), (rm, rs) = (tuple(float(a[0, 0]) for a in cv2.meanStdDev(x)) for x in (g, r))
+    gain = rs / max(s, 1e-3)
+    return each(src, lambda a: np.clip(a * gain + (rm - gain * m), 0, 255).astype(np.uint8))
