@@ -41,6 +41,28 @@ def test_truncated_bmp_and_webp(ext, reason):
         decode_image(data[: len(data) // 2])
 
 
+@pytest.mark.parametrize("grey", [False, True])
+def test_jpeg_pixels_are_opencvs_whole_and_reduced(grey):
+    """JPEGs go through Pillow (for its quiet libjpeg); the pixels must stay those OpenCV decodes."""
+    arr = cv2.GaussianBlur(noise(320, 480), (0, 0), 2)
+    data = jpeg_bytes(cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY) if grey else arr, quality=90)
+    whole = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(decode_image(data), whole)
+    quarter = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
+    np.testing.assert_array_equal(decode_image(data, thumbnail=60), cv2.cvtColor(quarter, cv2.COLOR_BGR2RGB))
+
+
+def test_corrupt_jpeg_data_is_decoded_or_refused_without_writing_to_stderr(capfd):
+    """libjpeg warns "Corrupt JPEG data: 216 extraneous bytes before marker 0xda" from C; through OpenCV
+    it reached file descriptor 2, in the middle of the progress bar. The ``error`` column is the report."""
+    jpg = jpeg_bytes(noise(64, 96))
+    junk = bytes(np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8))
+    with pytest.raises(ImageError, match="cannot decode JPEG"):
+        decode_image(jpg[:20] + junk + jpg[220:])  # the quantisation tables overwritten
+    assert decode_image(jpg[:300] + junk + jpg[500:]).shape == (64, 96, 3)  # part of the scan
+    assert capfd.readouterr().err == ""
+
+
 def test_jpeg_with_trailing_data_is_not_truncated():
     jpg = jpeg_bytes(noise(64, 96))
     data = jpg + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40  # 10 kB appended video-like data

@@ -27,8 +27,8 @@ from PIL import Image
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger inputs are refused, not decoded
 
-# libjpeg reports truncated/corrupt data as warnings on stderr; we detect truncation
-# ourselves and report it in the table, so keep the terminal clean.
+# OpenCV's own logging (not libjpeg's, see _decode_jpeg) would repeat on stderr what the
+# ``error`` column already says; keep the terminal clean.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
@@ -180,19 +180,39 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, thumbnail: i
             raise ImageError(f"too large: {w}x{h} pixels (limit {max_pixels})")
         if w == 0 or h == 0:
             raise ImageError("zero-sized image")
-    flags = cv2.IMREAD_UNCHANGED
-    if thumbnail and fmt == "jpeg" and header is not None:
-        reduce = next((r for r in (8, 4, 2) if max(header[:2]) / r >= 2 * thumbnail), 1)
-        if reduce > 1:  # (colour and EXIF are handled below, as for a full decode)
-            flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                     8: cv2.IMREAD_REDUCED_COLOR_8}[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if img is None or img.size == 0:
+    if fmt == "jpeg":
+        reduce = 1
+        if thumbnail and header is not None:  # (EXIF is applied below, as for a full decode)
+            reduce = next((r for r in (8, 4, 2) if max(header[:2]) / r >= 2 * thumbnail), 1)
+        img = _decode_jpeg(data, reduce)
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        img = None if img is None or img.size == 0 else to_rgb8(img)
+    if img is None:
         raise ImageError(f"cannot decode {fmt.upper()} data (corrupt or unsupported)")
     if header is None and img.shape[0] * img.shape[1] > max_pixels:
         raise ImageError(f"too large: {img.shape[1]}x{img.shape[0]} pixels (limit {max_pixels})")
-    img = apply_exif_orientation(to_rgb8(img), orientation)
-    return np.ascontiguousarray(img)
+    return np.ascontiguousarray(apply_exif_orientation(img, orientation))
+
+
+def _decode_jpeg(data: bytes, reduce: int) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3) of a JPEG, at 1/``reduce`` of its size by libjpeg's DCT scaling; None if corrupt.
+
+    Through Pillow rather than OpenCV: both decode with libjpeg-turbo to the same pixels (checked bit
+    for bit on the NEU and X-SDD images, whole and reduced), but OpenCV lets libjpeg print its warnings
+    ("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9") straight onto stderr from C, where
+    no Python code can catch them, while Pillow keeps them quiet.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is our limit
+            with Image.open(io.BytesIO(data)) as im:
+                if reduce > 1:
+                    im.draft("RGB", (im.width // reduce, im.height // reduce))
+                img = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
+        return None
+    return img if img.size else None
 
 
 def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
