@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -517,6 +518,27 @@ def test_side_light_augmentation_matches_direction_and_strength():
     assert m["illum_gradient"] / m["brightness"] == pytest.approx(1.0, rel=0.15)  # production: 0.3 / 0.3
     assert m["brightness"] == pytest.approx(120 / 255, rel=0.1)  # the field moves light, not the exposure
     assert min(m["illum_direction"], 360 - m["illum_direction"]) < 5  # brighter to the right, as measured
+
+
+def test_vignettes_get_darker_corners_that_measure_as_production_did(tmp_path):
+    """albumentations has no vignette: each strength is a darkening then centred Gaussian brightenings.
+    On a flat image the corners must come out as much darker as production's, the centre unchanged."""
+    vig = [0.3, 0.35, 0.4, 0.45, 0.5, 0.0, 0.02, 0.05]  # five vignettes among eight lighting images
+    rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", vignetting=v) for i, v in enumerate(vig)])
+    train = {**TRAIN, "vignetting": 0.02}
+    (entry,) = [e for e in augmentation_spec(rows, train) if "vignette" in e["why"]]
+    from shiftbench.collection.transforms import _children_md, _instantiate
+    levels = [1 - (1 - v) / 0.98 for v in (0.34, 0.4, 0.46)]  # the central 80% of the five, in thirds
+    assert len(entry["children"]) == 3
+    flat = np.full((90, 90, 3), 150, np.uint8)
+    for child, want in zip(entry["children"], levels):
+        out = _instantiate({**child, "p": 1.0})(image=flat)["image"]  # (each strength is drawn at p 1/3)
+        m = measure(out)
+        assert m["vignetting"] == pytest.approx(want, abs=0.03)
+        assert flat.mean() * (1 - want) < m["brightness"] * 255 < flat.mean()  # darker on average...
+        assert 142 <= out[45, 45, 0] <= 150  # ...but not in the centre (each uint8 step rounds down)
+    assert re.search(r"\n  - then: \d x `Illumination\(mode=gaussian", "\n".join(_children_md(entry, "")))
+    assert not [e for e in augmentation_spec(rows.iloc[5:], train) if "vignette" in e["why"]]  # none strong enough
 
 
 def test_measured_noise_gives_matching_gauss_noise():

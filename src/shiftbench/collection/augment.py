@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..properties.measures import light_surface
 from .scan_io import (changed_zoom, circular_mean, has_cause, how_values, relative_gradient, sheared, span,
                       stretched, uneven_threshold)
 
@@ -156,6 +157,8 @@ def _lighting(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
     if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
         out.append(_side_light(rows, rel, rel_t, p))
+    if "vignetting" in rows and (vig := _vignette(rows, t.get("vignetting", 0.0), p)):
+        out.append(vig)
     return out
 
 
@@ -187,6 +190,65 @@ def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> 
            + (f"; {n} chained copies of intensity tanh(atanh(I)/{n}) (one is capped at {MAX_ILLUMINATION})"
               if n > 1 else ""))
     return _one_of("lighting", per_angle, why, p)
+
+
+VIGNETTE_SIGMA = 0.6  # Illumination 'gaussian' width in image sides: within the frame, close to a fall in r^2
+MIN_VIGNETTE = 0.1  # corners this much darker than training's (relative to the centre) count as a vignette
+_CELLS = (np.arange(32) + 0.5) / 32 - 0.5
+_R2 = _CELLS[:, None] ** 2 + _CELLS[None, :] ** 2  # squared distance from the centre, in image sides
+
+
+def _falloff(i: float, n: int) -> float:
+    """The ``vignetting`` that shiftbench measures on a flat square image after ``n`` copies of
+    Illumination(gaussian, brighten, intensity ``i``, centred, sigma ``VIGNETTE_SIGMA``)."""
+    _, _, centre, radial = light_surface((1 + i * np.exp(-_R2 / (2 * VIGNETTE_SIGMA ** 2))) ** n)
+    return float(-0.5 * radial / centre)
+
+
+def _vignette_steps(v: float) -> tuple[int, float]:
+    """(copies, intensity of each) whose falloff measures ``v``: the fewest copies that reach it at
+    intensity 0.2 (albumentations' cap), then the intensity by bisection."""
+    n = 1
+    while _falloff(MAX_ILLUMINATION, n) < v and n < 32:
+        n += 1
+    lo, hi = 0.0, MAX_ILLUMINATION
+    for _ in range(40):
+        lo, hi = ((lo + hi) / 2, hi) if _falloff((lo + hi) / 2, n) < v else (lo, (lo + hi) / 2)
+    return n, max((lo + hi) / 2, 0.01)
+
+
+def _vignette(rows: pd.DataFrame, v_t: float, p: float) -> dict | None:
+    """A OneOf of darker corners at up to three strengths spanning the vignetted rows, or None.
+
+    A vignette multiplies the centre by 1 and the corners by 1 - v. albumentations has no such
+    transform (Illumination 'corner' darkens one corner, and every mode stops at intensity 0.2),
+    so each strength is a darkening by the centre's gain, then n copies of a centred Gaussian
+    brightening: the centre comes back to where it was (nothing clips) and the corners stay darker.
+    Strengths are the rows' added falloff, 1 - (1 - v) / (1 - v_train).
+    """
+    added = 1 - (1 - rows["vignetting"].to_numpy(float)) / max(1 - v_t, 1e-3)
+    added = added[np.isfinite(added) & (added > MIN_VIGNETTE)]
+    if len(added) < max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * len(rows)):
+        return None
+    s = _span(np.clip(added, MIN_VIGNETTE, 0.9))
+    levels = [float(np.mean(s))] if s[1] - s[0] < 0.05 else list(np.linspace(s[0], s[1], 3))
+    children = []
+    for v in levels:
+        n, i = _vignette_steps(v)
+        gain = (1 + i) ** -n
+        darken = _entry("lighting", "RandomBrightnessContrast", {
+            "brightness_limit": [0.0, 0.0], "contrast_limit": [_r(gain - 1, 4)] * 2, "brightness_by_max": True},
+            "", 1.0)
+        light = _entry("lighting", "Illumination", {
+            "mode": "gaussian", "intensity_range": [_r(i, 4)] * 2, "effect_type": "brighten",
+            "center_range": [0.5, 0.5], "sigma_range": [VIGNETTE_SIGMA] * 2}, "", 1.0)
+        children.append({**_entry("lighting", "Sequential", {}, "", _r(1 / len(levels))),
+                         "children": [darken] + [light] * n})
+    why = (f"vignette: {len(added)} images with corners {100 * np.median(added):.0f}% darker than the training "
+           f"images' (relative to the centre) -> strengths {', '.join(f'{v:.2f}' for v in levels)}, each a "
+           f"darkening by the centre's gain, then centred Gaussian Illumination copies (one is capped at "
+           f"{MAX_ILLUMINATION})")
+    return _one_of("lighting", children, why, p)
 
 
 def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:

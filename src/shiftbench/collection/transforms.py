@@ -96,13 +96,16 @@ def _call(e: dict) -> str:
     return f"{e['name']}({args}{', ' if args else ''}p={e['p']})"
 
 
-def _children_md(kids: list[dict], indent: str) -> list[str]:
-    out = []
-    if kids and all(k == kids[0] for k in kids) and len(kids) > 1:  # Sequential of n copies
-        return [f"{indent}- {len(kids)} x in a row: `{_call(kids[0])}`"]
-    for c in kids:
-        out.append(f"{indent}- one of: `{_call(c)}`")
-        out += _children_md(c.get("children", []), indent + "  ")
+def _children_md(entry: dict, indent: str) -> list[str]:
+    """A OneOf's children as "one of", a Sequential's as "then"; equal neighbours as "n x"."""
+    kids, word, out, i = entry.get("children", []), "one of" if entry["name"] == "OneOf" else "then", [], 0
+    while i < len(kids):
+        j = i
+        while j + 1 < len(kids) and kids[j + 1] == kids[i]:
+            j += 1
+        out.append(f"{indent}- {word}: {f'{j - i + 1} x ' if j > i else ''}`{_call(kids[i])}`")
+        out += _children_md(kids[i], indent + "  ")
+        i = j + 1
     return out
 
 
@@ -120,7 +123,7 @@ def render_markdown(spec: list[dict], causes_seen: list[str], source: str, count
              "keeps seeing the training conditions. Within a cause each transform applies with its p.", ""]
     for e in spec:
         lines.append(f"- **{e['cause']}**: `{_call(e)}`")
-        lines += _children_md(e.get("children", []), "  ")
+        lines += _children_md(e, "  ")
         lines.append(f"  - from: {e['why']}")
     covered = {e["cause"] for e in spec}
     for c in causes_seen:
