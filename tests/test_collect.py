@@ -459,7 +459,7 @@ def test_clipped_dark_images_read_as_an_offset_not_a_lost_gain():
             "brightness", "contrast", "brightness_p05", "brightness_p50", "brightness_p95")}))
     rows = pd.DataFrame(rows)
     assert (rows["brightness_p50"] < 0.02).all()  # the median itself is clipped
-    from shiftbench.collection.augment import _gain_offset
+    from shiftbench.collection.light_augment import _gain_offset
     alpha, beta = _gain_offset(rows, t)
     np.testing.assert_allclose(alpha[:-1], 1.0)
     np.testing.assert_allclose(beta[:-1], offsets[:-1], atol=0.03)
