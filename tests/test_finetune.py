@@ -387,6 +387,25 @@ def test_new_images_copied_into_the_training_folder_are_not_trained_on(setup, tm
     assert "**Warning:** 6 original training images are copies of held-out ones" in card_text
 
 
+def test_new_images_that_copy_the_original_validation_images_are_not_trained_on(setup, tmp_path):
+    """Labelled production images that happen to be copies of the checkpoint's validation images would
+    inflate the original accuracy that the gate guards."""
+    new_dir = shutil.copytree(setup["prod"], tmp_path / "new")
+    parent = json.loads((Path(setup["parent"].checkpoint) / "model.json").read_text())
+    val = [setup["data"] / p for p in parent["split"]["val"]][:3]
+    for p in val:
+        shutil.copy(p, new_dir / p.parent.name / f"val_{p.name}")
+    res = finetune(setup["parent"].checkpoint, new_dir, train_dir=setup["data"], out=tmp_path / "out", epochs=1,
+                   trainable="head", **FAST)
+    meta = json.loads((res.out_dir / "model.json").read_text())
+    trained = {sha(Path(p)) if os.path.isabs(p) else sha(setup["data"] / p) for p in meta["split"]["train"]}
+    held = {sha(Path(p)) for p in meta["split"]["holdout"]}
+    copied_in_training_part = {sha(p) for p in val} - held  # (those drawn into the holdout are no leak)
+    assert copied_in_training_part and not copied_in_training_part & trained
+    assert res.metrics["training"]["copies_of_held_out_not_trained"] == len(copied_in_training_part)
+    assert any("new images are copies of held-out ones" in w for w in res.metrics["warnings"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_finetunes_on_cuda_with_amp(setup, tmp_path):
     res = finetune(setup["parent"].checkpoint, setup["prod"], train_dir=setup["data"], augment=setup["augment"],

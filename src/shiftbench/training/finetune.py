@@ -161,12 +161,17 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         warnings.append(message)
         if log:
             log(f"warning: {message}")
-    orig_train, dropped = _without(orig_train, set(orig_val.sha) | {new.sha[i] for i in ho})
-    if dropped:
-        warn(f"{dropped} original training images are copies of held-out ones (validation or production "
+    held_out = set(orig_val.sha) | {new.sha[i] for i in ho}  # copies of these are never trained on
+    orig_train, dropped_orig = _without(orig_train, held_out)
+    if dropped_orig:
+        warn(f"{dropped_orig} original training images are copies of held-out ones (validation or production "
              f"holdout, e.g. the new images copied into --train): not trained on, so that the gate stays honest")
+    new_train, dropped_new = _without(new.subset(ft), held_out)
+    if dropped_new:
+        warn(f"{dropped_new} new images are copies of held-out ones (the checkpoint's validation images, or "
+             f"production images held out for the gate): not trained on, so that the gate stays honest")
     data = _Data(train_root, train_labels, new_root, Path(new_labels).resolve() if new_labels else None,
-                 orig_train, orig_val, new.subset(ft), new.subset(ho), original.skipped + new.skipped)
+                 orig_train, orig_val, new_train, new.subset(ho), original.skipped + new.skipped)
     if not len(data.prod):
         raise InputError(f"--new {new_root}: too few images to hold any out; label at least 2 of a class")
     earlier = (meta.get("lineage") or {}).get("new_root")  # the parent was fine-tuned itself
@@ -203,7 +208,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     created = datetime.now(timezone.utc)
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable, "flip": flip,
                 "new_share": new_share, "new_draws_per_epoch": int(draws[len(data.orig_train):].sum()),
-                "copies_of_held_out_not_trained": dropped,
+                "copies_of_held_out_not_trained": dropped_orig + dropped_new,
                 "seed": seed, "augment_file": augment_file, "augment_summary": card.transform_names(pipeline),
                 "augment": describe_augmentation(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
