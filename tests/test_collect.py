@@ -539,6 +539,9 @@ def test_vignettes_get_darker_corners_that_measure_as_production_did(tmp_path):
         assert 142 <= out[45, 45, 0] <= 150  # ...but not in the centre (each uint8 step rounds down)
     assert re.search(r"\n  - then: \d x `Illumination\(mode=gaussian", "\n".join(_children_md(entry, "")))
     assert not [e for e in augmentation_spec(rows.iloc[5:], train) if "vignette" in e["why"]]  # none strong enough
+    # parts centred on a dark belt read as vignetted (1.2) by the scene itself: no vignette to imitate
+    parts = rows.assign(vignetting=rows["vignetting"] + 1.2)
+    assert not [e for e in augmentation_spec(parts, {**TRAIN, "vignetting": 1.2}) if "vignette" in e["why"]]
 
 
 def test_measured_noise_gives_matching_gauss_noise():

@@ -138,6 +138,7 @@ def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> 
 
 VIGNETTE_SIGMA = 0.6  # Illumination 'gaussian' width in image sides: within the frame, close to a fall in r^2
 MIN_VIGNETTE = 0.1  # corners this much darker than training's (relative to the centre) count as a vignette
+MAX_TRAIN_VIGNETTE = 0.15  # as the cluster cards: beyond it the training images' own scene is not flat
 _CELLS = (np.arange(32) + 0.5) / 32 - 0.5
 _R2 = _CELLS[:, None] ** 2 + _CELLS[None, :] ** 2  # squared distance from the centre, in image sides
 
@@ -168,8 +169,12 @@ def _vignette(rows: pd.DataFrame, v_t: float, p: float) -> dict | None:
     transform (Illumination 'corner' darkens one corner, and every mode stops at intensity 0.2),
     so each strength is a darkening by the centre's gain, then n copies of a centred Gaussian
     brightening: the centre comes back to where it was (nothing clips) and the corners stay darker.
-    Strengths are the rows' added falloff, 1 - (1 - v) / (1 - v_train).
+    Strengths are the rows' added falloff, 1 - (1 - v) / (1 - v_train). Only where the training
+    images are lit evenly (``|v_train|`` under ``MAX_TRAIN_VIGNETTE``): a bright part centred on a dark
+    belt reads as a vignetting of 1 and more, which describes the scene, not the light.
     """
+    if not abs(v_t) < MAX_TRAIN_VIGNETTE:
+        return None
     added = 1 - (1 - rows["vignetting"].to_numpy(float)) / max(1 - v_t, 1e-3)
     added = added[np.isfinite(added) & (added > MIN_VIGNETTE)]
     if len(added) < max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * len(rows)):
