@@ -525,7 +525,7 @@ def test_vignettes_get_darker_corners_that_measure_as_production_did(tmp_path):
     On a flat image the corners must come out as much darker as production's, the centre unchanged."""
     vig = [0.3, 0.35, 0.4, 0.45, 0.5, 0.0, 0.02, 0.05]  # five vignettes among eight lighting images
     rows = pd.DataFrame([_row(f"{i}", is_ood=True, cause="lighting", vignetting=v) for i, v in enumerate(vig)])
-    train = {**TRAIN, "vignetting": 0.02}
+    train = {**TRAIN, "vignetting": 0.02, "falloff_p95": 0.05}  # (the rows' brightness: 0.5)
     (entry,) = [e for e in augmentation_spec(rows, train) if "vignette" in e["why"]]
     from shiftbench.collection.transforms import _children_md, _instantiate
     levels = [1 - (1 - v) / 0.98 for v in (0.34, 0.4, 0.46)]  # the central 80% of the five, in thirds
@@ -539,6 +539,9 @@ def test_vignettes_get_darker_corners_that_measure_as_production_did(tmp_path):
         assert 142 <= out[45, 45, 0] <= 150  # ...but not in the centre (each uint8 step rounds down)
     assert re.search(r"\n  - then: \d x `Illumination\(mode=gaussian", "\n".join(_children_md(entry, "")))
     assert not [e for e in augmentation_spec(rows.iloc[5:], train) if "vignette" in e["why"]]  # none strong enough
+    # darkened images: the same falloff reads larger against a dimmer centre, but is no darker in the corners
+    dark = rows.assign(brightness=0.1)  # the five "vignettes": corners 0.03-0.05 darker, as in training
+    assert not [e for e in augmentation_spec(dark, train) if "vignette" in e["why"]]
     # parts centred on a dark belt read as vignetted (1.2) by the scene itself: no vignette to imitate
     parts = rows.assign(vignetting=rows["vignetting"] + 1.2)
     assert not [e for e in augmentation_spec(parts, {**TRAIN, "vignetting": 1.2}) if "vignette" in e["why"]]

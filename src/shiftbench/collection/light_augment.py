@@ -12,7 +12,7 @@ import pandas as pd
 from ..properties.measures import light_surface
 from .entries import (MAX_ILLUMINATION, MIN_CAUSE_IMAGES, MIN_KIND_SHARE, central_span, entry, modes, one_of, pair,
                       rounded)
-from .scan_io import circular_mean, relative_gradient, uneven_threshold
+from .scan_io import FALLOFF_P95, circular_mean, relative_gradient, uneven_threshold
 
 
 QUANTILES = ("brightness_p05", "brightness_p50", "brightness_p95")
@@ -101,7 +101,7 @@ def lighting(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
     if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
         out.append(_side_light(rows, rel, rel_t, p))
-    if "vignetting" in rows and (vig := _vignette(rows, t.get("vignetting", 0.0), p)):
+    if "vignetting" in rows and (vig := _vignette(rows, t, p)):
         out.append(vig)
     return out
 
@@ -162,21 +162,26 @@ def _vignette_steps(v: float) -> tuple[int, float]:
     return n, max((lo + hi) / 2, 0.01)
 
 
-def _vignette(rows: pd.DataFrame, v_t: float, p: float) -> dict | None:
+def _vignette(rows: pd.DataFrame, t: dict[str, float], p: float) -> dict | None:
     """A OneOf of darker corners at up to three strengths spanning the vignetted rows, or None.
 
     A vignette multiplies the centre by 1 and the corners by 1 - v. albumentations has no such
     transform (Illumination 'corner' darkens one corner, and every mode stops at intensity 0.2),
     so each strength is a darkening by the centre's gain, then n copies of a centred Gaussian
     brightening: the centre comes back to where it was (nothing clips) and the corners stay darker.
-    Strengths are the rows' added falloff, 1 - (1 - v) / (1 - v_train). Only where the training
-    images are lit evenly (``|v_train|`` under ``MAX_TRAIN_VIGNETTE``): a bright part centred on a dark
-    belt reads as a vignetting of 1 and more, which describes the scene, not the light.
+    Vignetted rows are those whose corners are darker than the centre, in intensity units, than
+    95% of the training images' (``FALLOFF_P95``: the relative ``vignetting`` also rises where an
+    exposure falls, and darkened NEU steel read as vignetted); their strengths are the added falloff
+    relative to the centre, 1 - (1 - v) / (1 - v_train). Only where the training images are lit
+    evenly (``|v_train|`` under ``MAX_TRAIN_VIGNETTE``): a bright part centred on a dark belt reads
+    as a vignetting of 1 and more, which describes the scene, not the light.
     """
-    if not abs(v_t) < MAX_TRAIN_VIGNETTE:
+    v_t, limit = t.get("vignetting", 0.0), t.get(FALLOFF_P95)
+    if limit is None or not abs(v_t) < MAX_TRAIN_VIGNETTE or "brightness" not in rows:
         return None
-    added = 1 - (1 - rows["vignetting"].to_numpy(float)) / max(1 - v_t, 1e-3)
-    added = added[np.isfinite(added) & (added > MIN_VIGNETTE)]
+    v = rows["vignetting"].to_numpy(float)
+    added = 1 - (1 - v) / (1 - v_t)
+    added = added[(v * rows["brightness"].to_numpy(float) > limit) & (added > MIN_VIGNETTE)]
     if len(added) < max(MIN_CAUSE_IMAGES, MIN_KIND_SHARE * len(rows)):
         return None
     s = central_span(np.clip(added, MIN_VIGNETTE, 0.9))

@@ -107,15 +107,29 @@ def training_reference(summary: dict) -> tuple[dict[str, float], pd.DataFrame | 
     ws = summary.get("workspace")
     table = _bank_table(Path(ws)) if ws else None
     if table is not None and len(table):
-        num = table.select_dtypes("number")
-        return ({c: float(np.nanmedian(num[c])) for c in num.columns if num[c].notna().any()}, table,
-                f"training bank {Path(ws) / 'bank'} ({len(table)} images)")
+        return reference_from_table(table), table, f"training bank {Path(ws) / 'bank'} ({len(table)} images)"
     medians = {d["measure"]: float(d["train_median"]) for d in summary.get("drift", [])
                if d.get("train_median") is not None}
     if not medians:
         raise InputError(f"no training measurements: no bank in {ws!r} and the scan's summary.json "
                          f"records no drift tests")
     return medians, None, "training medians recorded in summary.json (bank not found)"
+
+
+FALLOFF_P95 = "falloff_p95"  # the key of reference_from_table's one figure that is not a median
+
+
+def reference_from_table(table: pd.DataFrame) -> dict[str, float]:
+    """The training median of every numeric column, and ``FALLOFF_P95``: the 95th percentile of how
+    much darker the corners are than the centre in intensity units (``vignetting * brightness``), which
+    an exposure change leaves alone (a darkening offset raises the relative ``vignetting``)."""
+    num = table.select_dtypes("number")
+    out = {c: float(np.nanmedian(num[c])) for c in num.columns if num[c].notna().any()}
+    if {"vignetting", "brightness"} <= set(num.columns):
+        falloff = (num["vignetting"] * num["brightness"]).dropna()
+        if len(falloff):
+            out[FALLOFF_P95] = float(np.percentile(falloff, 95))
+    return out
 
 
 def has_cause(causes: pd.Series, cause: str) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..images import InputError
@@ -56,7 +55,7 @@ def build_augmentation(source, train: dict[str, float] | pd.DataFrame | None = N
         cause each transform also applies with probability ``p``).
     seed : seeds the Compose (reproducible augmentations).
     """
-    from .scan_io import load_scan, training_reference
+    from .scan_io import load_scan, reference_from_table, training_reference
     if isinstance(source, (str, os.PathLike)):
         scan = load_scan(source)
         table = scan.table
@@ -67,8 +66,7 @@ def build_augmentation(source, train: dict[str, float] | pd.DataFrame | None = N
     if train is None:
         raise InputError("build_augmentation needs the training medians (train=...) with a table")
     if isinstance(train, pd.DataFrame):
-        num = train.select_dtypes("number")
-        train = {c: float(np.nanmedian(num[c])) for c in num.columns if num[c].notna().any()}
+        train = reference_from_table(train)
     return compose(augmentation_spec(table, train, p), seed, p)
 
 
