@@ -368,6 +368,15 @@ def test_reindex_with_another_backbone_embeds_everything(tmp_path, synth, tiny_t
     assert bank.meta["counts"]["reused"] == 0 and bank.meta["identity"]["backbone"] == "other.ts"
 
 
+def test_reindex_without_a_backbone_keeps_the_banks(tmp_path, synth, tiny_ts, spy_embed):
+    """'Re-run to add new images' must not silently swap a custom model for the default lite0."""
+    ws = tmp_path / "ws"
+    shiftbench.index(synth / "train", workspace=ws, backbone=str(tiny_ts), device="cpu", num_workers=0)
+    bank = shiftbench.index(synth / "train", workspace=ws, device="cpu", num_workers=0)
+    assert bank.meta["backbone"]["name"] == str(tiny_ts.resolve()) and bank.meta["counts"]["reused"] == N_TRAIN
+    assert spy_embed[1] == []  # nothing embedded again
+
+
 def _interrupt_after(limit: int):
     def progress(done, total):
         if done >= limit:

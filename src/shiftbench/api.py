@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .bank import Bank, check_identity, load_bank, save_bank
+from .bank import Bank, check_identity, load_bank, save_bank, stored_backbone
 from .embedding import Embeddings, embed_folder, load_backbone
 from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
@@ -50,14 +50,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, backbone: str = "lite0",
+def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, backbone: str | None = None,
           weights: str | None = None, num_classes: int | None = None, resize: str | None = None,
           layers: bool = True, device: str = "auto", labels: str | Path | None = None, k: int = DEFAULT_K,
           index_kind: str = "auto", batch_size: int = 32, num_workers: int | None = None,
           progress: Progress | None = None) -> Bank:
     """Embed a training folder into the reference bank of ``workspace``.
 
-    Unchanged files of an existing bank made with the same backbone and folder are
+    ``backbone`` None keeps the existing bank's model (with its weights, classes and resize
+    unless given), else lite0. Unchanged files of an existing bank made with the same backbone and folder are
     reused, and an interrupted run resumes where it stopped. Labels come from
     ``labels`` (CSV with ``path,label``) or from class sub-folders. ``layers``
     adds the backbone's early-layer views to the penultimate one (see
@@ -75,6 +76,11 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     if not paths:
         raise InputError(f"no images found in {root}")
     lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)  # fail early
+    if backbone is None:  # "re-run to add new images" must not swap the model for the default
+        old = stored_backbone(workspace) or {"name": "lite0"}
+        backbone = old["name"]
+        weights, num_classes = weights or old.get("weights"), num_classes or old.get("num_classes")
+        resize = resize or old.get("resize")
     bb = load_backbone(backbone, weights, num_classes, device, resize, layers)
     identity = _identity(bb)
     previous = None

@@ -104,6 +104,17 @@ def load_bank(workspace: str | os.PathLike) -> Bank:
                          f"re-run 'shiftbench index TRAIN_DIR' to rebuild it") from None
 
 
+def stored_backbone(workspace: str | os.PathLike) -> dict | None:
+    """The ``backbone`` settings (name, weights, num_classes, resize, layers) of the workspace's bank,
+    read from its bank.json alone; None where there is no readable bank."""
+    for d in (bank_dir(workspace), bank_dir(workspace).with_name("bank.old")):
+        try:
+            return dict(json.loads((d / "bank.json").read_text())["backbone"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _read_bank(d: Path) -> Bank:
     meta = json.loads((d / "bank.json").read_text())
     if meta.get("version") != BANK_VERSION:

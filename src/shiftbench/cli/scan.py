@@ -14,8 +14,9 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding worker processes (default: cores/2).")]
-Backbone = Annotated[str, typer.Option(
-    help="lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train`.")]
+Backbone = Annotated[Optional[str], typer.Option(
+    help="lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train` "
+         "(default: on a re-run the bank's own, else lite0).")]
 Weights = Annotated[Optional[str], typer.Option(
     help="State dict (.pt/.pth/.safetensors) for the backbone; 'none' for random init.")]
 NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size of --weights (read from the file by default).")]
@@ -31,7 +32,7 @@ IndexKind = Annotated[str, typer.Option("--index", help="auto | flat | ivf | hns
 def index(
     train_dir: Annotated[Path, typer.Argument(help="Training images (class sub-folders give labels).")],
     workspace: Workspace = Path(".shiftbench"),
-    backbone: Backbone = "lite0",
+    backbone: Backbone = None,
     weights: Weights = None,
     num_classes: NumClasses = None,
     resize: Resize = None,
