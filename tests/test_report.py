@@ -185,6 +185,10 @@ def test_collect_plan_is_included_once_collect_ran(scan_dir):
     html = write_report(scan_dir).read_text(encoding="utf-8")
     plan = _section(html, "What to collect")
     assert "6 images selected to label" in plan and plan.count("<tr>") == 1 + 3
+    # another scan written into the same folder: the plan was for the earlier one
+    summary = json.loads((scan_dir / "summary.json").read_text())
+    (scan_dir / "summary.json").write_text(json.dumps({**summary, "created": "2099-01-01T00:00:00+00:00"}))
+    assert "What to collect" not in write_report(scan_dir).read_text(encoding="utf-8")
 
 
 def test_not_a_scan_folder_is_an_input_error(tmp_path):

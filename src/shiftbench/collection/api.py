@@ -263,7 +263,8 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     causes_seen = sorted({c for cs in flagged["cause"].str.split("+") for c in cs if c not in ("none", "unknown")})
     per_cause = {c: int(has_cause(flagged["cause"], c).sum()) for c in causes_seen}
     spec = augment.augmentation_spec(flagged, train, p)
-    summary = {"scan_dir": str(scan.scan_dir.resolve()), "prod_dir": str(scan.prod_dir), "out_dir": str(out_dir),
+    summary = {"scan_dir": str(scan.scan_dir.resolve()), "scan_created": scan.summary.get("created"),
+               "prod_dir": str(scan.prod_dir), "out_dir": str(out_dir),
                "readable": n_readable, "flagged": int(len(flagged)), "budget": budget,
                "budget_source": budget_source, "selected": int(len(selection)), "rule": rule_text,
                "training": train_source, "notes": notes, "clusters": clusters,

@@ -76,7 +76,7 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
         unreadable_note=f" (the first {MAX_ROWS} of {len(unreadable)}; all in images.csv)"
         if len(unreadable) > MAX_ROWS else "",
         missing=sum(not uri for uri in thumbs.values()), n_wanted=len(thumbs), prod_root=prod_root,
-        train_root=train_root, collect=_collect(scan.scan_dir / "collect"))
+        train_root=train_root, collect=_collect(scan.scan_dir / "collect", scan.summary.get("created")))
     target = Path(out) if out is not None else scan.scan_dir
     target = target / "report.html" if target.is_dir() else target
     write_text(target, page)
@@ -153,12 +153,14 @@ def _drift(drift: list[dict]) -> list[dict]:
     return sorted(drift, key=lambda d: (not d.get("drifted"), -abs(d.get("effect") or 0.0)))
 
 
-def _collect(folder: Path) -> dict | None:
-    """``collect``'s plan.json when it ran on this scan."""
+def _collect(folder: Path, created: str | None) -> dict | None:
+    """``collect``'s plan.json when it ran on this scan (``created``: the scan's time): a scan written into
+    a folder used before would otherwise show the earlier scan's plan."""
     try:
-        return json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+        plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return plan if plan.get("scan_created", created) == created else None
 
 
 def _thumbnails(wanted: list[tuple[Path, str, str]]) -> dict[tuple[str, str], str]:
