@@ -286,7 +286,7 @@ def test_a_cluster_of_two_modes_is_reported_mode_by_mode(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown_class", "missing_new", "bad_yaml", "not_a_pipeline", "not_a_checkpoint",
-                                  "holdout", "new_share", "wrong_train", "csv_unknown_label", "out_is_parent"])
+                                  "holdout", "new_share", "wrong_train", "csv_unknown_label", "out_is_parent", "lr"])
 def test_bad_input_exits_2(case, setup, tmp_path):
     new, ckpt, train_dir, extra = setup["prod"], setup["parent"].checkpoint, setup["data"], []
     augment = setup["augment"]
@@ -305,6 +305,8 @@ def test_bad_input_exits_2(case, setup, tmp_path):
         ckpt = setup["data"]
     elif case == "holdout":
         extra = ["--holdout", 1.0]
+    elif case == "lr":
+        extra = ["--lr", 0]
     elif case == "new_share":
         extra = ["--new-share", 1.0]  # nothing but new images: the original ones would never be seen
     elif case == "wrong_train":  # none of the parent's validation images is there (other names)

@@ -288,7 +288,7 @@ def test_cli_prints_the_checkpoint_or_json(toy, tmp_path):
     assert 0 <= out["metrics"]["val_accuracy"] <= 1
 
 
-@pytest.mark.parametrize("case", ["empty", "flat", "one_class", "bad_trainable", "val_fraction", "missing"])
+@pytest.mark.parametrize("case", ["empty", "flat", "one_class", "bad_trainable", "val_fraction", "missing", "lr"])
 def test_cli_bad_input_exits_2(case, toy, tmp_path):
     data = tmp_path / "d"
     data.mkdir()
@@ -297,9 +297,10 @@ def test_cli_bad_input_exits_2(case, toy, tmp_path):
         shutil.copy(toy / "circle/00.png", data / "a.png")
     elif case == "one_class":
         shutil.copytree(toy / "circle", data / "circle")
-    elif case in ("bad_trainable", "val_fraction"):
+    elif case in ("bad_trainable", "val_fraction", "lr"):
         data = toy
-        args = ["--trainable", "everything"] if case == "bad_trainable" else ["--val-fraction", "1.5"]
+        args = {"bad_trainable": ["--trainable", "everything"], "val_fraction": ["--val-fraction", "1.5"],
+                "lr": ["--lr", "-1"]}[case]
     elif case == "missing":
         data = tmp_path / "nowhere"
     res = invoke("train", data, "--out", tmp_path / "c", "--device", "cpu", *args)

@@ -31,6 +31,7 @@ from .images import InputError, find_images, labels_from_csv, labels_from_folder
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
 from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
+from .search import INDEX_KINDS
 from .scoring.drift import drift_table, robust_scale
 
 DEFAULT_WORKSPACE = ".shiftbench"
@@ -76,6 +77,8 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     if not paths:
         raise InputError(f"no images found in {root}")
     lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)  # fail early
+    if index_kind not in INDEX_KINDS:  # ...and so does a mistyped option, before the embedding
+        raise InputError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}")
     if backbone is None:  # "re-run to add new images" must not swap the model for the default
         old = stored_backbone(workspace) or {"name": "lite0"}
         backbone = old["name"]

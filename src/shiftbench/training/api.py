@@ -22,7 +22,7 @@ from ..images import DEFAULT_MAX_PIXELS, InputError, find_images
 from .augmentation import describe_augmentation
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
-from .fit import DEFAULT_LR, FitResult, fit
+from .fit import DEFAULT_LR, FitResult, check_lr, fit
 from .model import TRAINABLE, build_classifier, load_source
 
 DEFAULT_CHECKPOINTS = Path(".shiftbench") / "checkpoints"
@@ -47,9 +47,10 @@ class TrainResult:
 
 
 def _check(epochs: int, batch_size: int, val_fraction: float, trainable: str, patience: int | None,
-           monitor: str) -> None:
+           monitor: str, lr: float | None = None) -> None:
     if epochs < 1 or batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
+    check_lr(lr)
     if not 0 <= val_fraction < 1:
         raise InputError(f"val fraction must be in [0, 1), got {val_fraction}")
     if trainable not in TRAINABLE:
@@ -100,7 +101,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     TrainResult
         Unreadable and unlabelled files are listed in ``meta["skipped"]``.
     """
-    _check(epochs, batch_size, val_fraction, trainable, patience, monitor)
+    _check(epochs, batch_size, val_fraction, trainable, patience, monitor, lr)
     out_given = out is not None
     if out_given and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")

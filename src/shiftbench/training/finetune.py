@@ -47,7 +47,7 @@ from . import card
 from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Inputs, LabeledImages, load_labeled, stratified_split
-from .fit import DEFAULT_LR, _autocast, fit
+from .fit import DEFAULT_LR, _autocast, check_lr, fit
 from .model import TRAINABLE, build_classifier, load_source
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
@@ -126,6 +126,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     """
     t0 = time.perf_counter()
     _check(holdout, new_share, epochs, batch_size, failure_level, max_regression)
+    check_lr(lr)
     found = checkpoint_meta(checkpoint)
     if found is None:
         raise InputError(f"not a shiftbench checkpoint: {checkpoint}")
