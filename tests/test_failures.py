@@ -218,5 +218,9 @@ def test_an_interrupted_explanation_resumes_and_a_rescan_reuses_it(workspace, sy
 def test_labels_that_match_no_image_are_refused_before_embedding(workspace, synth, tmp_path, spy_embed):
     (tmp_path / "labels.csv").write_text("path,label\nelsewhere/a.png,spot\n")
     res = invoke("scan", synth / "prod", "-w", workspace, "--labels", tmp_path / "labels.csv", "--device", "cpu")
-    _one_line_error(res, 2, "none of its paths is among the")
+    _one_line_error(res, 2, "none of its 1 paths names one of the")
     assert spy_embed == []
+    absolute = tmp_path / "absolute.csv"  # training labels given with absolute paths: the same hint
+    absolute.write_text("path,label\n" + "".join(f"{p},x\n" for p in sorted((synth / "train").rglob("*.png"))))
+    res = invoke("train", synth / "train", "--labels", absolute, "--out", tmp_path / "ck", "--device", "cpu")
+    _one_line_error(res, 2, "paths are relative to the image folder")

@@ -307,9 +307,8 @@ def _check_options(out, model, labels, paths: list[str]) -> None:
         raise InputError(f"--out {out} exists and is not a folder")
     if labels is not None and not Path(labels).is_file():
         raise InputError(f"--labels {labels}: no such file")
-    if labels is not None and not any(labels_from_csv(labels, paths)):
-        raise InputError(f"--labels {labels}: none of its paths is among the {len(paths)} images found (paths "
-                         f"are relative to the production folder, e.g. {paths[0]})")
+    if labels is not None:
+        labels_from_csv(labels, paths)  # an unreadable CSV, or one that names none of the images, fails here
     if model is not None and not Path(model).exists():
         raise InputError(f"--model {model}: no such checkpoint folder")
 

@@ -66,7 +66,8 @@ def labels_from_csv(csv_path: str | os.PathLike, paths: list[str]) -> list[str]:
     """Class label per image from a CSV with columns ``path`` and ``label``.
 
     ``path`` is relative to the image root (``\\`` or ``/`` separators). Images
-    absent from the CSV get the label ``""``.
+    absent from the CSV get the label ``""``; a CSV none of whose paths names an image
+    (absolute paths, another folder) is an error.
     """
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -83,4 +84,8 @@ def labels_from_csv(csv_path: str | os.PathLike, paths: list[str]) -> list[str]:
         raise InputError(f"cannot read labels CSV {csv_path}: {e.strerror}") from e
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"labels CSV {csv_path} is not a UTF-8 CSV file: {e}") from None
+    if table and paths and not table.keys() & set(paths):
+        raise InputError(f"{csv_path}: none of its {len(table)} paths names one of the {len(paths)} images found "
+                         f"(paths are relative to the image folder, e.g. {paths[0]}; the CSV has "
+                         f"{next(iter(table))})")
     return [table.get(p, "") for p in paths]
