@@ -837,6 +837,9 @@ def test_describe_change_names_a_new_pixel_size():
     lines = describe_change(t, "content", {"width": 128.0, "height": 128.0})
     assert "pixel size no training image has (200x200, training 128x128)" in lines[-1]
     assert len(describe_change(t.assign(new_pixel_size=False), "content", {})) == 1
+    # a member at the training size is not listed among the new sizes
+    mixed = t.assign(width=[200, 200, 128], height=[200, 200, 128])
+    assert "(200x200, training 128x128)" in describe_change(mixed, "content", {"width": 128.0, "height": 128.0})[-1]
     # squashed both ways: the sizes the images have, not a median of widths beside one of heights
     both = t.assign(width=[2000, 16, 2000], height=[16, 2000, 16], new_pixel_size=True)
     assert "(2000x16 (2), 16x2000 (1), training 128x128)" in describe_change(both, "content", {"width": 128.0,

@@ -153,8 +153,9 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
         out.append("no change of lighting, angle, optics or pipeline explains these images "
                    f"(best explained share {explained_share(members).median():.2f}): "
                    "new parts, defects or another line")
-    if {"new_pixel_size", "width", "height"} <= set(members) and members["new_pixel_size"].eq(True).mean() >= 0.5:
-        size = _sizes(members)
+    new_size = members["new_pixel_size"].eq(True) if "new_pixel_size" in members else None
+    if {"width", "height"} <= set(members) and new_size is not None and new_size.mean() >= 0.5:
+        size = _sizes(members[new_size])  # (the members at a training size are not what this says)
         if "width" in center and "height" in center:
             size += f", training {center['width']:.0f}x{center['height']:.0f}"
         out.append(f"taken at a pixel size no training image has ({size}): another camera or pipeline")
