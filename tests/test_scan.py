@@ -253,8 +253,10 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert list(unexplained.columns) == list(read_csv(out / "images.csv").columns)
     assert (unexplained["how_angle"] == "").all() and (unexplained["rotation_deg"] == "").all()
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate2", "--device", "cpu",
-                 "--workers", "0", "--fail-on-shift", "1.0", "--quiet", "--no-explain")
+                 "--workers", "0", "--fail-on-shift", "1.0", "--quiet", "--no-explain", "--json")
     assert res.exit_code == 0 and res.stderr == ""
+    summary = json.loads(res.stdout)  # --json: summary.json on stdout, on one line
+    assert summary == json.loads((tmp_path / "gate2" / "summary.json").read_text()) and res.stdout.count("\n") == 1
 
 
 @pytest.mark.parametrize("case", ["missing folder", "empty folder", "no bank", "bad gate", "bad fpr",

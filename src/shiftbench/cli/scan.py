@@ -97,6 +97,8 @@ def scan(
     batch_size: BatchSize = 32,
     workers: Workers = None,
     quiet: Quiet = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print summary.json (counts, threshold, drift, clusters) instead of the folder.")] = False,
 ) -> None:
     """Flag the production images that are unlike the training set.
 
@@ -124,7 +126,7 @@ def scan(
     s = result.summary
     c = s["counts"]
     if c["ok"] == 0:  # nothing to judge: not a pass (a broken camera feed looks like this)
-        typer.echo(str(result.out_dir))
+        _echo(result, json_out)
         if report:  # its table of unreadable files and their reasons
             _write_report(result.out_dir, quiet)
         errors = sorted({u["error"].split(":")[0] for u in s["unreadable"]})[:3]
@@ -149,12 +151,18 @@ def scan(
         for line in card["change"]:
             info(f"    {line}", quiet)
         info(f"    e.g. {', '.join(card['medoids'])}", quiet)
-    typer.echo(str(result.out_dir))
+    _echo(result, json_out)
     if report:
         _write_report(result.out_dir, quiet)
     if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)
         raise typer.Exit(EXIT_SHIFT)
+
+
+def _echo(result, json_out: bool) -> None:
+    """stdout: the output folder, or with --json the summary (strict JSON on one line; it names the folder)."""
+    from ..fsutil import json_text
+    typer.echo(json_text(result.summary, indent=None) if json_out else str(result.out_dir))
 
 
 def _write_report(scan_dir, quiet: bool) -> None:
