@@ -307,6 +307,8 @@ def test_cli_bad_input_exits_2(case, toy, tmp_path):
     assert res.exit_code == 2, res.output
     assert res.stderr.startswith("shiftbench: error:") and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+    if case == "flat":  # the stray file is named: one of them is enough to lose every label
+        assert "directly in the folder, e.g. a.png" in res.stderr
 
 
 def test_cli_predict_writes_the_api_table(trained, toy, tmp_path):

@@ -107,7 +107,9 @@ def load_labeled(root: str | os.PathLike, pre: Preprocess, *, labels: str | os.P
         raise InputError(f"no images found in {root}")
     names = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)
     if names is None:
-        raise InputError(f"{root}: put the images in one sub-folder per class, or give --labels CSV")
+        loose = [p for p in paths if "/" not in p]
+        raise InputError(f"{root}: put the images in one sub-folder per class, or give --labels CSV "
+                         f"({len(loose)} image{'s' if len(loose) > 1 else ''} directly in the folder, e.g. {loose[0]})")
     workers = max(1, num_workers) if num_workers is not None else min(8, os.cpu_count() or 2)  # 0: one thread
     pixels, sha, keep, skipped = [], [], [], []
     # Threads, not processes: OpenCV decodes and resizes with the GIL released.
