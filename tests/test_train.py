@@ -380,9 +380,9 @@ def test_scan_with_the_model_and_production_labels(trained, toy, tmp_path, monke
                             device="cpu", num_workers=0, explain=False)  # embeddings and logits from the cache
     assert (again.table["prediction"] == res.table["prediction"]).all()
     monkeypatch.undo()
-    from shiftbench.api import _is_backbone
-    assert _is_backbone(trained.checkpoint, load_backbone(str(trained.checkpoint), device="cpu", layers=False))
-    assert not _is_backbone(trained.checkpoint, load_backbone("lite0", device="cpu", layers=False))
+    from shiftbench.training.scan_columns import is_backbone
+    assert is_backbone(trained.checkpoint, load_backbone(str(trained.checkpoint), device="cpu", layers=False))
+    assert not is_backbone(trained.checkpoint, load_backbone("lite0", device="cpu", layers=False))
     t = res.table.set_index("path")
     expected = predict(trained.checkpoint, prod, device="cpu").set_index("path")
     assert (t["prediction"] == expected.loc[t.index, "prediction"]).all()

@@ -21,7 +21,6 @@ import pandas as pd
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank, stored_backbone
 from .embedding import Embeddings, embed_folder, load_backbone
-from .embedding.backbones import checkpoint_header, checkpoint_meta
 from .embedding.store import TABLE_COLUMNS
 from .explain import (CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, light_field_range,
                       new_pixel_size)
@@ -267,7 +266,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     # attribution details: the same columns whether or not anything was flagged or explained
     table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan, undo_lighting=np.nan,
                          **{f"how_{c}": "" for c in CAUSES}, cause_own=table["cause"], cause_agreement=np.nan)
-    _add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
+    if model is not None or labels is not None:
+        from .training.scan_columns import add_model_columns
+        add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
     cards = _explain(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() else []
     t_explain = time.perf_counter() - t2
@@ -320,40 +321,6 @@ def _check_reachable(bank: Bank, fpr: float) -> None:
         raise InputError(f"the bank holds {n} readable training images: with so few no image can be flagged at "
                          f"--fpr {fpr:g} (the smallest p-value is 1/{n + 1} = {1 / (n + 1):.3g}); index at least "
                          f"{int(np.ceil(1 / fpr)) - 1} images, or scan with --fpr {1 / (n + 1):.3g} or more")
-
-
-def _add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, bb, logits,
-                       device: str, batch_size: int, num_workers: int | None) -> None:
-    """``prediction``/``confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place).
-
-    When the bank's backbone is the model itself (the usual case: the bank lives in
-    the deployed model's feature space), the logits of the embedding pass are used
-    instead of a second pass over the images.
-    """
-    if model is not None:
-        from .training import classify, predict
-
-        if logits is not None and _is_backbone(model, bb):
-            pred, conf = classify(logits, bb.classes)
-        else:
-            got = predict(model, [root / p for p in paths], device=device, batch_size=batch_size,
-                          num_workers=num_workers)
-            pred, conf = got["prediction"].to_numpy(), got["confidence"].to_numpy()
-        table["prediction"], table["model_confidence"] = pred, conf
-    if labels is not None:
-        known = labels_from_csv(labels, paths)
-        table["label"] = known
-        if model is not None:
-            has = (table["label"] != "") & (table["prediction"] != "")
-            table["correct"] = np.where(has, (table["prediction"] == table["label"]).astype(float), np.nan)
-
-
-def _is_backbone(model, bb) -> bool:
-    """Whether checkpoint ``model`` is backbone ``bb`` (same weights, classes and preprocessing)."""
-    ck = checkpoint_meta(model)
-    if ck is None or bb.classes != list(ck[1]["classes"]):
-        return False
-    return checkpoint_header(*ck) == (bb.weights_id, bb.preprocess)
 
 
 def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:

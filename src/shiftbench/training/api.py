@@ -22,8 +22,8 @@ from ..images import DEFAULT_MAX_PIXELS, InputError, find_images
 from .augmentation import describe_augmentation
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
-from .fit import DEFAULT_LR, FitResult, check_lr, fit
-from .model import TRAINABLE, build_classifier, load_source
+from .fit import DEFAULT_LR, FitResult, fit
+from .model import TRAINABLE, build_classifier, check_lr, load_source
 
 DEFAULT_CHECKPOINTS = Path(".shiftbench") / "checkpoints"
 

@@ -47,8 +47,8 @@ from . import card
 from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Inputs, LabeledImages, load_labeled, stratified_split
-from .fit import DEFAULT_LR, _autocast, check_lr, fit
-from .model import TRAINABLE, build_classifier, load_source
+from .fit import DEFAULT_LR, _autocast, fit
+from .model import TRAINABLE, build_classifier, check_lr, load_source
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
 

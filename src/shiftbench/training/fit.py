@@ -29,7 +29,6 @@ from torch import nn
 
 from .. import __version__
 from ..embedding.backbones import Preprocess, resolve_device
-from ..images import InputError
 from .augmentation import describe_augmentation
 from .data import Inputs, LabeledImages
 from .model import plan_trainable, set_modes, set_trainable
@@ -37,12 +36,6 @@ from .resume import RunState, seed_epoch
 
 DEFAULT_LR = {"head": 3e-3, "last": 1e-3, "all": 3e-4}
 CACHE_LIMIT_BYTES = 4 << 30  # above this the cached activations would crowd memory: run end to end
-
-
-def check_lr(lr: float | None) -> None:
-    """A learning rate is a positive finite number (None: the default of the trainable mode)."""
-    if lr is not None and not (np.isfinite(lr) and lr > 0):
-        raise InputError(f"learning rate must be a positive number, got {lr}")
 
 
 @dataclass

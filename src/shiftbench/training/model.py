@@ -17,13 +17,22 @@ after a few epochs, so the validation score would not measure the trained model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..embedding.backbones import BackboneError, Preprocess, build_arch, checkpoint_meta, load_backbone
+from ..images import InputError
 
 TRAINABLE = ("head", "last", "all")
+
+
+def check_lr(lr: float | None) -> None:
+    """A learning rate is a positive finite number (None: the default of the trainable mode)."""
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"learning rate must be a positive number, got {lr}")
 
 
 @dataclass
