@@ -313,6 +313,9 @@ def test_without_bank_or_embeddings(tmp_path):
     assert a.selection["path"].tolist() == b.selection["path"].tolist()  # seeded
     assert "summary.json" in a.summary["training"]
     assert a.plan[0]["numbers"]["brightness_p50"]["training"] == 0.5
+    assert any("no usable embeddings.npy" in n for n in a.summary["notes"])  # said, not silent
+    (scan / "embeddings.npy").write_text("x")  # damaged: the same
+    assert any("no usable embeddings.npy" in n for n in collect(scan, budget=6, seed=3).summary["notes"])
 
 
 # ------------------------------------------------------------------ plan numbers

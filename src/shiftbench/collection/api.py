@@ -213,6 +213,9 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     notes = []
     if not groups:
         notes.append("no image was flagged: nothing to collect or label")
+    elif scan.embeddings is None:  # picks fall back to the cards' medoids and a seeded random sample
+        notes.append(f"no usable embeddings.npy in {scan.scan_dir} (missing, damaged or of another length): "
+                     f"images picked without diversity, from the clusters' medoids and at random")
     sizes = [len(g["rows"]) for g in groups]
     harm, rule = cluster_weights(sizes, [g["error_rate"] for g in groups],
                                  [None if g["uncertainty"] is None else float(np.nanmean(g["uncertainty"]))
