@@ -187,8 +187,8 @@ def _vignette(rows: pd.DataFrame, t: dict[str, float], p: float) -> dict | None:
     s = central_span(np.clip(added, MIN_VIGNETTE, 0.9))
     levels = [float(np.mean(s))] if s[1] - s[0] < 0.05 else list(np.linspace(s[0], s[1], 3))
     children = []
-    for v in levels:
-        n, i = _vignette_steps(v)
+    for strength in levels:
+        n, i = _vignette_steps(strength)
         gain = (1 + i) ** -n
         darken = entry("lighting", "RandomBrightnessContrast", {
             "brightness_limit": [0.0, 0.0], "contrast_limit": [rounded(gain - 1, 4)] * 2, "brightness_by_max": True},
@@ -199,7 +199,7 @@ def _vignette(rows: pd.DataFrame, t: dict[str, float], p: float) -> dict | None:
         children.append({**entry("lighting", "Sequential", {}, "", rounded(1 / len(levels))),
                          "children": [darken] + [light] * n})
     why = (f"vignette: {len(added)} images with corners {100 * np.median(added):.0f}% darker than the training "
-           f"images' (relative to the centre) -> strengths {', '.join(f'{v:.2f}' for v in levels)}, each a "
+           f"images' (relative to the centre) -> strengths {', '.join(f'{x:.2f}' for x in levels)}, each a "
            f"darkening by the centre's gain, then centred Gaussian Illumination copies (one is capped at "
            f"{MAX_ILLUMINATION})")
     return one_of("lighting", children, why, p)
