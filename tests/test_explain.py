@@ -886,6 +886,17 @@ def test_a_small_group_of_alike_images_keeps_its_own_cause():
     assert list(agreed[30:]) == ["lighting"] * 4
 
 
+def test_an_image_unlike_any_other_flagged_one_keeps_its_own_cause():
+    """A file of noise beside a tilted station is nearest to the tilted images, but far from all of them:
+    they are not alike, so they do not vote it into the angle cluster."""
+    rng = np.random.default_rng(4)
+    tilted = rng.normal([0, 3, 0], 0.3, (12, 3))
+    conditions = np.vstack([tilted, [[0, 3, 12]], [[0, 3, 0.2]]])  # far away / inside the station
+    causes = np.array(["angle"] * 12 + ["resolution", "resolution"], dtype=object)
+    agreed, _ = agree_with_neighbours(causes, conditions, np.zeros((14, 4)))
+    assert agreed[12] == "resolution" and agreed[13] == "angle"
+
+
 def test_fewer_flagged_images_than_a_neighbourhood_keep_their_causes():
     causes = np.array(["lighting", "lighting", "lighting", "angle"], dtype=object)
     agreed, agreement = agree_with_neighbours(causes, np.zeros((4, 3)), np.zeros((4, 4)))

@@ -18,6 +18,11 @@ SHARE_WEIGHT = 2.0  # explained shares (0-1) against measurements in training sp
 # image also looks a little blurred and sits among blurred images, while a blur rotates nothing. On the
 # attribution benchmarks 40 such changes were wrong and 10 right (docs/benchmarks.md)
 KEPT_AGAINST = frozenset({("angle", "resolution")})
+# An image whose k-th nearest flagged image is this many times as far as is typical (the median of that
+# distance) has no alike images to agree with: it keeps its own cause. A scan's two odd files (a 16-bit
+# TIFF and an RGBA WebP of noise) were otherwise voted into the angle cluster beside them; on the twelve
+# attribution benchmarks no image the vote changes is that isolated (docs/benchmarks.md)
+ISOLATED = 4.0
 
 
 def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np.ndarray,
@@ -29,8 +34,9 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     misread on a texture, a blur that a zoom also explains. Each image takes the
     primary cause of a strict majority of its ``k`` nearest flagged images (itself
     included) in the space of its standardised measurements and its explained shares
-    (times ``SHARE_WEIGHT``), and keeps its own where there is none, or where its own is
-    angle and the majority's resolution (``KEPT_AGAINST``). A group of
+    (times ``SHARE_WEIGHT``), and keeps its own where there is none, where its own is
+    angle and the majority's resolution (``KEPT_AGAINST``), or where those images are not
+    alike (``ISOLATED``). A group of
     ``k // 2 + 1`` or more alike images thus keeps its own cause, however many
     images of other causes surround it; with fewer than ``k`` flagged images (in a
     group, with ``groups``) nothing changes.
@@ -60,13 +66,15 @@ def agree_with_neighbours(causes: np.ndarray, conditions: np.ndarray, shares: np
     if len(causes) < k:
         return causes, np.array([np.mean(primary == p) for p in primary], dtype=float)
     z = np.hstack([np.clip(np.nan_to_num(conditions), -10, 10), SHARE_WEIGHT * np.nan_to_num(shares)])
-    _, nn = search(build_index(z, "flat"), z, k)
+    dist, nn = search(build_index(z, "flat"), z, k)
+    isolated = dist[:, -1] > ISOLATED * np.median(dist[:, -1])
     out, agreement = causes.copy(), np.zeros(len(causes))
     for i, row in enumerate(nn):
         votes = primary[row[row >= 0]]
         names, counts = np.unique(votes, return_counts=True)
         major = names[counts.argmax()]
-        if counts.max() > k / 2 and major != primary[i] and (primary[i], major) not in KEPT_AGAINST:
+        if counts.max() > k / 2 and major != primary[i] and (primary[i], major) not in KEPT_AGAINST \
+                and not isolated[i]:
             out[i] = major
         agreement[i] = np.mean(votes == str(out[i]).split("+")[0])
     return out, agreement
