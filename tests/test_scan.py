@@ -379,9 +379,11 @@ def test_reindex_without_a_backbone_keeps_the_banks(tmp_path, synth, tiny_ts, sp
     assert spy_embed[1] == []  # nothing embedded again
 
 
-def test_a_mistyped_index_kind_fails_before_embedding(tmp_path, synth, tiny_ts, spy_embed):
+def test_a_mistyped_index_kind_or_too_large_k_fails_before_embedding(tmp_path, synth, tiny_ts, spy_embed):
     with pytest.raises(InputError, match="--index must be one of"):
         shiftbench.index(synth / "train", workspace=tmp_path / "ws", backbone=str(tiny_ts), index_kind="bogus")
+    with pytest.raises(InputError, match=f"-k {N_TRAIN} needs more than {N_TRAIN} training images"):
+        shiftbench.index(synth / "train", workspace=tmp_path / "ws", backbone=str(tiny_ts), k=N_TRAIN)
     assert spy_embed == []
 
 

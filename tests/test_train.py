@@ -286,6 +286,15 @@ def test_cli_prints_the_checkpoint_or_json(toy, tmp_path):
     out = json.loads(res.stdout)
     assert out["checkpoint"] == str((tmp_path / "j").resolve()) and out["classes"] == CLASSES
     assert 0 <= out["metrics"]["val_accuracy"] <= 1
+    res = invoke("train", toy, "--out", tmp_path / "n", "--size", 64, "--epochs", 1, "--trainable", "head",
+                 "--device", "cpu", "--val-fraction", 0)
+    assert res.exit_code == 0 and "warning: no validation images: `finetune` will refuse" in res.stderr
+    one = shutil.copytree(toy, tmp_path / "one")  # a class with a single image has nothing to validate on
+    for p in sorted((one / "cross").iterdir())[1:]:
+        p.unlink()
+    lines = []
+    train(one, out=tmp_path / "o", epochs=1, trainable="head", log=lines.append, **FAST)
+    assert any(line.startswith("warning: no validation image for class cross") for line in lines)
 
 
 @pytest.mark.parametrize("case", ["empty", "flat", "one_class", "bad_trainable", "val_fraction", "missing", "lr"])

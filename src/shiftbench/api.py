@@ -78,6 +78,8 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     lab = labels_from_csv(labels, paths) if labels else labels_from_folders(paths)  # fail early
     if index_kind not in INDEX_KINDS:  # ...and so does a mistyped option, before the embedding
         raise InputError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}")
+    if not 1 <= k < len(paths):
+        raise InputError(f"-k {k} needs more than {k} training images; {root} has {len(paths)}")
     if backbone is None:  # "re-run to add new images" must not swap the model for the default
         old = stored_backbone(workspace) or {"name": "lite0"}
         backbone = old["name"]
@@ -98,6 +100,8 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     t_embed = time.perf_counter() - t0
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
+    if k >= emb.ok.sum():  # (left out in calibration, a training image has one image fewer to be near)
+        raise InputError(f"-k {k} needs more than {k} readable training images; {root} has {int(emb.ok.sum())}")
     shas = emb.table["sha"].to_numpy()[emb.ok]
     if len(set(shas)) < 2:
         raise InputError(f"the {int(emb.ok.sum())} readable images in {root} are copies of one image: "

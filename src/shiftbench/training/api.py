@@ -116,6 +116,13 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     if log:
         log(f"{len(train_set)} training and {len(val_set)} validation images in {len(data.classes)} classes"
             f"{f'; {len(data.skipped)} skipped' if data.skipped else ''}")
+        unmeasured = [c for i, c in enumerate(data.classes) if not (val_set.labels == i).any()]
+        if not len(val_set):
+            log("warning: no validation images: `finetune` will refuse this checkpoint (its gate compares the "
+                "accuracy on them before and after)")
+        elif unmeasured:
+            log(f"warning: no validation image for class {', '.join(unmeasured)} (one image each, or copies of "
+                f"one): its accuracy is not measured")
     model = build_classifier(source, data.classes, seed)
     result = fit(model, train_set, val_set, preprocess=source.preprocess, trainable=trainable, augment=augment,
                  flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, monitor=monitor,
