@@ -304,6 +304,22 @@ def test_rerun_replaces_the_output_folder(fake_scan):
     assert len(list((res.out_dir / "to_label").glob("*.png"))) == 2
 
 
+def test_rerun_never_replaces_labels_or_files_the_user_added(fake_scan):
+    """The README says to label in to_label/labels_template.csv: a re-run must not wipe that work."""
+    res = collect(fake_scan, budget=3)
+    template = res.out_dir / "to_label" / "labels_template.csv"
+    filled = pd.read_csv(template, dtype=str, keep_default_na=False).assign(label="ok")
+    filled.to_csv(template, index=False)
+    with pytest.raises(InputError, match="has 3 labels filled in"):
+        collect(fake_scan, budget=3)
+    assert pd.read_csv(template)["label"].eq("ok").all()
+    filled.assign(label="").to_csv(template, index=False)
+    (res.out_dir / "to_label" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="files collect did not write .to_label/notes.txt"):
+        collect(fake_scan, budget=3)
+    assert (res.out_dir / "to_label" / "notes.txt").read_text() == "mine"
+
+
 def test_without_bank_or_embeddings(tmp_path):
     rows = standard_rows()
     scan = make_scan(tmp_path, rows, [_card(0, "lighting", rows), _card(1, "angle", rows),

@@ -168,6 +168,34 @@ def _unique_name(rank: int, path: str) -> str:
     return f"{rank:04d}_{flat}"
 
 
+WRITTEN = {"plan.json", "plan.md", "selection.csv", "augment.yaml", "augment.md", "to_label", "labels_template.csv"}
+
+
+def _check_nothing_to_lose(out: Path) -> None:
+    """Refuse to replace an earlier collect output that holds the user's work: labels filled in
+    ``to_label/labels_template.csv``, or files that collect did not write."""
+    if not (out / "plan.json").is_file():
+        return
+    extra = sorted(p.name for p in out.iterdir() if p.name not in WRITTEN)
+    for template in (out / "to_label" / "labels_template.csv", out / "labels_template.csv"):
+        if not template.is_file():
+            continue
+        try:
+            labels = pd.read_csv(template, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.ParserError):
+            labels = pd.DataFrame(columns=["path", "label"])
+        filled = int(labels.get("label", pd.Series(dtype=str)).str.strip().ne("").sum())
+        if filled:
+            raise InputError(f"{template} has {filled} labels filled in: collect would replace them. Move "
+                             f"{out} away (or give another --out) first")
+        if template.parent.name == "to_label":
+            copies = set(labels.get("path", pd.Series(dtype=str))) | {"labels_template.csv"}
+            extra += sorted(f"to_label/{p.name}" for p in template.parent.iterdir() if p.name not in copies)
+    if extra:
+        raise InputError(f"{out} holds files collect did not write ({', '.join(extra[:3])}"
+                         f"{', ...' if len(extra) > 3 else ''}): move them away (or give another --out) first")
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
     """Replace ``out`` by the complete ``tmp`` folder (old one renamed aside, then removed)."""
     old = out.with_name(f".{out.name}.old")
@@ -207,6 +235,7 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
                                                         and not (out_dir / "plan.json").is_file())):
         raise InputError(f"{out_dir} exists and is not a collect output: choose another --out")
+    _check_nothing_to_lose(out_dir)
     train, _, train_source = training_reference(scan.summary)
     flagged = scan.flagged
     groups = _groups(scan)
