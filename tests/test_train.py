@@ -320,6 +320,14 @@ def test_cli_bad_input_exits_2(case, toy, tmp_path):
         assert "directly in the folder, e.g. a.png" in res.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a read-only /proc (Linux)")
+def test_an_out_folder_that_cannot_be_written_fails_before_training(toy):
+    """Not after every epoch has run (a read-only --out: root ignores permissions, /proc does not)."""
+    res = invoke("train", toy, "--out", "/proc/shiftbench-test/model", "--device", "cpu")
+    assert res.exit_code == 2 and "cannot write to /proc/shiftbench-test/model" in res.stderr
+    assert "epoch" not in res.stderr
+
+
 def test_cli_predict_writes_the_api_table(trained, toy, tmp_path):
     """'shiftbench predict' prints (or writes) what training.predict returns; unreadable files stay rows."""
     folder = tmp_path / "imgs"

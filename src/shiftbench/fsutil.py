@@ -38,6 +38,17 @@ def atomic_path(target: str | os.PathLike):
             os.unlink(tmp)
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise PermissionError now, not after hours of work, where ``folder`` (which may not exist yet:
+    its nearest existing ancestor) cannot take a new file. Creates nothing that stays."""
+    d = Path(folder).resolve()
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    fd, probe = tempfile.mkstemp(prefix=".shiftbench-probe-", dir=d)  # the real test: permissions, read-only mounts
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_with(target: str | os.PathLike, writer: Callable[[str], None]) -> None:
     """Call ``writer(tmp_path)`` and atomically move the result to ``target``."""
     with atomic_path(target) as tmp:

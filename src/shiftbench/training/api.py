@@ -23,7 +23,7 @@ from .augmentation import describe_augmentation
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
 from .fit import DEFAULT_LR, FitResult, fit
-from .model import TRAINABLE, build_classifier, check_lr, load_source
+from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source
 
 DEFAULT_CHECKPOINTS = Path(".shiftbench") / "checkpoints"
 
@@ -105,6 +105,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     out_given = out is not None
     if out_given and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
+    check_out(out if out_given else DEFAULT_CHECKPOINTS)
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise InputError(f"not a folder: {data_dir}")

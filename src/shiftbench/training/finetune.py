@@ -48,7 +48,7 @@ from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Inputs, LabeledImages, load_labeled, stratified_split
 from .fit import DEFAULT_LR, _autocast, fit
-from .model import TRAINABLE, build_classifier, check_lr, load_source
+from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
 
@@ -144,6 +144,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         raise InputError(f"--out {out_dir} is the checkpoint itself: give another folder (the parent stays as it is)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
+    check_out(out_dir)
     pipeline, augment_file = load_augment(augment)  # a bad file fails before minutes of loading
     scan_table = card.read_scan(scan) if scan is not None else None
     dev = resolve_device(device)

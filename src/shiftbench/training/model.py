@@ -24,9 +24,18 @@ import torch
 from torch import nn
 
 from ..embedding.backbones import BackboneError, Preprocess, build_arch, checkpoint_meta, load_backbone
+from ..fsutil import check_writable
 from ..images import InputError
 
 TRAINABLE = ("head", "last", "all")
+
+
+def check_out(folder) -> None:
+    """Fail before training, not after it, where the checkpoint could not be written."""
+    try:
+        check_writable(folder)
+    except OSError as e:
+        raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
 
 
 def check_lr(lr: float | None) -> None:
