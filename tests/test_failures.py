@@ -126,7 +126,10 @@ def test_a_bug_exits_3_with_its_traceback_and_system_errors_exit_2(monkeypatch, 
 
 def test_mistyped_scan_options_fail_before_embedding(workspace, synth, tmp_path, spy_embed):
     (tmp_path / "file").write_text("")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "summary.json").write_text("{}")  # the user's own: a scan would replace it
     for args, expected in ((["--out", tmp_path / "file"], "exists and is not a folder"),
+                           (["--out", tmp_path / "mine"], "holds files and is not a scan's output folder"),
                            (["--labels", tmp_path / "nope.csv"], "no such file"),
                            (["--model", tmp_path / "nope"], "no such checkpoint folder")):
         res = invoke("scan", synth / "prod", "-w", workspace, "--device", "cpu", *args)

@@ -310,6 +310,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
 def _check_options(out, model, labels, paths: list[str]) -> None:
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
+    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()) \
+            and not (Path(out) / "images.csv").is_file():  # a scan's files would replace the user's own
+        raise InputError(f"--out {out} holds files and is not a scan's output folder: choose another --out")
     if labels is not None and not Path(labels).is_file():
         raise InputError(f"--labels {labels}: no such file")
     if labels is not None:
