@@ -269,6 +269,22 @@ def test_find_images_follows_links_and_ends_cycles(tmp_path):
     assert find_images(root) == ["a.png", "link.png", "linkdir/c.png"]
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypatch):
+    """A class folder without read permission was left out silently: index and train lost a class."""
+    for d in ("crack", "dent"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "a.png").write_bytes(b"x")
+    real = os.scandir
+
+    def scandir(path="."):  # (permissions cannot be tested as root, which ignores them)
+        if os.path.basename(os.fspath(path)) == "crack":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match="cannot list the folder .*crack: Permission denied"):
+        find_images(tmp_path)
+
+
 def test_find_images_not_a_folder(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         find_images(tmp_path / "missing")

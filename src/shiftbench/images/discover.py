@@ -24,7 +24,8 @@ def find_images(root: str | os.PathLike) -> list[str]:
     folders (name starting with ``.``) are skipped, so a workspace kept inside the
     image folder is not scanned as data. Symbolic links are followed, to files and
     to folders (a class folder linked in from elsewhere is common); a folder already
-    visited through another link is not entered again, so link cycles end.
+    visited through another link is not entered again, so link cycles end. A folder that
+    cannot be listed (permissions) is an :class:`InputError`, not a silent gap.
 
     Returns
     -------
@@ -35,7 +36,10 @@ def find_images(root: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         raise InputError(f"not a folder: {root}")
     found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable(e: OSError) -> None:  # a folder left out silently would drop a class, or a station
+        raise InputError(f"cannot list the folder {e.filename}: {e.strerror}")
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:  # reached again through a link: already listed (or a cycle)
             dirnames[:] = []
