@@ -418,6 +418,24 @@ def test_interrupted_embedding_resumes(tmp_path, synth, lite0, spy_embed):
     pd.testing.assert_frame_equal(emb.table, fresh.table)
 
 
+def test_an_index_interrupted_after_embedding_reuses_every_embedding(tmp_path, synth, tiny_ts, spy_embed,
+                                                                     monkeypatch):
+    """Ctrl-C during calibration or while the bank is written: the embedding work is kept."""
+    import shiftbench.api as api
+    saved = api.save_bank
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "save_bank", interrupted)
+    opts = dict(workspace=tmp_path / "ws", backbone=str(tiny_ts), device="cpu", num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        shiftbench.index(synth / "train", **opts)
+    monkeypatch.setattr(api, "save_bank", saved)
+    bank = shiftbench.index(synth / "train", **opts)
+    assert spy_embed[1] == [] and bank.meta["counts"]["reused"] == N_TRAIN
+    assert not (tmp_path / "ws" / "work" / "index" / "parts").exists()  # removed once the bank is saved
+
+
 def test_parts_of_another_backbone_are_discarded(tmp_path, synth, lite0, tiny_ts, spy_embed):
     prod = synth / "prod"
     paths = find_images(prod)

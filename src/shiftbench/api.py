@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,9 +95,9 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
             previous = old.embeddings
     except InputError:
         pass
-    emb = embed_folder(root, paths, bb, Path(workspace) / "work" / "index", previous=previous,
-                       batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress,
-                       identity=identity)
+    work = Path(workspace) / "work" / "index"
+    emb = embed_folder(root, paths, bb, work, previous=previous, batch_size=batch_size, num_workers=num_workers,
+                       measure=measure, progress=progress, identity=identity, keep_parts=True)
     t_embed = time.perf_counter() - t0
     if emb.ok.sum() < 2:
         raise InputError(f"fewer than 2 readable images in {root}: cannot calibrate")
@@ -126,6 +127,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
     }
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
     save_bank(workspace, bank)
+    shutil.rmtree(work / "parts", ignore_errors=True)  # kept until now: an interrupted calibration resumes
     return bank
 
 

@@ -91,13 +91,15 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
                  *, previous: Embeddings | None = None, batch_size: int = 32, num_workers: int | None = None,
                  measure: Callable[..., dict] | None = None,
                  progress: Callable[[int, int], None] | None = None, flush_every: int = 256,
-                 identity: dict | None = None) -> Embeddings:
+                 identity: dict | None = None, keep_parts: bool = False) -> Embeddings:
     """Embed the images ``root/paths`` and return them in ``paths`` order.
 
     Parameters
     ----------
     work_dir
-        Folder for resumable parts (``work_dir/parts``); removed on success.
+        Folder for resumable parts (``work_dir/parts``); removed on success, unless ``keep_parts``:
+        then every row is saved there and the caller removes it once its own result is saved
+        (an interruption after the embedding then loses none of it).
     previous
         Earlier results made with the same backbone, reused per unchanged file.
     progress
@@ -153,7 +155,10 @@ def embed_folder(root: str | os.PathLike, paths: list[str], backbone: Backbone, 
             _save_part(parts_dir, pending)
         raise
     rows = [known[k] for k in keys]
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    if not keep_parts:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    elif pending:
+        _save_part(parts_dir, pending)
     emb = _assemble(rows, backbone.feature_dim)
     emb.reused = len(paths) - len(todo)
     return emb
