@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import cv2
@@ -434,6 +435,18 @@ def test_an_index_interrupted_after_embedding_reuses_every_embedding(tmp_path, s
     bank = shiftbench.index(synth / "train", **opts)
     assert spy_embed[1] == [] and bank.meta["counts"]["reused"] == N_TRAIN
     assert not (tmp_path / "ws" / "work" / "index" / "parts").exists()  # removed once the bank is saved
+
+
+def test_a_temporary_bank_folder_left_by_a_killed_run_is_removed_later(tmp_path, synth, tiny_ts):
+    ws = tmp_path / "ws"
+    stale, fresh, mine = ws / ".bank-k1ll3d_x", ws / ".bank-wr1t1ng_", ws / ".bank-notes"
+    for d in (stale, fresh, mine):
+        d.mkdir(parents=True)
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(mine, (old, old))
+    shiftbench.index(synth / "train", workspace=ws, backbone=str(tiny_ts), device="cpu", num_workers=0)
+    assert not stale.exists() and fresh.exists() and mine.exists()  # (another run's, and not a temp name)
 
 
 def test_parts_of_another_backbone_are_discarded(tmp_path, synth, lite0, tiny_ts, spy_embed):

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .embedding import Embeddings
+from .fsutil import remove_stale
 from .images import InputError
 from .scoring import FusedKNNScorer, KNNScorer
 from .search import load_index, save_index
@@ -84,6 +85,7 @@ def save_bank(workspace: str | os.PathLike, bank: Bank) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(final.parent, ".bank-")
     return final
 
 

@@ -6,9 +6,13 @@ Each writer goes to a temporary file in the same folder, fsyncs, then
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +51,23 @@ def check_writable(folder: str | os.PathLike) -> None:
     fd, probe = tempfile.mkstemp(prefix=".shiftbench-probe-", dir=d)  # the real test: permissions, read-only mounts
     os.close(fd)
     os.unlink(probe)
+
+
+STALE_S = 3600  # a temporary folder this old is no run's work in progress: one killed (SIGKILL) left it
+
+
+def remove_stale(folder: str | os.PathLike, prefix: str, older_than_s: float = STALE_S) -> None:
+    """Remove the temporary folders ``folder/prefix*`` that a killed run left behind (an hour old:
+    a run still writing one is seconds into it)."""
+    now = time.time()
+    for d in Path(folder).glob(f"{glob.escape(prefix)}*"):
+        if not re.fullmatch(r"[a-z0-9_]{8}", d.name[len(prefix):]):  # tempfile.mkdtemp's names only
+            continue
+        try:
+            if d.is_dir() and not d.is_symlink() and now - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def write_with(target: str | os.PathLike, writer: Callable[[str], None]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fsutil import write_json, write_text
+from ..fsutil import remove_stale, write_json, write_text
 from ..images import InputError
 from . import augment, plan as planmod, transforms
 from .scan_io import ScanOutputs, has_cause, load_scan, training_reference
@@ -339,3 +339,4 @@ def _write(out_dir: Path, summary: dict, selection: pd.DataFrame, spec: list[dic
         _swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(out_dir.parent, f".{out_dir.name}-")
