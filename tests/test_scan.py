@@ -178,6 +178,21 @@ def test_outputs_are_atomic(scanned):
     assert emb.shape[0] == len(result.table) and emb.dtype == np.float32
 
 
+def test_a_failed_write_names_its_file_and_leaves_the_old_one(tmp_path):
+    """A full disk: numpy's own message names no file ("problem writing element 39936 to file")."""
+    from shiftbench.fsutil import save_npy, write_with
+    target = tmp_path / "embeddings.npy"
+    save_npy(target, np.zeros(3, np.float32))
+
+    def full(path):
+        raise OSError("problem writing element 39936 to file")
+    with pytest.raises(OSError, match=f"cannot write {target}: problem writing element"):
+        write_with(target, full)
+    with pytest.raises(OSError, match=f"cannot write {target}: No space left on device"):
+        write_with(target, lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert np.load(target).shape == (3,) and [p.name for p in tmp_path.iterdir()] == ["embeddings.npy"]
+
+
 def test_outputs_have_normal_permissions(scanned):
     umask = os.umask(0)
     os.umask(umask)

@@ -37,6 +37,10 @@ def atomic_path(target: str | os.PathLike):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:  # name the file: a full disk says "problem writing element 39936 to file" in numpy
+        if e.errno:
+            raise OSError(e.errno, f"cannot write {target}: {e.strerror or e}") from e
+        raise OSError(f"cannot write {target}: {e}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
