@@ -161,6 +161,7 @@ def test_summary_adds_up(scanned, synth):
     s = json.loads((result.out_dir / "summary.json").read_text())
     t = result.table
     assert s["counts"] == {"images": N_PROD, "ok": N_PROD, "unreadable": 0, "flagged": int(t["is_ood"].sum())}
+    assert s["reused"] == {"embeddings": 0, "attributions": 0}  # a first scan of the folder
     assert s["share_flagged"] == pytest.approx(t["is_ood"].sum() / N_PROD)
     assert s["prod_dir"] == str((synth / "prod").resolve()) and s["out_dir"] == str(result.out_dir)
     assert s["bank"]["images"] == N_TRAIN and s["unreadable"] == []
@@ -261,6 +262,7 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
                  "--workers", "0", "--fail-on-shift", "0.0", "--no-explain", "--no-report")
     assert res.exit_code == 1
     assert res.stdout == f"{tmp_path / 'gate'}\n" and "shift gate" in res.stderr
+    assert "reused from an earlier run of this folder (unchanged files, same bank): 12 embeddings" in res.stderr
     assert not (tmp_path / "gate" / "report.html").exists()  # --no-report
     assert "cluster 0:" not in res.stderr
     unexplained = read_csv(tmp_path / "gate" / "images.csv")

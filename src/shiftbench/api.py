@@ -276,7 +276,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         from .training.scan_columns import add_model_columns
         add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
-    cards = _explain(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() else []
+    cards, kept = _explain(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() \
+        else ([], 0)
     t_explain = time.perf_counter() - t2
     tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
     drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], tested)
@@ -294,6 +295,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "calibration": cal.summary(fpr),
         "drift": drift.to_dict("records"),
         "clusters": cards,
+        "reused": {"embeddings": int(emb.reused), "attributions": kept},  # from an earlier or interrupted run
         "timings_s": {"index": round(t_index, 3), "embed": round(t_embed, 3), "explain": round(t_explain, 3),
                       "total": round(time.perf_counter() - t0, 3),
                       "images_per_s": round(n / t_embed, 2) if t_embed > 0 else None},
@@ -346,8 +348,9 @@ def _train_sizes(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, cache: Path,
-             progress) -> list[dict]:
-    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards.
+             progress) -> tuple[list[dict], int]:
+    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards
+    and how many attributions were kept from an earlier run.
 
     Each image's attribution is kept in ``cache`` as it is made (:mod:`shiftbench.explain.memo`):
     an interrupted scan resumes, and a rescan with the same bank reuses it.
@@ -395,7 +398,7 @@ def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb,
         table["cluster"] = table["cluster"].map(lambda c: new_id.get(c, -1)).astype(np.int64)
         for i, c in enumerate(cards):
             c["cluster"], c["harm"] = i, c.get("error_rate", 0.0) * c["size"]
-    return cards
+    return cards, len(keys) - len(todo)
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:

@@ -135,6 +135,10 @@ def scan(
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
          f"{100 * fpr:.0f}%), {c['unreadable']} unreadable", quiet)
+    reused = s.get("reused") or {}
+    if reused.get("embeddings") or reused.get("attributions"):  # a rerun, or a resumed interrupted scan
+        info(f"reused from an earlier run of this folder (unchanged files, same bank): {reused['embeddings']} "
+             f"embeddings, {reused['attributions']} attributions", quiet)
     drifted = [d for d in s["drift"] if d["drifted"]][:6]
     if drifted:
         info("conditions that changed (median vs training, KS test, Benjamini-Hochberg q < 0.01):", quiet)
