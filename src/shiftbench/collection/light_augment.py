@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..properties.measures import light_surface
+from ..explain.clusters import FLAT_SCENE_VIGNETTE
+from ..properties.measures import SURFACE_R2, light_surface
 from .entries import (MAX_ILLUMINATION, MIN_CAUSE_IMAGES, MIN_KIND_SHARE, central_span, entry, modes, one_of, pair,
                       rounded)
 from .scan_io import FALLOFF_P95, circular_mean, relative_gradient, uneven_threshold
@@ -138,15 +139,12 @@ def _side_light(rows: pd.DataFrame, rel: np.ndarray, rel_t: float, p: float) -> 
 
 VIGNETTE_SIGMA = 0.6  # Illumination 'gaussian' width in image sides: within the frame, close to a fall in r^2
 MIN_VIGNETTE = 0.1  # corners this much darker than training's (relative to the centre) count as a vignette
-MAX_TRAIN_VIGNETTE = 0.15  # as the cluster cards: beyond it the training images' own scene is not flat
-_CELLS = (np.arange(32) + 0.5) / 32 - 0.5
-_R2 = _CELLS[:, None] ** 2 + _CELLS[None, :] ** 2  # squared distance from the centre, in image sides
 
 
 def _falloff(i: float, n: int) -> float:
     """The ``vignetting`` that shiftbench measures on a flat square image after ``n`` copies of
     Illumination(gaussian, brighten, intensity ``i``, centred, sigma ``VIGNETTE_SIGMA``)."""
-    _, _, centre, radial = light_surface((1 + i * np.exp(-_R2 / (2 * VIGNETTE_SIGMA ** 2))) ** n)
+    _, _, centre, radial = light_surface((1 + i * np.exp(-SURFACE_R2 / (2 * VIGNETTE_SIGMA ** 2))) ** n)
     return float(-0.5 * radial / centre)
 
 
@@ -173,11 +171,11 @@ def _vignette(rows: pd.DataFrame, t: dict[str, float], p: float) -> dict | None:
     95% of the training images' (``FALLOFF_P95``: the relative ``vignetting`` also rises where an
     exposure falls, and darkened NEU steel read as vignetted); their strengths are the added falloff
     relative to the centre, 1 - (1 - v) / (1 - v_train). Only where the training images are lit
-    evenly (``|v_train|`` under ``MAX_TRAIN_VIGNETTE``): a bright part centred on a dark belt reads
+    evenly (``|v_train|`` under ``FLAT_SCENE_VIGNETTE``): a bright part centred on a dark belt reads
     as a vignetting of 1 and more, which describes the scene, not the light.
     """
     v_t, limit = t.get("vignetting", 0.0), t.get(FALLOFF_P95)
-    if limit is None or not abs(v_t) < MAX_TRAIN_VIGNETTE or "brightness" not in rows:
+    if limit is None or not abs(v_t) < FLAT_SCENE_VIGNETTE or "brightness" not in rows:
         return None
     v = rows["vignetting"].to_numpy(float)
     added = 1 - (1 - v) / (1 - v_t)

@@ -90,6 +90,9 @@ def _pct(new: float, old: float) -> str:
 # Lighting is named only where relighting the image like its neighbours also removes this share of its
 # distance (:mod:`.attribution`): imitated but not undone, lighting does not explain it.
 MIN_UNDO = 0.3
+# a falloff from the centre reads as the lens's only where the training scenes are evenly lit, their own
+# vignetting within this (a part in the middle of the frame is a bright centre, which any change of tone moves)
+FLAT_SCENE_VIGNETTE = 0.15
 
 
 def explained_share(members: pd.DataFrame) -> pd.Series:
@@ -116,10 +119,8 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
         if med["illum_gradient"] > 2 * center["illum_gradient"] + 0.02:
             out.append(f"uneven light: brightness changes by {med['illum_gradient']:.2f} across the image "
                        f"(training {center['illum_gradient']:.2f})")
-        # a falloff from the centre reads as the lens's only where the training scenes are evenly lit
-        # (a part in the middle of the frame is a bright centre of its own, which any change of tone moves)
         v_t = center.get("vignetting", 0.0)
-        if abs(v_t) < 0.15 and abs(med.get("vignetting", 0.0) - v_t) > 0.1:
+        if abs(v_t) < FLAT_SCENE_VIGNETTE and abs(med.get("vignetting", 0.0) - v_t) > 0.1:
             out.append(f"vignetting: corners {-100 * med['vignetting']:+.0f}% against the centre "
                        f"(training {-100 * center['vignetting']:+.0f}%)")
     elif cause == "angle":

@@ -87,6 +87,7 @@ def _percentiles(hist: np.ndarray, qs: list[float]) -> np.ndarray:
 _CENTRES = (np.arange(32) + 0.5) / 32 - 0.5
 _U, _V = np.tile(_CENTRES, 32), np.repeat(_CENTRES, 32)
 _SURFACE_PINV = np.linalg.pinv(np.c_[_U, _V, np.ones(32 * 32), _U ** 2 + _V ** 2])
+SURFACE_R2 = (_U ** 2 + _V ** 2).reshape(32, 32)  # r^2 of light_surface's cells (0.5 at the corners)
 
 
 def packed_weights(mask: np.ndarray, w: int) -> np.ndarray:
