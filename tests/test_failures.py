@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import shiftbench
 from conftest import noise, unreadable_corpus, write_files
-from shiftbench.api import _load_cached, _save_cached, _scan_cache
 from shiftbench.bank import load_bank
+from shiftbench.embedding import Embeddings, load_embeddings, save_embeddings
 from shiftbench.cli.main import app
 from shiftbench.collection import allocate
 from shiftbench.collection.plan import describe
@@ -87,17 +87,16 @@ def test_bank_files_of_different_lengths_are_damage(workspace):
 
 
 def test_a_half_written_scan_cache_is_not_used(tmp_path):
-    from shiftbench.embedding import Embeddings
-    cache = _scan_cache(tmp_path, tmp_path / "prod")
+    cache = tmp_path / "work" / "scan-x"
     table = pd.DataFrame({"path": ["a.png", "b.png"], "status": ["ok", "ok"]})
     emb = Embeddings(table, np.zeros((2, 4), np.float32))
-    _save_cached(cache, {"id": 1}, emb)
-    assert _load_cached(cache, {"id": 1}) is not None
+    save_embeddings(cache, {"id": 1}, emb)
+    assert load_embeddings(cache, {"id": 1}) is not None
     np.save(cache / "features.npy", np.zeros((3, 4), np.float32))  # a killed run's newer features
-    assert _load_cached(cache, {"id": 1}) is None
+    assert load_embeddings(cache, {"id": 1}) is None
     (cache / "identity.json").write_text("{}")
-    _save_cached(cache, {"id": 2}, emb)
-    assert _load_cached(cache, {"id": 2}).features.shape == (2, 4)
+    save_embeddings(cache, {"id": 2}, emb)
+    assert load_embeddings(cache, {"id": 2}).features.shape == (2, 4)
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -227,3 +226,37 @@ def test_labels_that_match_no_image_are_refused_before_embedding(workspace, synt
     absolute.write_text("path,label\n" + "".join(f"{p},x\n" for p in sorted((synth / "train").rglob("*.png"))))
     res = invoke("train", synth / "train", "--labels", absolute, "--out", tmp_path / "ck", "--device", "cpu")
     _one_line_error(res, 2, "paths are relative to the image folder")
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_a_read_only_workspace_is_scanned_into_out(workspace, synth, tmp_path, monkeypatch):
+    """A bank shared read-only by a team: the scan's resumable work goes into --out, the workspace is untouched.
+    (Tests run as root, who ignores permissions: the check is also told that the workspace is read-only.)"""
+    import shiftbench.api as api
+    real = api.check_writable
+
+    def read_only(folder):
+        if Path(folder).resolve().is_relative_to(workspace.resolve()):
+            raise PermissionError(f"cannot write to {folder}: Read-only file system")
+        real(folder)
+    monkeypatch.setattr(api, "check_writable", read_only)
+    shutil.rmtree(workspace / "work", ignore_errors=True)
+    before = _tree(workspace)
+    _one_line_error(invoke("scan", synth / "prod", "-w", workspace, "--device", "cpu"), 2,
+                    "is read-only: pass --out to write the scan elsewhere")
+    _one_line_error(invoke("scan", synth / "prod", "-w", workspace, "--reference", synth / "train", "--out",
+                           tmp_path / "o", "--device", "cpu"), 2, "Read-only file system")
+    out = tmp_path / "scan"
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", out, "--device", "cpu", "--workers", 0)
+    assert res.exit_code in (0, 1), res.output
+    assert _tree(workspace) == before
+    assert (out / "images.csv").is_file() and (out / api.SCAN_WORK / "identity.json").is_file()
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", out, "--device", "cpu", "--workers", 0)
+    assert res.exit_code in (0, 1) and "reused" in res.stderr  # a rerun into the same --out resumes from it
+    interrupted = tmp_path / "interrupted"  # only the work folder: a killed run's --out is still the scan's
+    shutil.copytree(out / api.SCAN_WORK, interrupted / api.SCAN_WORK)
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", interrupted, "--device", "cpu", "--workers", 0)
+    assert res.exit_code in (0, 1) and (interrupted / "images.csv").is_file()

@@ -7,7 +7,6 @@ directly and get tables back.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -21,12 +20,12 @@ import pandas as pd
 
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank, stored_backbone
-from .embedding import Embeddings, embed_folder, load_backbone
+from .embedding import embed_folder, load_backbone, load_embeddings, save_embeddings
 from .embedding.store import TABLE_COLUMNS
 from .explain import (CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, light_field_range,
                       new_pixel_size)
 from .explain import memo
-from .fsutil import save_npy, write_json, write_with
+from .fsutil import check_writable, save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
@@ -81,6 +80,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         raise InputError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}")
     if not 1 <= k < len(paths):
         raise InputError(f"-k {k} needs more than {k} training images; {root} has {len(paths)}")
+    check_writable(workspace)
     if backbone is None:  # "re-run to add new images" must not swap the model for the default
         old = stored_backbone(workspace) or {"name": "lite0"}
         backbone = old["name"]
@@ -136,34 +136,22 @@ def _identity(bb) -> dict:
     return {**bb.identity, "measures": MEASURES_VERSION}
 
 
-def _scan_cache(workspace: Path, prod_root: Path) -> Path:
+SCAN_WORK = ".shiftbench-work"  # a scan's resumable work inside --out, where the workspace is read-only
+
+
+def _scan_cache(workspace: Path, prod_root: Path, out: str | Path | None) -> Path:
+    """Where a scan keeps its embeddings and attributions, to resume and to reuse: the workspace's ``work/``,
+    or ``OUT/.shiftbench-work`` where the workspace is read-only (a bank shared by a team)."""
     key = hashlib.blake2b(str(prod_root).encode(), digest_size=8).hexdigest()
-    return workspace / "work" / f"scan-{key}"
-
-
-def _load_cached(cache: Path, identity: dict) -> Embeddings | None:
+    cache = workspace / "work" / f"scan-{key}"
     try:
-        if json.loads((cache / "identity.json").read_text()) != identity:
-            return None
-        logits = np.load(cache / "logits.npy") if (cache / "logits.npy").is_file() else None
-        table, features = pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy")
-    except (OSError, ValueError):
-        return None
-    if len(features) != len(table) or (logits is not None and len(logits) != len(table)):
-        return None  # files of two runs (identity.json is written last, so this should not happen)
-    return Embeddings(table, features, logits)
-
-
-def _save_cached(cache: Path, identity: dict, emb: Embeddings) -> None:
-    """The cache files, identity last: a run killed half-way leaves a cache that is not used."""
-    (cache / "identity.json").unlink(missing_ok=True)
-    write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
-    save_npy(cache / "features.npy", emb.features)
-    if emb.logits is not None:
-        save_npy(cache / "logits.npy", emb.logits)
-    else:
-        (cache / "logits.npy").unlink(missing_ok=True)
-    write_json(cache / "identity.json", identity)
+        check_writable(cache)
+        return cache
+    except OSError:
+        if out is None:
+            raise InputError(f"the workspace {workspace} is read-only: pass --out to write the scan elsewhere") \
+                from None
+        return Path(out) / SCAN_WORK
 
 
 def _default_out(workspace: Path) -> Path:
@@ -230,6 +218,11 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         raise InputError(f"no images found in {root}")
     _check_options(out, model, labels, paths)  # and so does a mistyped option, before minutes of embedding
     if reference is not None:
+        check_writable(workspace)  # index's own check, before the cache's fallback hides it
+    cache = _scan_cache(workspace, root, out)
+    if out is not None:
+        check_writable(out)  # not after the embedding and the attributions
+    if reference is not None:
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
     else:
@@ -241,13 +234,12 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     bb = load_backbone(**bank.meta["backbone"], device=device)
     identity = _identity(bb)
     check_identity(bank.meta, identity)
-    cache = _scan_cache(workspace, root)
     t1 = time.perf_counter()
-    emb = embed_folder(root, paths, bb, cache, previous=_load_cached(cache, identity),
+    emb = embed_folder(root, paths, bb, cache, previous=load_embeddings(cache, identity),
                        batch_size=batch_size, num_workers=num_workers, measure=measure, progress=progress,
                        identity=identity)
     t_embed = time.perf_counter() - t1
-    _save_cached(cache, identity, emb)
+    save_embeddings(cache, identity, emb)
 
     feats = with_conditions(emb.features, emb.table, bank.meta["conditions"])
     scores, nearest, distances = bank.scorer.score(feats)
@@ -314,7 +306,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
 def _check_options(out, model, labels, paths: list[str]) -> None:
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()) \
+    if out is not None and Path(out).is_dir() and any(p.name != SCAN_WORK for p in Path(out).iterdir()) \
             and not (Path(out) / "images.csv").is_file():  # a scan's files would replace the user's own
         raise InputError(f"--out {out} holds files and is not a scan's output folder: choose another --out")
     if labels is not None and not Path(labels).is_file():

@@ -52,7 +52,10 @@ def check_writable(folder: str | os.PathLike) -> None:
     d = Path(folder).resolve()
     while not d.exists() and d != d.parent:
         d = d.parent
-    fd, probe = tempfile.mkstemp(prefix=".shiftbench-probe-", dir=d)  # the real test: permissions, read-only mounts
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".shiftbench-probe-", dir=d)  # the real test: permissions, read-only mounts
+    except OSError as e:  # (the message names the folder, not the probe file)
+        raise PermissionError(f"cannot write to {folder}: {e.strerror or e}") from None
     os.close(fd)
     os.unlink(probe)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fsutil import save_npz, write_json
+from ..fsutil import save_npy, save_npz, write_json, write_with
 from .backbones import Backbone
 from .extract import embed_files
 
@@ -177,3 +177,31 @@ def _assemble(rows: list[dict], dim: int) -> Embeddings:
     logits = np.stack([r["logits"] for r in rows]).astype(np.float32) \
         if rows and all("logits" in r for r in rows) else None
     return Embeddings(table=table, features=feats, logits=logits)
+
+
+def load_embeddings(cache: Path, identity: dict) -> Embeddings | None:
+    """What :func:`save_embeddings` kept in ``cache``, or None where it is missing, damaged or made by
+    another model (``identity``)."""
+    try:
+        if json.loads((cache / "identity.json").read_text()) != identity:
+            return None
+        logits = np.load(cache / "logits.npy") if (cache / "logits.npy").is_file() else None
+        table, features = pd.read_parquet(cache / "images.parquet"), np.load(cache / "features.npy")
+    except (OSError, ValueError):
+        return None
+    if len(features) != len(table) or (logits is not None and len(logits) != len(table)):
+        return None  # files of two runs (identity.json is written last, so this should not happen)
+    return Embeddings(table, features, logits)
+
+
+def save_embeddings(cache: Path, identity: dict, emb: Embeddings) -> None:
+    """Keep ``emb`` in ``cache`` for a later run; ``identity`` last: a run killed half-way leaves files
+    that :func:`load_embeddings` does not use."""
+    (cache / "identity.json").unlink(missing_ok=True)
+    write_with(cache / "images.parquet", lambda p: emb.table.to_parquet(p, index=False))
+    save_npy(cache / "features.npy", emb.features)
+    if emb.logits is not None:
+        save_npy(cache / "logits.npy", emb.logits)
+    else:
+        (cache / "logits.npy").unlink(missing_ok=True)
+    write_json(cache / "identity.json", identity)

@@ -35,7 +35,7 @@ def check_out(folder) -> None:
     try:
         check_writable(folder)
     except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
+        raise InputError(str(e)) from None
 
 
 def check_lr(lr: float | None) -> None:
