@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank, stored_backbone
-from .embedding import embed_folder, load_backbone, load_embeddings, save_embeddings
+from .embedding import Embeddings, embed_folder, load_backbone, load_embeddings, save_embeddings
 from .embedding.store import TABLE_COLUMNS
 from .explain import (CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, light_field_range,
                       new_pixel_size)
@@ -242,28 +242,8 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     save_embeddings(cache, identity, emb)
 
     feats = with_conditions(emb.features, emb.table, bank.meta["conditions"])
-    scores, nearest, distances = bank.scorer.score(feats)
-    cal = bank.scorer.calibration_
-    p = cal.p_values(scores)
-    is_ood = np.nan_to_num(p, nan=1.0) <= fpr
-    train_paths = bank.table["path"].to_numpy()[bank.rows]
-    t = emb.table
-    table = pd.DataFrame({
-        "path": t["path"], "status": t["status"], "error": t["error"],
-        "ood_score": scores, "p_value": p, "is_ood": is_ood,
-        "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
-        "knn_distance": distances["penultimate"],
-        "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
-        **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1, "mode": -1,
-        "width": t["width"], "height": t["height"], "sha": t["sha"],
-        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)) & (t["status"] == "ok"),
-    })
-    measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
-                and pd.api.types.is_numeric_dtype(t[c])]
-    table = pd.concat([table, t[measures]], axis=1)
-    # attribution details: the same columns whether or not anything was flagged or explained
-    table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan, undo_lighting=np.nan,
-                         **{f"how_{c}": "" for c in CAUSES}, cause_own=table["cause"], cause_agreement=np.nan)
+    table, measures = _score_table(emb, feats, bank, fpr)
+    is_ood, t, cal = table["is_ood"].to_numpy(), emb.table, bank.scorer.calibration_
     if model is not None or labels is not None:
         from .training.scan_columns import add_model_columns
         add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
@@ -301,6 +281,34 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     save_npy(out_dir / "embeddings.npy", emb.features[:, :bank.scorer.views[0][1]])  # for collect's diversity
     write_json(out_dir / "summary.json", summary)
     return ScanResult(table=table, summary=summary, out_dir=out_dir)
+
+
+def _score_table(emb: Embeddings, feats: np.ndarray, bank: Bank, fpr: float) -> tuple[pd.DataFrame, list[str]]:
+    """``images.csv`` before the model's columns and the attributions: scores, flags and measurements
+    (the attribution columns empty), and the names of the measurement columns."""
+    scores, nearest, distances = bank.scorer.score(feats)
+    cal = bank.scorer.calibration_
+    p = cal.p_values(scores)
+    is_ood = np.nan_to_num(p, nan=1.0) <= fpr
+    train_paths = bank.table["path"].to_numpy()[bank.rows]
+    t = emb.table
+    table = pd.DataFrame({
+        "path": t["path"], "status": t["status"], "error": t["error"],
+        "ood_score": scores, "p_value": p, "is_ood": is_ood,
+        "nearest_train": np.where(nearest >= 0, train_paths[np.maximum(nearest, 0)], ""),
+        "knn_distance": distances["penultimate"],
+        "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
+        **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1, "mode": -1,
+        "width": t["width"], "height": t["height"], "sha": t["sha"],
+        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)) & (t["status"] == "ok"),
+    })
+    measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
+                and pd.api.types.is_numeric_dtype(t[c])]
+    table = pd.concat([table, t[measures]], axis=1)
+    # attribution details: the same columns whether or not anything was flagged or explained
+    table = table.assign(rotation_deg=np.nan, residual_score=np.nan, residual_p=np.nan, undo_lighting=np.nan,
+                         **{f"how_{c}": "" for c in CAUSES}, cause_own=table["cause"], cause_agreement=np.nan)
+    return table, measures
 
 
 def _check_options(out, model, labels, paths: list[str]) -> None:

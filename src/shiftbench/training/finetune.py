@@ -154,39 +154,8 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     classes, pre = list(meta["classes"]), source.preprocess
     original = load_labeled(train_root, pre, labels=train_labels, max_pixels=max_pixels,
                             num_workers=num_workers, progress=progress)
-    orig_train, orig_val = _recorded_split(_onto(original, classes, f"--train {train_root}"), meta, train_root)
-    new = _onto(_load_new(new_root, pre, new_labels, max_pixels, num_workers), classes, f"--new {new_root}")
-    ft, ho = stratified_split(new, holdout, seed)
-    warnings: list[str] = []  # logged, and kept in metrics.json
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if log:
-            log(f"warning: {message}")
-    held_out = set(orig_val.sha) | {new.sha[i] for i in ho}  # copies of these are never trained on
-    orig_train, dropped_orig = _without(orig_train, held_out)
-    if dropped_orig:
-        warn(f"{dropped_orig} original training images are copies of held-out ones (validation or production "
-             f"holdout, e.g. the new images copied into --train): not trained on, so that the gate stays honest")
-    new_train, dropped_new = _without(new.subset(ft), held_out)
-    if dropped_new:
-        warn(f"{dropped_new} new images are copies of held-out ones (the checkpoint's validation images, or "
-             f"production images held out for the gate): not trained on, so that the gate stays honest")
-    data = _Data(train_root, train_labels, new_root, Path(new_labels).resolve() if new_labels else None,
-                 orig_train, orig_val, new_train, new.subset(ho), original.skipped + new.skipped)
-    if not len(data.prod):
-        raise InputError(f"--new {new_root}: too few images to hold any out; label at least 2 of a class")
-    earlier = (meta.get("lineage") or {}).get("new_root")  # the parent was fine-tuned itself
-    if earlier and not any(Path(earlier).resolve().is_relative_to(r) for r in (new_root, train_root)):
-        warn(f"the checkpoint was fine-tuned on {meta['lineage'].get('n_new', '?')} images of {earlier}, "
-             f"which this run neither trains nor gates on: put them into --new or --train to keep them")
-    if orig_val.digest() != (meta.get("lineage") or {}).get("val_files_sha"):
-        missing = len(set(meta["split"]["val"]) - set(orig_val.paths))
-        warn(f"the validation images under {train_root} differ from those the checkpoint recorded ({missing} "
-             f"missing or changed); before and after are compared on the same images anyway")
-    if log:
-        log(f"{len(orig_train)} original + {len(data.new_train)} new training images; held out: "
-            f"{len(orig_val)} original validation, {len(data.prod)} production")
+    data, warnings = _gather(original, new_root, new_labels, meta, classes, train_root, train_labels, pre, holdout,
+                             seed, max_pixels, num_workers, log)
     t_load = time.perf_counter()
 
     # ---- score the parent, fine-tune, score again (same images, same device and precision)
@@ -210,7 +179,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     created = datetime.now(timezone.utc)
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable, "flip": flip,
                 "new_share": new_share, "new_draws_per_epoch": int(draws[len(data.orig_train):].sum()),
-                "copies_of_held_out_not_trained": dropped_orig + dropped_new,
+                "copies_of_held_out_not_trained": data.copies_dropped,
                 "seed": seed, "augment_file": augment_file, "augment_summary": card.transform_names(pipeline),
                 "augment": describe_augmentation(pipeline), "device": str(dev), "amp": amp}
     save_checkpoint(out_dir, model, _checkpoint_meta(meta, source, pre, data, training, result, evaluation,
@@ -252,10 +221,52 @@ class _Data:
     new_train: LabeledImages
     prod: LabeledImages  # held-out new images: the production test
     skipped: list[dict]
+    copies_dropped: int  # training images left out as copies of held-out ones
 
     @property
     def held_out(self) -> dict[str, LabeledImages]:
         return {"original_val": self.orig_val, "production_holdout": self.prod}
+
+
+def _gather(original: LabeledImages, new_root: Path, new_labels, meta: dict, classes: list[str], train_root: Path,
+            train_labels: Path | None, pre: Preprocess, holdout: float, seed: int, max_pixels: int,
+            num_workers: int | None, log: Callable[[str], None] | None) -> tuple[_Data, list[str]]:
+    """The four image sets (steps 2-3 of the module docstring), and the warnings about them (also logged)."""
+    orig_train, orig_val = _recorded_split(_onto(original, classes, f"--train {train_root}"), meta, train_root)
+    new = _onto(_load_new(new_root, pre, new_labels, max_pixels, num_workers), classes, f"--new {new_root}")
+    ft, ho = stratified_split(new, holdout, seed)
+    warnings: list[str] = []  # logged, and kept in metrics.json
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if log:
+            log(f"warning: {message}")
+    held_out = set(orig_val.sha) | {new.sha[i] for i in ho}  # copies of these are never trained on
+    orig_train, dropped_orig = _without(orig_train, held_out)
+    if dropped_orig:
+        warn(f"{dropped_orig} original training images are copies of held-out ones (validation or production "
+             f"holdout, e.g. the new images copied into --train): not trained on, so that the gate stays honest")
+    new_train, dropped_new = _without(new.subset(ft), held_out)
+    if dropped_new:
+        warn(f"{dropped_new} new images are copies of held-out ones (the checkpoint's validation images, or "
+             f"production images held out for the gate): not trained on, so that the gate stays honest")
+    data = _Data(train_root, train_labels, new_root, Path(new_labels).resolve() if new_labels else None,
+                 orig_train, orig_val, new_train, new.subset(ho), original.skipped + new.skipped,
+                 dropped_orig + dropped_new)
+    if not len(data.prod):
+        raise InputError(f"--new {new_root}: too few images to hold any out; label at least 2 of a class")
+    earlier = (meta.get("lineage") or {}).get("new_root")  # the parent was fine-tuned itself
+    if earlier and not any(Path(earlier).resolve().is_relative_to(r) for r in (new_root, train_root)):
+        warn(f"the checkpoint was fine-tuned on {meta['lineage'].get('n_new', '?')} images of {earlier}, "
+             f"which this run neither trains nor gates on: put them into --new or --train to keep them")
+    if orig_val.digest() != (meta.get("lineage") or {}).get("val_files_sha"):
+        missing = len(set(meta["split"]["val"]) - set(orig_val.paths))
+        warn(f"the validation images under {train_root} differ from those the checkpoint recorded ({missing} "
+             f"missing or changed); before and after are compared on the same images anyway")
+    if log:
+        log(f"{len(orig_train)} original + {len(data.new_train)} new training images; held out: "
+            f"{len(orig_val)} original validation, {len(data.prod)} production")
+    return data, warnings
 
 
 def _without(data: LabeledImages, shas: set[str]) -> tuple[LabeledImages, int]:
