@@ -322,6 +322,15 @@ def test_cli_index_prints_the_bank(tmp_path, synth, tiny_ts):
     assert f"indexed {N_TRAIN} images (0 unreadable, 0 reused)" in res.stderr
     meta = load_bank(ws).meta
     assert meta["k"] == 3 and meta["identity"]["backbone"] == "tiny.ts"
+    train = tmp_path / "train"  # --json: the bank's summary on one line, the unreadable files named
+    shutil.copytree(synth / "train", train)
+    (train / "broken.png").write_bytes(b"not an image")
+    res = invoke("index", train, "-w", ws, "--device", "cpu", "--workers", "0", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed["bank"] == str((ws / "bank").resolve()) and printed["k"] == 1
+    assert printed["counts"] == {**load_bank(ws).meta["counts"], "ok": N_TRAIN, "unreadable": 1}
+    assert [u["path"] for u in printed["unreadable"]] == ["broken.png"] and "conditions" not in printed
 
 
 def test_cli_version_and_default_k():

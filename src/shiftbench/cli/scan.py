@@ -44,6 +44,9 @@ def index(
     batch_size: BatchSize = 32,
     workers: Workers = None,
     quiet: Quiet = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the bank's summary (counts, backbone, index, unreadable files) instead of its folder.")
+    ] = False,
 ) -> None:
     """Embed the training images into a reference bank (re-run to add new images)."""
     with user_errors():
@@ -61,7 +64,15 @@ def index(
     if c.get("exact_copies") or c.get("with_copies", 0) > 0.05 * c["ok"]:  # (a few close pairs are normal)
         info(f"{c['with_copies']} training images have a copy or near-copy (frames of one burst? {c['exact_copies']} "
              f"are byte-identical duplicates): calibration skips copies, as a new image has none", quiet)
-    typer.echo(str((workspace / "bank").resolve()))
+    folder = str((workspace / "bank").resolve())
+    if json_out:
+        from ..fsutil import json_text
+        t = bank.table[bank.table["status"] != "ok"]
+        summary = {"bank": folder, **{k: v for k, v in bank.meta.items() if k != "conditions"},
+                   "unreadable": [{"path": a, "error": b} for a, b in zip(t["path"][:100], t["error"][:100])]}
+        typer.echo(json_text(summary, indent=None))
+    else:
+        typer.echo(folder)
 
 
 def scan(
