@@ -194,3 +194,16 @@ def test_constant_training_column_has_a_sane_effect():
     t = drift_table(train, prod).set_index("measure")
     assert abs(t.loc["moved", "effect"]) < 100 and t.loc["moved", "wasserstein"] < 100
     assert t.loc["rare", "wasserstein"] < 100
+
+
+def test_a_measurement_constant_in_training_is_not_infinitely_sensitive():
+    """Parts on a black belt: the 5th brightness percentile is 0 in every training image. One grey level
+    more in production read 4e9 training spreads (and flagged the image); the spread is now floored."""
+    from shiftbench.scoring.conditions import fit_standardizer, standardize
+    train = pd.DataFrame({"status": "ok", "brightness_p05": np.zeros(50), "noise": np.full(50, np.nan),
+                          "contrast": np.linspace(0.1, 0.3, 50)})
+    st = fit_standardizer(train)  # (an all-NaN column used to raise IndexError here)
+    prod = pd.DataFrame({"status": ["ok"], "brightness_p05": [1 / 255], "noise": [0.01], "contrast": [0.2]})
+    z = dict(zip(st["columns"], standardize(prod, st)[0]))
+    assert 1 < z["brightness_p05"] < 10 and np.isfinite(z["noise"])
+    assert robust_scale(np.array([0.2, 0.2, 0.2]), floor=1e-3) == pytest.approx(1e-3)

@@ -218,6 +218,22 @@ def test_leave_one_out_skips_copies_and_near_copies(monkeypatch):
     assert (radius_only.scores > 1e-3).all()
 
 
+def test_a_dense_mode_is_not_taken_for_copies():
+    """40% of the set alike (empty frames of a belt): closer to each other than a quarter of the set's
+    median spacing, but a new frame of that kind is as close to them. With the median radius alone every
+    one was skipped as a copy, and no image could be flagged at 5% (realised 0.000)."""
+    rng = np.random.default_rng(0)
+
+    def draw(m: int) -> np.ndarray:
+        x = rng.normal(size=(m, 8))
+        dense = rng.random(m) < 0.4
+        x[dense] = 3 + 0.02 * x[dense]
+        return x.astype(np.float32)
+    scorer = KNNScorer(k=1, index="flat", normalize=False).fit(draw(400))
+    assert scorer.index_info_["rows_with_copies"] < 10
+    assert 0.03 < (scorer.calibration_.p_values(scorer.score(draw(4000))[0]) <= 0.05).mean() < 0.07
+
+
 def test_score_of_queries():
     x = clustered(400, d=16, clusters=5, seed=5)
     scorer = KNNScorer(k=3).fit(x)
@@ -316,8 +332,25 @@ def test_neglog_p_inside_and_beyond_the_sample():
 
 def test_loo_neglog_p_ranks_against_the_others():
     loo = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
-    # p = #{scores >= own, itself included} / n
-    np.testing.assert_allclose(_loo_neglog_p(loo), -np.log(np.array([3, 5, 4, 1, 2]) / 5.0))
+    # p = #{scores >= own, itself included} / n; the top one, beyond the others, extended as a new image
+    # beyond the top would be: log(4 + 1) + (5 - 4) / tau, tau = |4| (too few scores for a tail slope)
+    expected = -np.log(np.array([3, 5, 4, 1, 2]) / 5.0)
+    expected[3] = np.log(5.0) + 0.25
+    np.testing.assert_allclose(_loo_neglog_p(loo), expected)
+    np.testing.assert_allclose(_loo_neglog_p(np.array([1.0, 5.0, 5.0])), -np.log(np.array([3, 2, 2]) / 3.0))  # tie
+
+
+def test_fused_false_alarm_rate_holds_with_a_small_bank():
+    """New in-distribution images are flagged at the target rate, not more: one beyond the top of a
+    view (1 in n + 1) gets the extended evidence, and so does the training image at the top."""
+    rates = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        train, new = rng.standard_t(3, size=(100, 16)), rng.standard_t(3, size=(2000, 16))
+        views = [(f"v{i}", 4) for i in range(4)]
+        fused = FusedKNNScorer(views, index="flat", raw_views=tuple(n for n, _ in views)).fit(train)
+        rates.append((fused.calibration_.p_values(fused.score(new)[0]) <= 0.01).mean())
+    assert np.mean(rates) <= 0.013  # 0.020 before the training top was extended too
 
 
 def test_fused_scorer_sums_per_view_evidence():

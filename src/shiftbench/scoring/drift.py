@@ -14,11 +14,14 @@ import pandas as pd
 from scipy import stats
 
 
-def robust_scale(x: np.ndarray) -> float:
-    """Spread of ``x``: IQR / 1.349 (= sigma for a Gaussian), falling back to std."""
+def robust_scale(x: np.ndarray, floor: float = 1e-12) -> float:
+    """Spread of ``x``: IQR / 1.349 (= sigma for a Gaussian); where the IQR is 0 (more than half the
+    values equal), the standard deviation, at least ``floor``; 1.0 for an empty ``x``."""
+    if len(x) == 0:
+        return 1.0
     q75, q25 = np.percentile(x, [75, 25])
     s = (q75 - q25) / 1.349
-    return float(s) if s > 1e-12 else float(max(np.std(x), 1e-12))
+    return float(s) if s > 1e-12 else float(max(np.std(x), floor))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:

@@ -37,10 +37,19 @@ def _neglog_p(cal_sorted: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def _loo_neglog_p(loo: np.ndarray) -> np.ndarray:
-    """-log p of each training score against the *other* training scores."""
+    """-log p of each training score against the *other* training scores, as :func:`_neglog_p` gives
+    a new image against all of them: the largest score, beyond the others, gets the same extension
+    (without it, a new in-distribution image beyond the top of a view, as likely as 1 in n + 1,
+    outscored every training image, and the fused false-alarm rate exceeded its target: 0.020 for
+    0.01 with 100 training images)."""
+    n = len(loo)
     srt = np.sort(loo)
-    ge = len(loo) - np.searchsorted(srt, loo, side="left")  # includes itself
-    return -np.log(ge / len(loo))
+    ge = n - np.searchsorted(srt, loo, side="left")  # includes itself
+    out = -np.log(ge / n)
+    if n > 2 and srt[-1] > srt[-2]:
+        top = int(np.argmax(loo))
+        out[top] = _neglog_p(srt[:-1], loo[top:top + 1])[0]
+    return out
 
 
 class FusedKNNScorer:

@@ -21,8 +21,9 @@ import numpy as np
 from ..search import build_index, l2_normalize, search, tune_recall
 
 DEFAULT_K = 1  # chosen on the steel benchmark (scripts/bench_detection.py, docs/benchmarks.md)
-# A training neighbour closer than NEAR_COPY x the median distance to the 5th neighbour is a near-copy
-# (a frame of the same burst, a re-save): leave-one-out skips it (see KNNScorer._leave_one_out).
+# A training neighbour closer than NEAR_COPY x the distance to the 5th neighbour (the set's median, or the
+# row's own where smaller) is a near-copy (a frame of the same burst, a re-save): leave-one-out skips it
+# (see KNNScorer._leave_one_out).
 NEAR_COPY, SPACING_RANK = 0.25, 5
 
 
@@ -127,20 +128,27 @@ class KNNScorer:
         frames or bursts holds near-copies of each image, and a new image has none: scored
         against its copy, every training image would look far more typical than any new one,
         and every production image would be flagged. So the score skips neighbours with the
-        same ``copies`` label or closer than the copy radius, ``NEAR_COPY`` x the median
-        distance to the ``SPACING_RANK``-th neighbour (the set's typical spacing: a pair that
-        much closer than its neighbours is one image twice). On sets without copies nothing
-        changes.
+        same ``copies`` label or closer than the copy radius, ``NEAR_COPY`` x the distance
+        to the ``SPACING_RANK``-th neighbour (a pair that much closer than its neighbours is one
+        image twice): the set's median such distance, or the row's own where that is smaller.
+        The row's own keeps a dense mode from being taken for copies (empty frames of a belt,
+        40% of a set and all alike: their neighbours are as close as a new empty frame's would
+        be, and with the median alone every one was skipped, which lifted the calibration until
+        nothing could be flagged). On sets without copies nothing changes.
         """
         n, k = len(x), min(self.k, len(x) - 1)
-        radius = NEAR_COPY * self._spacing(x, copies)
+        own = self._spacing(x, copies)
+        finite = own[np.isfinite(own)]
+        median = float(np.median(finite)) if len(finite) else 0.0
+        radii = NEAR_COPY * np.minimum(own, median)
+        radius = NEAR_COPY * median
         out, skipped = np.empty(n, dtype=np.float32), 0
         for lo in range(0, n, batch):
             rows = np.arange(lo, min(lo + batch, n))
             depth = k + 1
             while True:  # deeper where copies take up the nearest places
                 dist, ids = search(self.index_, x[rows], depth)
-                other = (ids >= 0) & (ids != rows[:, None]) & (dist >= radius)
+                other = (ids >= 0) & (ids != rows[:, None]) & (dist >= radii[rows][:, None])
                 if copies is not None:
                     other &= copies[np.maximum(ids, 0)] != copies[rows][:, None]
                 found = other.sum(1) >= k
@@ -153,9 +161,10 @@ class KNNScorer:
             skipped += int((out[rows] > plain).sum())
         return out, radius, skipped
 
-    def _spacing(self, x: np.ndarray, copies: np.ndarray | None, batch: int = 4096) -> float:
-        """Median distance to the ``SPACING_RANK``-th nearest *other image*: exact copies (same
-        ``copies`` label) count once, so a set of every image twice has the spacing of the set once."""
+    def _spacing(self, x: np.ndarray, copies: np.ndarray | None, batch: int = 4096) -> np.ndarray:
+        """(N,) distance of each row to its ``SPACING_RANK``-th nearest *other image* (inf where there is
+        none): exact copies (same ``copies`` label) count once, so a set of every image twice has the
+        spacing of the set once."""
         n = len(x)
         codes = np.unique(copies, return_inverse=True)[1].astype(np.int64) if copies is not None \
             else np.arange(n, dtype=np.int64)
@@ -169,8 +178,7 @@ class KNNScorer:
             firsts = _first_of_each(c) & (c != codes[rows][:, None]) & (c >= 0)  # one entry per other image
             hit = np.cumsum(firsts, axis=1) == rank
             d[rows] = np.where(hit.any(1), dist[np.arange(len(rows)), hit.argmax(1)], np.inf)
-        d = d[np.isfinite(d)]
-        return float(np.median(d)) if len(d) else 0.0
+        return d
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores of (M, D) features.
