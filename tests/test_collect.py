@@ -781,3 +781,17 @@ def test_copies_of_one_image_are_labelled_once(tmp_path):
     chosen = res.selection["path"].tolist()
     shas = {r["path"]: r["sha"] for r in rows}
     assert len(chosen) == 2 and {shas[p] for p in chosen} == {"h0", "h1"}
+
+
+@pytest.mark.parametrize("p", [0.0, 2.0, -1.0])
+def test_a_bad_augmentation_probability_is_refused_first(fake_scan, tmp_path, p):
+    with pytest.raises(InputError, match="probability p must be in"):
+        shiftbench.collect(fake_scan, budget=3, out=tmp_path / "c", p=p)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_output_folder_is_absolute(fake_scan, tmp_path, monkeypatch):
+    """A notebook changes directory between calls: the folder returned must still be right."""
+    monkeypatch.chdir(tmp_path)
+    res = shiftbench.collect(fake_scan, budget=3, out="rel_collect", copy=False)
+    assert res.out_dir == tmp_path / "rel_collect" and res.out_dir.is_absolute()

@@ -225,6 +225,18 @@ def test_a_thumbnail_decodes_a_large_jpeg_reduced_and_turned_the_same(orientatio
     assert decode_image(png, thumbnail=64).shape == decode_image(png).shape
 
 
+def test_decoding_in_threads_leaves_the_warning_filters_alone():
+    """Each decode used to enter ``warnings.catch_warnings``, which is not thread-safe: decoding in a
+    thread pool left a filter behind in the caller's process."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+    data = [jpeg_bytes(noise(64 + i, 48)) for i in range(16)] + [png_bytes(noise(40, 30 + i)) for i in range(16)]
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(8) as pool:
+        images = list(pool.map(decode_image, data * 8))
+    assert warnings.filters == before and all(im.ndim == 3 for im in images)
+
+
 def test_malformed_orientation_ignored():
     exif = Image.Exif()
     exif[0x0112] = 99  # not 1..8: shown as stored

@@ -260,3 +260,16 @@ def test_a_read_only_workspace_is_scanned_into_out(workspace, synth, tmp_path, m
     shutil.copytree(out / api.SCAN_WORK, interrupted / api.SCAN_WORK)
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", interrupted, "--device", "cpu", "--workers", 0)
     assert res.exit_code in (0, 1) and (interrupted / "images.csv").is_file()
+
+
+def test_a_mistyped_python_option_is_a_type_error_before_embedding(workspace, synth, tmp_path, spy_embed):
+    import inspect
+
+    from shiftbench.api import INDEX_OPTIONS, index
+    own = {"train_dir", "workspace", "device", "batch_size", "num_workers", "progress", "labels"}
+    assert set(INDEX_OPTIONS) == set(inspect.signature(index).parameters) - own
+    with pytest.raises(TypeError, match="modle"):
+        shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "o", modle="ckpt")
+    with pytest.raises(InputError, match="only apply with --reference"):
+        shiftbench.scan(synth / "prod", workspace=workspace, out=tmp_path / "o", k=3)
+    assert spy_embed == []

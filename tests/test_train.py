@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 import shiftbench
 from shiftbench.cli.main import app
 from shiftbench.embedding import load_backbone, resize_for_model
-from shiftbench.images import read_image
+from shiftbench.images import InputError, read_image
 from shiftbench.training import (build_classifier, load_labeled, load_source, plan_trainable, predict,
                                  stratified_split, train)
 
@@ -267,8 +267,26 @@ def test_augment_pipeline_runs_end_to_end(toy, tmp_path):
         return img
     aug = A.Compose([A.RandomBrightnessContrast(p=1), A.Lambda(name="spy", image=spy)])
     res = train(toy, out=tmp_path / "aug", epochs=1, trainable="head", augment=aug, **FAST)
-    assert not res.fit.cached and calls and set(calls) == {(64, 64, 3)}
+    assert calls[0] == (32, 32, 3)  # tried once on a dummy image first: a bad pipeline fails before the loading
+    assert not res.fit.cached and set(calls[1:]) == {(64, 64, 3)}
     assert res.meta["training"]["augment"]["transform"]["__class_fullname__"].endswith("Compose")
+
+
+def test_an_augmentation_file_trains_and_the_callers_random_state_is_kept(toy, tmp_path):
+    """``augment`` may be the YAML file ``collect`` writes, as for finetune; and training seeds torch for
+    itself without changing the caller's random numbers."""
+    import albumentations as A
+    path = tmp_path / "augment.yaml"
+    A.save(A.Compose([A.RandomBrightnessContrast(p=1)]), str(path), data_format="yaml")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    res = train(toy, out=tmp_path / "aug", epochs=1, trainable="head", augment=path, **FAST)
+    assert torch.equal(torch.rand(3), expected)
+    assert res.meta["training"]["augment"]["transform"]["transforms"][0]["__class_fullname__"].endswith(
+        "RandomBrightnessContrast")
+    with pytest.raises(InputError, match="no such file"):
+        train(toy, out=tmp_path / "x", epochs=1, augment=tmp_path / "nope.yaml", **FAST)
 
 
 # ------------------------------------------------------------------ CLI
@@ -326,6 +344,11 @@ def test_an_out_folder_that_cannot_be_written_fails_before_training(toy):
     res = invoke("train", toy, "--out", "/proc/shiftbench-test/model", "--device", "cpu")
     assert res.exit_code == 2 and "cannot write to /proc/shiftbench-test/model" in res.stderr
     assert "epoch" not in res.stderr
+
+
+def test_predict_on_a_missing_folder_is_an_error_not_a_row(trained, tmp_path):
+    with pytest.raises(InputError, match="no such folder or image"):
+        predict(trained.checkpoint, tmp_path / "nothere", device="cpu")
 
 
 def test_cli_predict_writes_the_api_table(trained, toy, tmp_path):

@@ -139,6 +139,10 @@ def _identity(bb) -> dict:
 SCAN_WORK = ".shiftbench-work"  # a scan's resumable work inside --out, where the workspace is read-only
 
 
+# index()'s own options, which scan passes on with reference= (its labels are scan's production labels)
+INDEX_OPTIONS = ("backbone", "weights", "num_classes", "resize", "layers", "k", "index_kind")
+
+
 def _scan_cache(workspace: Path, prod_root: Path, out: str | Path | None) -> Path:
     """Where a scan keeps its embeddings and attributions, to resume and to reuse: the workspace's ``work/``,
     or ``OUT/.shiftbench-work`` where the workspace is read-only (a bank shared by a team)."""
@@ -183,13 +187,19 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     explain
         Attribute each flagged image to a cause by intervention and cluster them
         (:mod:`shiftbench.explain`); needs the training images where the bank found them.
+        Without it flagged rows keep ``cause`` ``unknown`` and ``cluster`` -1.
     model
         A checkpoint from :func:`shiftbench.train`: adds its ``prediction`` and
-        ``confidence`` per image (softmax probability of the predicted class).
+        ``model_confidence`` per image (softmax probability of the predicted class).
     labels
         CSV ``path,label`` for some production images: adds ``label`` and
         ``correct`` (with ``model``), and each cluster card gets its error rate;
         clusters are then numbered by harm (error rate x size).
+    workspace, device, batch_size, num_workers
+        The folder of the bank (and of the resumable work and default output); as for :func:`index`.
+    progress, explain_progress
+        ``progress(done, total)`` callbacks: the embedding (with ``reference``, the index's first,
+        then the scan's), and the attribution of the flagged images.
 
     Returns
     -------
@@ -217,6 +227,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     if not paths:
         raise InputError(f"no images found in {root}")
     _check_options(out, model, labels, paths)  # and so does a mistyped option, before minutes of embedding
+    unknown = sorted(set(index_options) - set(INDEX_OPTIONS))
+    if unknown:  # (a typo, not an option for the bank)
+        raise TypeError(f"scan() got unexpected keyword arguments {unknown}; index options: {', '.join(INDEX_OPTIONS)}")
     if reference is not None:
         check_writable(workspace)  # index's own check, before the cache's fallback hides it
     cache = _scan_cache(workspace, root, out)
@@ -227,7 +240,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
                      num_workers=num_workers, progress=progress, **index_options)
     else:
         if index_options:
-            raise InputError(f"{sorted(index_options)} only apply with --reference")
+            raise InputError(f"{sorted(index_options)} only apply with --reference (reference= in Python)")
         bank = load_bank(workspace)
     t_index = time.perf_counter() - t0
     _check_reachable(bank, fpr)
@@ -253,7 +266,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     t_explain = time.perf_counter() - t2
     tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
     drift = drift_table(bank.table[bank.table["status"] == "ok"], t[emb.ok], tested)
-    out_dir = Path(out) if out is not None else _default_out(workspace)
+    out_dir = (Path(out) if out is not None else _default_out(workspace)).resolve()  # (still right after a chdir)
     n, n_ok, n_flag = len(table), int(emb.ok.sum()), int(is_ood.sum())
     summary = {
         "shiftbench": __version__, "created": _now(), "prod_dir": str(root), "out_dir": str(out_dir),

@@ -228,10 +228,12 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
         ``modes`` where the cluster has several: see :func:`.plan.describe`);
         ``selection``: the rows of selection.csv; ``out_dir``.
     """
+    if not 0 < p <= 1:  # (albumentations would refuse it only at the end, in its own words)
+        raise InputError(f"the augmentation's probability p must be in (0, 1], got {p}")
     scan = load_scan(scan_dir)
     n_readable = int((scan.table["status"].astype(str) == "ok").sum())
     budget, budget_source = resolve_budget(budget, budget_fraction, n_readable)
-    out_dir = Path(out) if out is not None else scan.scan_dir / "collect"
+    out_dir = (Path(out) if out is not None else scan.scan_dir / "collect").resolve()
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
                                                         and not (out_dir / "plan.json").is_file())):
         raise InputError(f"{out_dir} exists and is not a collect output: choose another --out")

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..images import InputError
 from .fold import fuse_batchnorm
 from .lite0 import EfficientNetLite0, lite0_weights_path
 
@@ -49,8 +50,8 @@ RESIZE_POLICIES = ("squash", "pad", "crop")
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "shiftbench-checkpoint", 1
 
 
-class BackboneError(ValueError):
-    """A backbone that cannot be built or loaded; ``str(e)`` says what to do."""
+class BackboneError(InputError):
+    """A backbone that cannot be built or loaded; ``str(e)`` says what to do (an :class:`InputError`)."""
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,9 @@ def _torchvision(arch: str, weights: str | None, num_classes: int | None) -> tup
                                 f"or pass weights=FILE (--weights)")
         weights = str(path)
     if weights == "none":
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes or 1000)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes or 1000)
         return model.eval(), "random-init-seed0", pre
     sd = load_state_dict(weights)
     if num_classes is None:  # read the class count from the classifier in the file
@@ -320,8 +322,9 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
     elif name == "lite0":
         model = EfficientNetLite0(num_classes=num_classes or 1000)
         if weights == "none":
-            torch.manual_seed(0)
-            model = EfficientNetLite0(num_classes=num_classes or 1000)
+            with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+                torch.manual_seed(0)
+                model = EfficientNetLite0(num_classes=num_classes or 1000)
             weights_id = "random-init-seed0"
         else:
             path = weights or lite0_weights_path()

@@ -30,6 +30,10 @@ DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger inputs are refused, not decod
 # OpenCV's own logging (not libjpeg's, see _decode_jpeg) would repeat on stderr what the
 # ``error`` column already says; keep the terminal clean.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# Pillow warns about images above its own 89 MP limit; ``max_pixels`` is the limit here. One filter set
+# once: ``warnings.catch_warnings`` around each decode is not thread-safe, and decoding runs in threads
+# (its filters leaked into the caller's process).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(Exception):
@@ -88,15 +92,13 @@ def _check_complete(data: bytes, fmt: str) -> None:
 def _header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) from the header, without decoding pixels."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                try:
-                    orientation = int(im.getexif().get(0x0112, 1) or 1)
-                except Exception:  # malformed EXIF must not cost the image
-                    orientation = 1
-                return w, h, orientation
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            try:
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:  # malformed EXIF must not cost the image
+                orientation = 1
+            return w, h, orientation
     except Image.DecompressionBombError:
         raise ImageError(f"too large: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels") from None
     except Exception:
@@ -204,12 +206,10 @@ def _decode_jpeg(data: bytes, reduce: int) -> np.ndarray | None:
     no Python code can catch them, while Pillow keeps them quiet.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is our limit
-            with Image.open(io.BytesIO(data)) as im:
-                if reduce > 1:
-                    im.draft("RGB", (im.width // reduce, im.height // reduce))
-                img = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as im:
+            if reduce > 1:
+                im.draft("RGB", (im.width // reduce, im.height // reduce))
+            img = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for bad data
         return None
     return img if img.size else None

@@ -19,11 +19,11 @@ from torch import nn
 from .. import __version__
 from ..embedding import embed_files, load_backbone
 from ..images import DEFAULT_MAX_PIXELS, InputError, find_images
-from .augmentation import describe_augmentation
+from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
 from .fit import DEFAULT_LR, FitResult, fit
-from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source
+from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source, own_rng
 
 DEFAULT_CHECKPOINTS = Path(".shiftbench") / "checkpoints"
 
@@ -61,6 +61,7 @@ def _check(epochs: int, batch_size: int, val_fraction: float, trainable: str, pa
         raise InputError(f"monitor must be accuracy or loss, got {monitor!r}")
 
 
+@own_rng
 def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, backbone: str = "lite0",
           weights: str | None = None, labels: str | os.PathLike | None = None, epochs: int = 15,
           lr: float | None = None, batch_size: int = 32, size: int | None = None, resize: str | None = None,
@@ -91,7 +92,9 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
         ``head``, ``last`` (default) or ``all``: see :mod:`shiftbench.training.model`.
     val_fraction, seed
         Share of each class held out for validation (split by a seeded hash of the path).
-    epochs, lr, batch_size, patience, monitor, device, amp, augment, flip
+    augment
+        An albumentations transform, or the YAML (or JSON) file of one (as ``collect`` writes).
+    epochs, lr, batch_size, patience, monitor, device, amp, flip
         See :func:`~shiftbench.training.fit.fit`.
     progress, log
         ``progress(done, total)`` while reading images and training; ``log(line)`` per epoch.
@@ -109,6 +112,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise InputError(f"not a folder: {data_dir}")
+    augment, _ = load_augment(augment)  # a file (as collect writes) or a transform; a bad one fails now
     source = load_source(backbone, weights, size=size, resize=resize)
     data = load_labeled(root, source.preprocess, labels=labels, max_pixels=max_pixels,
                         num_workers=num_workers, progress=progress)
@@ -148,7 +152,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
         "split": {"train": train_set.paths, "val": val_set.paths},
     }
     out = out or DEFAULT_CHECKPOINTS / f"{root.name}-{created:%Y%m%d-%H%M%S}"
-    path = save_checkpoint(out, model, meta)
+    path = save_checkpoint(out, model, meta).resolve()
     result.run_state.remove(others=out_given)  # (in its own --out folder: stale states of changed runs too)
     return TrainResult(path, read_checkpoint(path), model, result)
 
@@ -174,6 +178,8 @@ def predict(checkpoint: str | os.PathLike, images: str | os.PathLike | Iterable[
     bb = load_backbone(str(checkpoint), device=device, layers=False)
     if bb.classes is None:
         raise InputError(f"not a shiftbench checkpoint: {checkpoint}")
+    if isinstance(images, (str, os.PathLike)) and not Path(images).exists():  # a typo, not an unreadable image
+        raise InputError(f"no such folder or image: {images}")
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
         root, paths = Path(images), find_images(images)
         shown = paths

@@ -48,7 +48,7 @@ from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Inputs, LabeledImages, load_labeled, stratified_split
 from .fit import DEFAULT_LR, _autocast, fit
-from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source
+from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source, own_rng
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
 
@@ -72,6 +72,7 @@ class FinetuneResult:
         return self.out_dir
 
 
+@own_rng
 def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
              train_dir: str | os.PathLike | None = None, augment=None,
              new_labels: str | os.PathLike | None = None, train_labels: str | os.PathLike | None = None,

@@ -17,6 +17,7 @@ after a few epochs, so the validation score would not measure the trained model.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,17 @@ from ..fsutil import check_writable
 from ..images import InputError
 
 TRAINABLE = ("head", "last", "all")
+
+
+def own_rng(fn):
+    """Decorator: ``fn`` seeds torch for itself (new heads, each epoch's dropout); the caller's torch
+    random state is put back afterwards (the CPU's, and CUDA's where the caller had started it)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def check_out(folder) -> None:

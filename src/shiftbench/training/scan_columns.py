@@ -14,7 +14,7 @@ from .api import classify, predict
 
 def add_model_columns(table: pd.DataFrame, root: Path, paths: list[str], model, labels, bb, logits,
                        device: str, batch_size: int, num_workers: int | None) -> None:
-    """``prediction``/``confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place).
+    """``prediction``/``model_confidence`` from ``model``, ``label``/``correct`` from ``labels`` (in place).
 
     When the bank's backbone is the model itself (the usual case: the bank lives in
     the deployed model's feature space), the logits of the embedding pass are used
