@@ -960,3 +960,15 @@ def test_a_squashed_image_is_a_wrong_resize_in_the_pipeline(bank_workspace, lite
     assert row["share_pipeline"] >= at.STRICT_SHARE and row["share_resolution"] == 0.0
     assert at.aspect_changed((h // 4, w), (h, w)) and not at.aspect_changed((h // 2, w // 2), (h, w))
     assert not at.aspect_changed((100, 105), (100, 100))  # within the tolerance: the same camera's crop
+
+
+def test_a_card_names_uneven_light_relative_to_the_exposure():
+    """A dim side light has a small absolute gradient (0.08 at brightness 0.1): the card judged it in
+    absolute units and said nothing, while the collection plan, relative to the exposure, said "falling off"."""
+    members = pd.DataFrame({"brightness": [0.10, 0.11, 0.09], "brightness_p50": [0.1, 0.1, 0.1],
+                            "contrast": [0.05, 0.05, 0.05], "illum_gradient": [0.08, 0.09, 0.07]})
+    center = {"brightness": 0.5, "brightness_p50": 0.5, "contrast": 0.1, "illum_gradient": 0.05}
+    lines = describe_change(members, "lighting", center)
+    assert any(line.startswith("uneven light: brightness changes by 80% of its mean") for line in lines), lines
+    even = describe_change(members.assign(illum_gradient=0.02), "lighting", center)
+    assert not any("uneven" in line for line in even)

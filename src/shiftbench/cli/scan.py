@@ -150,12 +150,16 @@ def scan(
     if reused.get("embeddings") or reused.get("attributions"):  # a rerun, or a resumed interrupted scan
         info(f"reused from an earlier run of this folder (unchanged files, same bank): {reused['embeddings']} "
              f"embeddings, {reused['attributions']} attributions", quiet)
-    drifted = [d for d in s["drift"] if d["drifted"]][:6]
+    drifted = [d for d in s["drift"] if d["drifted"]]
     if drifted:
-        info("conditions that changed (median vs training, KS test, Benjamini-Hochberg q < 0.01):", quiet)
-        for d in drifted:
+        info("conditions that changed (median vs training; effect in training spreads, i.e. robust standard "
+             "deviations; KS test, Benjamini-Hochberg q < 0.01):", quiet)
+        for d in drifted[:6]:
             info(f"  {d['measure']:<22} {d['train_median']:>9.4g} -> {d['prod_median']:<9.4g} "
                  f"({d['effect']:+.1f} spreads, q={d['q_value']:.1e})", quiet)
+        if len(drifted) > 6:
+            info(f"  and {len(drifted) - 6} more ({', '.join(d['measure'] for d in drifted[6:])}): "
+                 f"summary.json 'drift'", quiet)
     for card in s["clusters"]:
         err = (f", error rate {100 * card['error_rate']:.0f}% of {card['labelled']} labelled"
                if "error_rate" in card else "")

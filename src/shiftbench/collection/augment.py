@@ -26,6 +26,9 @@ from .scan_io import changed_zoom, circular_mean, has_cause, how_values, sheared
 def _angle(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
     children, whys = [], []
     for mode in modes(rows):
+        stray = not mode["cause"].astype(str).str.startswith("angle").any() if "cause" in mode else False
+        if stray and len(mode) < MIN_CAUSE_IMAGES <= len(rows):  # a few of another cluster (resolution+angle)
+            continue
         rot = central_span(mode["rotation_deg"]) if "rotation_deg" in mode else None
         z = central_span(changed_zoom(mode))  # None where the camera kept its distance
         shear = sheared(mode)  # attribution fits fixed shears (pose.SHEARS): augmented both ways up to them

@@ -1,7 +1,7 @@
 """The collection plan: per failure cluster, what to reproduce on the line, in words and numbers.
 
 Each cluster's conditions are its members' measurements (medians and
-ranges without outliers, the same ranges the augmentation uses) set against the training set's medians, phrased as
+10th-90th percentile ranges without outliers, the ranges the augmentation and the cluster cards use) set against the training set's medians, phrased as
 instructions for whoever shoots the new images ("median brightness 0.23
 (training 0.51)", "camera rotated +16..+28 degrees"). Only the measurements
 of the cluster's own causes are described: attribution fills ``how_*`` for
@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..explain.clusters import explained_share
-from .scan_io import (changed_zoom, circular_mean, has_cause, relative_gradient, sheared, span, stretched,
+from .entries import central_span
+from .scan_io import (changed_zoom, circular_mean, has_cause, relative_gradient, sheared, stretched,
                       uneven_threshold)
 from .select import allocate
 
@@ -48,7 +49,8 @@ def _med(members: pd.DataFrame, col: str) -> float:
 
 
 def numbers(members: pd.DataFrame, causes: list[str], train: dict[str, float]) -> dict[str, dict]:
-    """measure -> {production median, production range (outliers dropped, see ``span``), training median}."""
+    """measure -> {production median, production range (10th-90th percentile, outliers dropped: see
+    ``central_span``), training median}."""
     out = {}
     for cause in causes:
         for col in PLAN_MEASURES.get(cause, ()):
@@ -57,7 +59,7 @@ def numbers(members: pd.DataFrame, causes: list[str], train: dict[str, float]) -
             if not len(v):
                 continue
             t = 0.0 if col == "rotation_deg" else train.get(col, float("nan"))
-            out[col] = {"production": float(np.median(v)), "production_range": list(span(v)),
+            out[col] = {"production": float(np.median(v)), "production_range": list(central_span(v)),
                         "training": float(t)}
     return out
 
@@ -66,7 +68,7 @@ def _lighting(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
     out = []  # a measurement missing from every member (failed, or an older scan) gives no line
     b, bt = _med(m, "brightness_p50"), t.get("brightness_p50", float("nan"))
     if np.isfinite(b):
-        lo, hi = span(m["brightness_p50"])
+        lo, hi = central_span(m["brightness_p50"])
         rng = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}..{hi:.2f}"
         out.append(f"median brightness {b:.2f} (training {bt:.2f}{_pct(b, bt)}; images {rng})")
     c, ct = _med(m, "contrast"), t.get("contrast", float("nan"))
@@ -80,7 +82,7 @@ def _lighting(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
         out.append(f"light falling off{where}: brightness changes by {100 * np.nanmedian(rel):.0f}% of its mean "
                    f"across the image (training {100 * rel_t:.0f}%; gradient {_med(m, 'illum_gradient'):.3f})")
     cc, cct = _med(m, "colour_cast"), t.get("colour_cast", 0.0)
-    if cc > cct + 0.02:
+    if cc > max(cct + 0.01, 1.5 * cct):  # (a warm light on grey parts: 0.017 -> 0.031)
         warm = _med(m, "rb_balance") > t.get("rb_balance", 0.0)
         out.append(f"{'warm' if warm else 'cool'} colour cast {cc:.3f} (training {cct:.3f})")
     return out
@@ -91,13 +93,13 @@ def _angle(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
     rot = m["rotation_deg"].to_numpy(float) if "rotation_deg" in m else np.array([])
     rot = rot[np.isfinite(rot)]
     if len(rot):
-        lo, hi = span(rot)
+        lo, hi = central_span(rot)
         both = " (both ways)" if lo < 0 < hi else ""
         out.append(f"camera rotated {lo:+.0f}..{hi:+.0f} degrees{both} against the training pose "
                    f"(median {np.median(rot):+.0f})")
     zoom = changed_zoom(m)
     if len(zoom):
-        lo, hi = span(zoom)
+        lo, hi = central_span(zoom)
         scale = f"{lo:.2f}x" if hi - lo < 0.01 else f"{lo:.2f}..{hi:.2f}x"
         out.append(f"camera closer: parts magnified {scale}" if np.median(zoom) > 1 else
                    f"camera farther away: parts shown at {scale} their training size")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..explain.clusters import relative_gradient, uneven_threshold  # (re-exported)
 from ..images import InputError
 
 # Outliers dropped by :func:`span` (spreads beyond the quartiles): one wild estimate must not stretch a range.
@@ -216,19 +217,3 @@ def circular_mean(deg, period: float = 360.0) -> tuple[float, float]:
         return float("nan"), 0.0
     c, s = np.cos(a).mean(), np.sin(a).mean()
     return float(np.degrees(np.arctan2(s, c)) * period / 360.0 % period), float(np.hypot(c, s))
-
-
-def relative_gradient(rows: pd.DataFrame) -> np.ndarray | None:
-    """Illumination gradient over mean brightness per row: uneven light as a share of the exposure.
-
-    The absolute gradient shrinks with the exposure (a dim side light has a small
-    one); the ratio is what a lighting change keeps.
-    """
-    if not {"illum_gradient", "brightness"} <= set(rows.columns):
-        return None
-    return rows["illum_gradient"].to_numpy(float) / np.maximum(rows["brightness"].to_numpy(float), 1e-3)
-
-
-def uneven_threshold(train_ratio: float) -> float:
-    """Relative gradient above which light counts as uneven: twice training's, plus 0.1."""
-    return 2 * train_ratio + 0.1

@@ -109,6 +109,22 @@ def explained_share(members: pd.DataFrame) -> pd.Series:
     return shares.max(axis=1)
 
 
+def relative_gradient(rows: pd.DataFrame) -> np.ndarray | None:
+    """Illumination gradient over mean brightness per row: uneven light as a share of the exposure.
+
+    The absolute gradient shrinks with the exposure (a dim side light has a small
+    one); the ratio is what a lighting change keeps.
+    """
+    if not {"illum_gradient", "brightness"} <= set(rows.columns):
+        return None
+    return rows["illum_gradient"].to_numpy(float) / np.maximum(rows["brightness"].to_numpy(float), 1e-3)
+
+
+def uneven_threshold(train_ratio: float) -> float:
+    """Relative gradient above which light counts as uneven: twice training's, plus 0.1."""
+    return 2 * train_ratio + 0.1
+
+
 def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float]) -> list[str]:
     """The measured change of a cluster in plain words and numbers (medians over its members)."""
     med = members.median(numeric_only=True)
@@ -116,9 +132,11 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
     if cause == "lighting":
         out.append("median brightness " + _pct(med["brightness_p50"], center["brightness_p50"]))
         out.append("contrast " + _pct(med["contrast"], center["contrast"]))
-        if med["illum_gradient"] > 2 * center["illum_gradient"] + 0.02:
-            out.append(f"uneven light: brightness changes by {med['illum_gradient']:.2f} across the image "
-                       f"(training {center['illum_gradient']:.2f})")
+        rel = relative_gradient(members)  # as the collection plan and the augmentation judge it
+        rel_t = center.get("illum_gradient", 0.0) / max(center.get("brightness", 0.5), 1e-3)
+        if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
+            out.append(f"uneven light: brightness changes by {100 * np.nanmedian(rel):.0f}% of its mean across the "
+                       f"image (training {100 * rel_t:.0f}%)")
         v_t = center.get("vignetting", 0.0)
         if abs(v_t) < FLAT_SCENE_VIGNETTE and abs(med.get("vignetting", 0.0) - v_t) > 0.1:
             out.append(f"vignetting: corners {-100 * med['vignetting']:+.0f}% against the centre "
@@ -211,7 +229,7 @@ def cluster_cards(table: pd.DataFrame, features: np.ndarray, center: dict[str, f
         causes = members["cause"].astype(str).str.split("+").str[0].value_counts()
         cause = str(causes.index[0])
         card = {"cluster": int(cid), "size": int(mask.sum()), "cause": cause,
-                "causes": {str(k): int(v) for k, v in causes.items()},
+                "causes": {str(k): int(v) for k, v in members["cause"].astype(str).value_counts().items()},
                 "confidence": float(members["confidence"].median())}
         if "mode" in members and members["mode"].nunique() > 1:  # the change of each mode, not their mix
             card["modes"] = [{"mode": int(m), "size": len(part), "change": describe_change(part, cause, center)}
