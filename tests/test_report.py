@@ -204,3 +204,10 @@ def test_cli_prints_the_page(scan_dir, tmp_path):
     assert r.output.strip() == str(tmp_path / "page.html")
     assert (tmp_path / "page.html").read_text(encoding="utf-8").startswith("<!doctype html>")
 
+
+
+def test_out_may_name_a_new_folder_or_a_file(scan_dir, tmp_path):
+    assert write_report(scan_dir, out=f"{tmp_path}/new/x/") == tmp_path / "new" / "x" / "report.html"
+    assert write_report(scan_dir, out=tmp_path / "pages") == tmp_path / "pages" / "report.html"
+    assert write_report(scan_dir, out=tmp_path / "mine.html") == tmp_path / "mine.html"
+    assert (tmp_path / "mine.html").read_text(encoding="utf-8").startswith("<!doctype html>")

@@ -39,8 +39,8 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
     Parameters
     ----------
     scan_dir : a folder written by :func:`shiftbench.scan`.
-    out : the HTML file, or a folder to write ``report.html`` into (default: ``scan_dir``);
-        written atomically.
+    out : the HTML file (a name with a suffix), or a folder to write ``report.html`` into (an existing
+        folder, a path ending in ``/`` or a name without suffix; default: ``scan_dir``); written atomically.
     max_images : thumbnails in the table of flagged images (the most unusual first); the
         clusters' own images are always shown.
 
@@ -78,7 +78,8 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
         missing=sum(not uri for uri in thumbs.values()), n_wanted=len(thumbs), prod_root=prod_root,
         train_root=train_root, collect=_collect(scan.scan_dir / "collect", scan.summary.get("created")))
     target = Path(out) if out is not None else scan.scan_dir
-    target = target / "report.html" if target.is_dir() else target
+    is_folder = target.is_dir() or str(out).endswith(("/", "\\")) or not target.suffix  # "reports/": a folder
+    target = target / "report.html" if is_folder else target
     write_text(target, page)
     return target
 
