@@ -234,6 +234,18 @@ def test_a_dense_mode_is_not_taken_for_copies():
     assert 0.03 < (scorer.calibration_.p_values(scorer.score(draw(4000))[0]) <= 0.05).mean() < 0.07
 
 
+def test_bursts_longer_than_the_spacing_rank_are_still_copies():
+    """15 bursts of 8 frames among 880 distinct images: each frame has 7 near-copies, more than the 5th
+    neighbour that measures the set's spacing, yet fewer than 1% of the set: every frame is a copy."""
+    rng = np.random.default_rng(0)
+    scenes = rng.normal(size=(15, 16))
+    frames = np.repeat(scenes, 8, axis=0) + 0.01 * rng.normal(size=(120, 16))
+    x = np.vstack([rng.normal(size=(880, 16)), frames]).astype(np.float32)
+    scorer = KNNScorer(k=1, index="flat", normalize=False).fit(x)
+    assert scorer.index_info_["rows_with_copies"] == 120
+    assert (scorer.loo_[880:] > 0.5).all()  # scored against other scenes, not their own burst (0.01 x spread)
+
+
 def test_score_of_queries():
     x = clustered(400, d=16, clusters=5, seed=5)
     scorer = KNNScorer(k=3).fit(x)

@@ -25,6 +25,9 @@ DEFAULT_K = 1  # chosen on the steel benchmark (scripts/bench_detection.py, docs
 # row's own where smaller) is a near-copy (a frame of the same burst, a re-save): leave-one-out skips it
 # (see KNNScorer._leave_one_out).
 NEAR_COPY, SPACING_RANK = 0.25, 5
+# The row's own spacing is read at a deeper rank, 1% of the set (5 to 32): a burst of up to that many frames
+# still has its spacing outside the burst, while a dense mode (many more alike images) has it inside.
+BURST_SHARE, MAX_BURST = 0.01, 32
 
 
 @dataclass
@@ -130,15 +133,18 @@ class KNNScorer:
         and every production image would be flagged. So the score skips neighbours with the
         same ``copies`` label or closer than the copy radius, ``NEAR_COPY`` x the distance
         to the ``SPACING_RANK``-th neighbour (a pair that much closer than its neighbours is one
-        image twice): the set's median such distance, or the row's own where that is smaller.
-        The row's own keeps a dense mode from being taken for copies (empty frames of a belt,
-        40% of a set and all alike: their neighbours are as close as a new empty frame's would
-        be, and with the median alone every one was skipped, which lifted the calibration until
-        nothing could be flagged). On sets without copies nothing changes.
+        image twice): the set's median such distance, or where smaller the row's own distance to
+        its r-th neighbour, r = 1% of the set (5 to ``MAX_BURST``). The row's own keeps a dense
+        mode from being taken for copies (empty frames of a belt, 40% of a set and all alike: their
+        neighbours are as close as a new empty frame's would be, and with the median alone every
+        one was skipped, which lifted the calibration until nothing could be flagged); a burst of
+        fewer than r frames still reaches past itself. On sets without copies nothing changes.
         """
         n, k = len(x), min(self.k, len(x) - 1)
-        own = self._spacing(x, copies)
-        finite = own[np.isfinite(own)]
+        typical = self._spacing(x, copies, SPACING_RANK)
+        burst = int(min(max(SPACING_RANK, BURST_SHARE * n), MAX_BURST))
+        own = self._spacing(x, copies, burst) if burst != SPACING_RANK else typical
+        finite = typical[np.isfinite(typical)]
         median = float(np.median(finite)) if len(finite) else 0.0
         radii = NEAR_COPY * np.minimum(own, median)
         radius = NEAR_COPY * median
@@ -161,15 +167,15 @@ class KNNScorer:
             skipped += int((out[rows] > plain).sum())
         return out, radius, skipped
 
-    def _spacing(self, x: np.ndarray, copies: np.ndarray | None, batch: int = 4096) -> np.ndarray:
-        """(N,) distance of each row to its ``SPACING_RANK``-th nearest *other image* (inf where there is
-        none): exact copies (same ``copies`` label) count once, so a set of every image twice has the
+    def _spacing(self, x: np.ndarray, copies: np.ndarray | None, rank: int, batch: int = 4096) -> np.ndarray:
+        """(N,) distance of each row to its ``rank``-th nearest *other image* (inf where there is none):
+        exact copies (same ``copies`` label) count once, so a set of every image twice has the
         spacing of the set once."""
         n = len(x)
         codes = np.unique(copies, return_inverse=True)[1].astype(np.int64) if copies is not None \
             else np.arange(n, dtype=np.int64)
         most = int(np.bincount(codes).max())  # deep enough when every neighbour has that many copies
-        depth, rank = min((SPACING_RANK + 1) * most, n, 256), min(SPACING_RANK, int(codes.max())) if n else 0
+        depth, rank = min((rank + 1) * most, n, max(256, rank + 1)), min(rank, int(codes.max())) if n else 0
         d = np.full(n, np.inf)
         for lo in range(0, n, batch):
             rows = np.arange(lo, min(lo + batch, n))
