@@ -207,3 +207,5 @@ def test_a_measurement_constant_in_training_is_not_infinitely_sensitive():
     z = dict(zip(st["columns"], standardize(prod, st)[0]))
     assert 1 < z["brightness_p05"] < 10 and np.isfinite(z["noise"])
     assert robust_scale(np.array([0.2, 0.2, 0.2]), floor=1e-3) == pytest.approx(1e-3)
+    nearly = np.r_[np.zeros(60), np.full(40, 1e-6)]  # an IQR of 1e-6: the floor holds there too
+    assert robust_scale(nearly, floor=5e-4) == pytest.approx(5e-4)

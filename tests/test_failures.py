@@ -253,13 +253,19 @@ def test_a_read_only_workspace_is_scanned_into_out(workspace, synth, tmp_path, m
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", out, "--device", "cpu", "--workers", 0)
     assert res.exit_code in (0, 1), res.output
     assert _tree(workspace) == before
-    assert (out / "images.csv").is_file() and (out / api.SCAN_WORK / "identity.json").is_file()
+    (work,) = (out / api.SCAN_WORK).glob("scan-*")  # keyed by the production folder, as in a workspace
+    assert (out / "images.csv").is_file() and (work / "identity.json").is_file()
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", out, "--device", "cpu", "--workers", 0)
     assert res.exit_code in (0, 1) and "reused" in res.stderr  # a rerun into the same --out resumes from it
     interrupted = tmp_path / "interrupted"  # only the work folder: a killed run's --out is still the scan's
-    shutil.copytree(out / api.SCAN_WORK, interrupted / api.SCAN_WORK)
+    shutil.copytree(work, interrupted / api.SCAN_WORK / work.name)
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", interrupted, "--device", "cpu", "--workers", 0)
     assert res.exit_code in (0, 1) and (interrupted / "images.csv").is_file()
+    other = tmp_path / "other_prod"  # another folder with the same names, sizes and times, into the same --out:
+    shutil.copytree(synth / "prod", other)  # its own work, not the first folder's
+    res = invoke("scan", other, "-w", workspace, "--out", out, "--device", "cpu", "--workers", 0)
+    assert res.exit_code in (0, 1) and "reused" not in res.stderr
+    assert len(list((out / api.SCAN_WORK).glob("scan-*"))) == 2
 
 
 def test_a_mistyped_python_option_is_a_type_error_before_embedding(workspace, synth, tmp_path, spy_embed):

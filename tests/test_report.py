@@ -211,3 +211,5 @@ def test_out_may_name_a_new_folder_or_a_file(scan_dir, tmp_path):
     assert write_report(scan_dir, out=tmp_path / "pages") == tmp_path / "pages" / "report.html"
     assert write_report(scan_dir, out=tmp_path / "mine.html") == tmp_path / "mine.html"
     assert (tmp_path / "mine.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+    (tmp_path / "plain").write_text("old")  # an existing file without a suffix is the file to replace
+    assert write_report(scan_dir, out=tmp_path / "plain") == tmp_path / "plain"

@@ -350,6 +350,8 @@ def test_loo_neglog_p_ranks_against_the_others():
     expected[3] = np.log(5.0) + 0.25
     np.testing.assert_allclose(_loo_neglog_p(loo), expected)
     np.testing.assert_allclose(_loo_neglog_p(np.array([1.0, 5.0, 5.0])), -np.log(np.array([3, 2, 2]) / 3.0))  # tie
+    # an infinite top (every other image a copy of it) stays at log n, as before: not an infinite calibration
+    np.testing.assert_allclose(_loo_neglog_p(np.array([1.0, 2.0, 3.0, np.inf])), -np.log(np.array([4, 3, 2, 1]) / 4))
 
 
 def test_fused_false_alarm_rate_holds_with_a_small_bank():

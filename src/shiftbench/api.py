@@ -80,7 +80,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         raise InputError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}")
     if not 1 <= k < len(paths):
         raise InputError(f"-k {k} needs more than {k} training images; {root} has {len(paths)}")
-    check_writable(workspace)
+    _writable(workspace)
     if backbone is None:  # "re-run to add new images" must not swap the model for the default
         old = stored_backbone(workspace) or {"name": "lite0"}
         backbone = old["name"]
@@ -136,6 +136,13 @@ def _identity(bb) -> dict:
     return {**bb.identity, "measures": MEASURES_VERSION}
 
 
+def _writable(folder) -> None:
+    try:
+        check_writable(folder)
+    except OSError as e:  # (bad input like any other: InputError)
+        raise InputError(str(e)) from None
+
+
 SCAN_WORK = ".shiftbench-work"  # a scan's resumable work inside --out, where the workspace is read-only
 
 
@@ -155,7 +162,7 @@ def _scan_cache(workspace: Path, prod_root: Path, out: str | Path | None) -> Pat
         if out is None:
             raise InputError(f"the workspace {workspace} is read-only: pass --out to write the scan elsewhere") \
                 from None
-        return Path(out) / SCAN_WORK
+        return Path(out) / SCAN_WORK / cache.name  # keyed by the folder too: one --out, two folders
 
 
 def _default_out(workspace: Path) -> Path:
@@ -230,18 +237,17 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     unknown = sorted(set(index_options) - set(INDEX_OPTIONS))
     if unknown:  # (a typo, not an option for the bank)
         raise TypeError(f"scan() got unexpected keyword arguments {unknown}; index options: {', '.join(INDEX_OPTIONS)}")
-    if reference is not None:
-        check_writable(workspace)  # index's own check, before the cache's fallback hides it
-    cache = _scan_cache(workspace, root, out)
     if out is not None:
-        check_writable(out)  # not after the embedding and the attributions
+        _writable(out)  # not after the embedding and the attributions
     if reference is not None:
+        _writable(workspace)  # index's own check, before the cache's fallback could hide it
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
     else:
         if index_options:
             raise InputError(f"{sorted(index_options)} only apply with --reference (reference= in Python)")
         bank = load_bank(workspace)
+    cache = _scan_cache(workspace, root, out)
     t_index = time.perf_counter() - t0
     _check_reachable(bank, fpr)
     bb = load_backbone(**bank.meta["backbone"], device=device)

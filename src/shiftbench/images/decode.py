@@ -19,7 +19,6 @@ Anything else (empty, truncated, not an image, too many pixels) raises
 from __future__ import annotations
 
 import io
-import warnings
 
 import cv2
 import numpy as np
@@ -30,10 +29,11 @@ DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger inputs are refused, not decod
 # OpenCV's own logging (not libjpeg's, see _decode_jpeg) would repeat on stderr what the
 # ``error`` column already says; keep the terminal clean.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-# Pillow warns about images above its own 89 MP limit; ``max_pixels`` is the limit here. One filter set
-# once: ``warnings.catch_warnings`` around each decode is not thread-safe, and decoding runs in threads
-# (its filters leaked into the caller's process).
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns about images above its own limit (89 MP); ``max_pixels`` (100 MP by default) is the limit here,
+# so Pillow's is raised to it once. Not ``warnings.catch_warnings`` around each decode: it is not thread-safe
+# and decoding runs in threads (its filters leaked into the caller's process); nor an ignore filter, which a
+# caller's own "error" filter overrides (every 89-100 MP image then read as corrupt).
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
 
 
 class ImageError(Exception):

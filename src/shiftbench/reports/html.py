@@ -78,7 +78,7 @@ def write_report(scan_dir: str | Path, out: str | Path | None = None, max_images
         missing=sum(not uri for uri in thumbs.values()), n_wanted=len(thumbs), prod_root=prod_root,
         train_root=train_root, collect=_collect(scan.scan_dir / "collect", scan.summary.get("created")))
     target = Path(out) if out is not None else scan.scan_dir
-    is_folder = target.is_dir() or str(out).endswith(("/", "\\")) or not target.suffix  # "reports/": a folder
+    is_folder = target.is_dir() or not target.exists() and (str(out).endswith(("/", "\\")) or not target.suffix)
     target = target / "report.html" if is_folder else target
     write_text(target, page)
     return target

@@ -25,12 +25,12 @@ CONDITION_MEASURES = ("brightness", "brightness_p05", "brightness_p50", "brightn
 # The spread of a measurement that (nearly) never varies in training, e.g. the 5th brightness percentile of
 # parts on a black belt, 0 in every image: with a spread of 1e-12 one grey level more read 4e9 spreads and
 # flagged the image. The measurements vary by 0.001-1 where they vary at all (docs/benchmarks.md).
-MIN_SPREAD = 1e-3
+MIN_SPREAD = 5e-4
 
 
 def fit_standardizer(train: pd.DataFrame, columns=CONDITION_MEASURES) -> dict:
-    """Median and robust spread (at least ``MIN_SPREAD`` where most training values are equal) of each
-    measurement over the readable training rows; a measurement no image has is centred at 0."""
+    """Median and robust spread (at least ``MIN_SPREAD``) of each measurement over the readable training
+    rows; a measurement no image has is centred at 0."""
     ok = train[train["status"] == "ok"]
     cols = [c for c in columns if c in ok.columns]
     values = [ok[c].dropna().to_numpy(float) for c in cols]

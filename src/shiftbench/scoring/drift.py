@@ -15,13 +15,13 @@ from scipy import stats
 
 
 def robust_scale(x: np.ndarray, floor: float = 1e-12) -> float:
-    """Spread of ``x``: IQR / 1.349 (= sigma for a Gaussian); where the IQR is 0 (more than half the
-    values equal), the standard deviation, at least ``floor``; 1.0 for an empty ``x``."""
+    """Spread of ``x``: IQR / 1.349 (= sigma for a Gaussian), or where the IQR is 0 (more than half the
+    values equal) the standard deviation; at least ``floor``; 1.0 for an empty ``x``."""
     if len(x) == 0:
         return 1.0
     q75, q25 = np.percentile(x, [75, 25])
     s = (q75 - q25) / 1.349
-    return float(s) if s > 1e-12 else float(max(np.std(x), floor))
+    return float(max(s if s > 1e-12 else np.std(x), floor))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:

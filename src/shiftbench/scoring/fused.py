@@ -46,7 +46,7 @@ def _loo_neglog_p(loo: np.ndarray) -> np.ndarray:
     srt = np.sort(loo)
     ge = n - np.searchsorted(srt, loo, side="left")  # includes itself
     out = -np.log(ge / n)
-    if n > 2 and srt[-1] > srt[-2]:
+    if n > 2 and np.isfinite(srt[-1]) and srt[-1] > srt[-2]:  # (inf: every other image a copy; log n stays)
         top = int(np.argmax(loo))
         out[top] = _neglog_p(srt[:-1], loo[top:top + 1])[0]
     return out

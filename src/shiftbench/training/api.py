@@ -112,8 +112,8 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise InputError(f"not a folder: {data_dir}")
-    augment, _ = load_augment(augment)  # a file (as collect writes) or a transform; a bad one fails now
     source = load_source(backbone, weights, size=size, resize=resize)
+    augment, _ = load_augment(augment, source.preprocess.size)  # a file or a transform; a bad one fails now
     data = load_labeled(root, source.preprocess, labels=labels, max_pixels=max_pixels,
                         num_workers=num_workers, progress=progress)
     tr, va = stratified_split(data, val_fraction, seed)

@@ -10,11 +10,11 @@ import numpy as np
 from ..images import InputError
 
 
-def load_augment(augment) -> tuple[object | None, str | None]:
+def load_augment(augment, size: int = 224) -> tuple[object | None, str | None]:
     """(pipeline, its file or None): an albumentations transform as given, or read from YAML/JSON.
 
-    The pipeline is tried once on a dummy image, so that bad parameters fail here
-    and not after the images are loaded.
+    The pipeline is tried once on a dummy image of the model's input ``size``, so that bad
+    parameters fail here and not after the images are loaded (a crop fits an image that size).
     """
     if augment is None:
         return None, None
@@ -32,7 +32,7 @@ def load_augment(augment) -> tuple[object | None, str | None]:
             raise InputError(f"--augment {path}: not an albumentations {fmt} pipeline "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     try:
-        augment(image=np.zeros((32, 32, 3), np.uint8))
+        augment(image=np.zeros((size, size, 3), np.uint8))
     except Exception as e:
         raise InputError(f"--augment {path or repr(augment)} fails on an image: {type(e).__name__}: {e}") from None
     return augment, str(path.resolve()) if path else None

@@ -146,7 +146,8 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
     check_out(out_dir)
-    pipeline, augment_file = load_augment(augment)  # a bad file fails before minutes of loading
+    pipeline, augment_file = load_augment(augment, int((meta.get("preprocess") or {}).get("size", 224)))
+    # (a bad file fails before minutes of loading)
     scan_table = card.read_scan(scan) if scan is not None else None
     dev = resolve_device(device)
 
