@@ -622,7 +622,7 @@ def test_a_scan_whose_training_images_moved_still_finishes(synth, tmp_path):
 def test_images_at_a_new_pixel_size_reach_attribution_and_agreement(tmp_path, workspace, synth, monkeypatch):
     """The scan tells attribution which flagged images are at a new pixel size, and lets them
     agree only among themselves; none of them is named lighting or angle."""
-    import shiftbench.api as api
+    import shiftbench.explain.flagged as api  # where the scan's explain step calls them
     prod = copy_tree(synth / "prod", tmp_path / "prod")
     for p in sorted(prod.glob("*.png"))[:4]:  # another camera's size
         img = cv2.imread(str(p))

@@ -22,16 +22,14 @@ from . import __version__
 from .bank import Bank, check_identity, load_bank, save_bank, stored_backbone
 from .embedding import Embeddings, embed_folder, load_backbone, load_embeddings, save_embeddings
 from .embedding.store import TABLE_COLUMNS
-from .explain import (CAUSES, agree_with_neighbours, attribute, cluster_cards, cluster_flagged, light_field_range,
-                      new_pixel_size)
-from .explain import memo
+from .explain import CAUSES, explain_flagged, new_pixel_size, train_sizes
 from .fsutil import check_writable, save_npy, write_json, write_with
 from .images import InputError, find_images, labels_from_csv, labels_from_folders
 from .properties import VERSION as MEASURES_VERSION
 from .properties import ANGLES, measure
 from .scoring import DEFAULT_K, FusedKNNScorer, fit_standardizer, with_conditions
 from .search import INDEX_KINDS
-from .scoring.drift import drift_table, robust_scale
+from .scoring.drift import drift_table
 
 DEFAULT_WORKSPACE = ".shiftbench"
 Progress = Callable[[int, int], None]
@@ -267,7 +265,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         from .training.scan_columns import add_model_columns
         add_model_columns(table, root, paths, model, labels, bb, emb.logits, device, batch_size, num_workers)
     t2 = time.perf_counter()
-    cards, kept = _explain(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() \
+    cards, kept = explain_flagged(table, feats, root, bank, bb, cache, explain_progress) if explain and is_ood.any() \
         else ([], 0)
     t_explain = time.perf_counter() - t2
     tested = ["width", "height", *(m for m in measures if m not in ANGLES)]
@@ -319,7 +317,7 @@ def _score_table(emb: Embeddings, feats: np.ndarray, bank: Bank, fpr: float) -> 
         "cause": np.where(is_ood, "unknown", "none"), "confidence": np.nan,
         **{f"share_{c}": np.nan for c in CAUSES}, "cluster": -1, "mode": -1,
         "width": t["width"], "height": t["height"], "sha": t["sha"],
-        "new_pixel_size": new_pixel_size(t["height"], t["width"], *_train_sizes(bank)) & (t["status"] == "ok"),
+        "new_pixel_size": new_pixel_size(t["height"], t["width"], *train_sizes(bank.table)) & (t["status"] == "ok"),
     })
     measures = [c for c in t.columns if c not in table.columns and c not in TABLE_COLUMNS
                 and pd.api.types.is_numeric_dtype(t[c])]
@@ -351,73 +349,6 @@ def _check_reachable(bank: Bank, fpr: float) -> None:
         raise InputError(f"the bank holds {n} readable training images: with so few no image can be flagged at "
                          f"--fpr {fpr:g} (the smallest p-value is 1/{n + 1} = {1 / (n + 1):.3g}); index at least "
                          f"{int(np.ceil(1 / fpr)) - 1} images, or scan with --fpr {1 / (n + 1):.3g} or more")
-
-
-def _train_stats(bank: Bank) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and robust spread of every numeric measurement of the readable training images."""
-    ok = bank.table[bank.table["status"] == "ok"]
-    cols = [c for c in ok.columns if c not in TABLE_COLUMNS and pd.api.types.is_numeric_dtype(ok[c])]
-    return ({c: float(np.nanmedian(ok[c])) for c in cols},
-            {c: robust_scale(ok[c].dropna().to_numpy(float)) for c in cols})
-
-
-def _train_sizes(bank: Bank) -> tuple[np.ndarray, np.ndarray]:
-    ok = bank.table[bank.table["status"] == "ok"]
-    return ok["height"].to_numpy(float), ok["width"].to_numpy(float)
-
-
-def _explain(table: pd.DataFrame, feats: np.ndarray, root: Path, bank: Bank, bb, cache: Path,
-             progress) -> tuple[list[dict], int]:
-    """Fill cause, confidence, shares, cluster and mode of the flagged rows in place; return the cluster cards
-    and how many attributions were kept from an earlier run.
-
-    Each image's attribution is kept in ``cache`` as it is made (:mod:`shiftbench.explain.memo`):
-    an interrupted scan resumes, and a rescan with the same bank reuses it.
-    """
-    flagged = np.where(table["is_ood"].to_numpy())[0]
-    rows = table.iloc[flagged]
-    new_size = rows["new_pixel_size"].to_numpy()
-    log, base = cache / "explain.jsonl", memo.bank_key(bank.meta, bank.table["sha"].tolist())
-    keys = [f"{sha}:{base}" for sha in rows["sha"]]
-    kept = memo.read_rows(log, set(keys))
-    todo = [i for i, k in enumerate(keys) if k not in kept]
-    made = attribute(rows.iloc[todo], feats[flagged[todo]], root, bank.meta["root"],
-                     bank.table["path"].to_numpy()[bank.rows], bank.scorer, bb, bank.meta["conditions"],
-                     new_size=new_size[todo], light_range=light_field_range(bank.table), progress=progress,
-                     on_block=lambda pos, got: memo.append_rows(log, [keys[todo[i]] for i in pos], got))
-    kept.update(zip([keys[i] for i in todo], made.to_dict("records")))
-    got = pd.DataFrame([kept[k] for k in keys], index=rows.index)
-    memo.keep_only(log, dict(zip(keys, got.to_dict("records"))))
-    known = (got["cause"] != "unknown").to_numpy()
-    # (rows whose images could not be read have no shares: all of them, when the training set moved)
-    shares = got.reindex(columns=[f"share_{c}" for c in CAUSES]).loc[known].to_numpy(float)
-    got["cause_own"] = got["cause"]
-    got["cause_agreement"] = np.nan
-    conditions = feats[flagged][known, -len(bank.meta["conditions"]["columns"]):]  # the appended view
-    got.loc[known, "cause"], got.loc[known, "cause_agreement"] = agree_with_neighbours(
-        got.loc[known, "cause"].to_numpy(), conditions, shares, groups=new_size[known])
-    taken = (got["cause"] != got["cause_own"]).to_numpy()  # the own call's confidence does not apply
-    got.loc[taken, "confidence"] = got.loc[taken, "cause_agreement"]
-    for col in got.columns:
-        if col not in table.columns:
-            table[col] = np.nan if pd.api.types.is_numeric_dtype(got[col]) else ""
-        table.loc[table.index[flagged], col] = got[col].to_numpy()
-    center, scale = _train_stats(bank)
-    center["height"], center["width"] = map(float, map(np.median, _train_sizes(bank)))  # for the cards' words
-    scale["rotation_deg"] = 1.0
-    cluster, mode = cluster_flagged(table.iloc[flagged], center, scale)
-    table.loc[table.index[flagged], "cluster"] = cluster
-    table.loc[table.index[flagged], "mode"] = mode
-    table[["cluster", "mode"]] = table[["cluster", "mode"]].astype(np.int64)
-    d = bank.scorer.views[0][1]
-    cards = cluster_cards(table.iloc[flagged], feats[flagged, :d], center)
-    if any("error_rate" in c for c in cards):  # with labels: most harmful cluster first
-        cards.sort(key=lambda c: -c.get("error_rate", 0.0) * c["size"])
-        new_id = {c["cluster"]: i for i, c in enumerate(cards)}
-        table["cluster"] = table["cluster"].map(lambda c: new_id.get(c, -1)).astype(np.int64)
-        for i, c in enumerate(cards):
-            c["cluster"], c["harm"] = i, c.get("error_rate", 0.0) * c["size"]
-    return cards, len(keys) - len(todo)
 
 
 def write_table(path: Path, table: pd.DataFrame) -> None:

@@ -10,10 +10,11 @@ from .ranges import light_field_range, new_pixel_size
 from .views import Views, views
 
 _LAZY = {"CAUSES": "attribution", "attribute": "attribution", "attribute_one": "attribution",
-         "agree_with_neighbours": "agreement"}
+         "agree_with_neighbours": "agreement", "explain_flagged": "flagged", "train_sizes": "flagged"}
 
 __all__ = ["CAUSES", "Views", "agree_with_neighbours", "attribute", "attribute_one", "cluster_cards",
-           "cluster_flagged", "describe_change", "explained_share", "light_field_range", "new_pixel_size", "views"]
+           "cluster_flagged", "describe_change", "explain_flagged", "explained_share", "light_field_range",
+           "new_pixel_size", "train_sizes", "views"]
 
 
 def __getattr__(name: str):
