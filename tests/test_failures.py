@@ -238,10 +238,10 @@ def test_a_read_only_workspace_is_scanned_into_out(workspace, synth, tmp_path, m
     import shiftbench.api as api
     real = api.check_writable
 
-    def read_only(folder):
+    def read_only(folder, error=PermissionError):
         if Path(folder).resolve().is_relative_to(workspace.resolve()):
-            raise PermissionError(f"cannot write to {folder}: Read-only file system")
-        real(folder)
+            raise error(f"cannot write to {folder}: Read-only file system")
+        real(folder, error)
     monkeypatch.setattr(api, "check_writable", read_only)
     shutil.rmtree(workspace / "work", ignore_errors=True)
     before = _tree(workspace)

@@ -78,7 +78,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
         raise InputError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}")
     if not 1 <= k < len(paths):
         raise InputError(f"-k {k} needs more than {k} training images; {root} has {len(paths)}")
-    _writable(workspace)
+    check_writable(workspace, InputError)
     if backbone is None:  # "re-run to add new images" must not swap the model for the default
         old = stored_backbone(workspace) or {"name": "lite0"}
         backbone = old["name"]
@@ -132,13 +132,6 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
 def _identity(bb) -> dict:
     """Backbone identity plus the version of the condition measurements."""
     return {**bb.identity, "measures": MEASURES_VERSION}
-
-
-def _writable(folder) -> None:
-    try:
-        check_writable(folder)
-    except OSError as e:  # (bad input like any other: InputError)
-        raise InputError(str(e)) from None
 
 
 SCAN_WORK = ".shiftbench-work"  # a scan's resumable work inside --out, where the workspace is read-only
@@ -236,9 +229,9 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
     if unknown:  # (a typo, not an option for the bank)
         raise TypeError(f"scan() got unexpected keyword arguments {unknown}; index options: {', '.join(INDEX_OPTIONS)}")
     if out is not None:
-        _writable(out)  # not after the embedding and the attributions
+        check_writable(out, InputError)  # not after the embedding and the attributions
     if reference is not None:
-        _writable(workspace)  # index's own check, before the cache's fallback could hide it
+        check_writable(workspace, InputError)  # index's own check, before the cache's fallback could hide it
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
     else:

@@ -46,16 +46,17 @@ def atomic_path(target: str | os.PathLike):
             os.unlink(tmp)
 
 
-def check_writable(folder: str | os.PathLike) -> None:
-    """Raise PermissionError now, not after hours of work, where ``folder`` (which may not exist yet:
-    its nearest existing ancestor) cannot take a new file. Creates nothing that stays."""
+def check_writable(folder: str | os.PathLike, error: type[Exception] = PermissionError) -> None:
+    """Raise ``error`` now, not after hours of work, where ``folder`` (which may not exist yet: its
+    nearest existing ancestor) cannot take a new file (callers pass their input error). Creates
+    nothing that stays."""
     d = Path(folder).resolve()
     while not d.exists() and d != d.parent:
         d = d.parent
     try:
         fd, probe = tempfile.mkstemp(prefix=".shiftbench-probe-", dir=d)  # the real test: permissions, read-only mounts
     except OSError as e:  # (the message names the folder, not the probe file)
-        raise PermissionError(f"cannot write to {folder}: {e.strerror or e}") from None
+        raise error(f"cannot write to {folder}: {e.strerror or e}") from None
     os.close(fd)
     os.unlink(probe)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..explain.clusters import FLAT_SCENE_VIGNETTE
+from ..explain.clusters import FLAT_SCENE_VIGNETTE, uneven_light
 from ..properties.measures import SURFACE_R2, light_surface
 from .entries import (MAX_ILLUMINATION, MIN_CAUSE_IMAGES, MIN_KIND_SHARE, central_span, entry, modes, one_of, pair,
                       rounded)
-from .scan_io import FALLOFF_P95, circular_mean, relative_gradient, uneven_threshold
+from .scan_io import FALLOFF_P95, circular_mean
 
 
 QUANTILES = ("brightness_p05", "brightness_p50", "brightness_p95")
@@ -98,10 +98,8 @@ def lighting(rows: pd.DataFrame, t: dict[str, float], p: float) -> list[dict]:
             whys += [why] if why else []
     if children:
         out.append({**entry("lighting", "OneOf", {}, "; ".join(whys), p), "children": children})
-    rel = relative_gradient(rows)
-    rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
-    if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
-        out.append(_side_light(rows, rel, rel_t, p))
+    if uneven := uneven_light(rows, t):
+        out.append(_side_light(rows, *uneven, p))
     if "vignetting" in rows and (vig := _vignette(rows, t, p)):
         out.append(vig)
     return out

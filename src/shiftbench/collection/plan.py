@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..explain.clusters import explained_share
+from ..explain.clusters import explained_share, uneven_light
 from .entries import central_span
-from .scan_io import (changed_zoom, circular_mean, has_cause, relative_gradient, sheared, stretched,
-                      uneven_threshold)
+from .scan_io import changed_zoom, circular_mean, has_cause, sheared, stretched
 from .select import allocate
 
 # Measurements reported per cause in plan.json's "numbers".
@@ -74,9 +73,8 @@ def _lighting(m: pd.DataFrame, t: dict[str, float]) -> list[str]:
     c, ct = _med(m, "contrast"), t.get("contrast", float("nan"))
     if np.isfinite(c):
         out.append(f"contrast {c:.3f} (training {ct:.3f}{_pct(c, ct)})")
-    rel = relative_gradient(m)
-    rel_t = t.get("illum_gradient", 0.0) / max(t.get("brightness", 0.5), 1e-3)
-    if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
+    if uneven := uneven_light(m, t):
+        rel, rel_t = uneven
         direction, _ = circular_mean(m["illum_direction"]) if "illum_direction" in m else (float("nan"), 0)
         where = f" towards the {_side(direction + 180)}" if np.isfinite(direction) else ""
         out.append(f"light falling off{where}: brightness changes by {100 * np.nanmedian(rel):.0f}% of its mean "

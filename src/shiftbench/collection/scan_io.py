@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..explain.clusters import relative_gradient, uneven_threshold  # (re-exported)
 from ..images import InputError
 
 # Outliers dropped by :func:`span` (spreads beyond the quartiles): one wild estimate must not stretch a range.

@@ -120,9 +120,15 @@ def relative_gradient(rows: pd.DataFrame) -> np.ndarray | None:
     return rows["illum_gradient"].to_numpy(float) / np.maximum(rows["brightness"].to_numpy(float), 1e-3)
 
 
-def uneven_threshold(train_ratio: float) -> float:
-    """Relative gradient above which light counts as uneven: twice training's, plus 0.1."""
-    return 2 * train_ratio + 0.1
+def uneven_light(rows: pd.DataFrame, center: dict[str, float]) -> tuple[np.ndarray, float] | None:
+    """(each row's relative gradient, training's) where the rows' light is uneven, else None: their
+    median relative gradient above twice training's (from its medians ``center``) plus 0.1. One test
+    for the cluster cards, the collection plan and the augmentation."""
+    rel = relative_gradient(rows)
+    rel_t = center.get("illum_gradient", 0.0) / max(center.get("brightness", 0.5), 1e-3)
+    if rel is None or not np.nanmedian(rel) > 2 * rel_t + 0.1:
+        return None
+    return rel, rel_t
 
 
 def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float]) -> list[str]:
@@ -132,9 +138,8 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
     if cause == "lighting":
         out.append("median brightness " + _pct(med["brightness_p50"], center["brightness_p50"]))
         out.append("contrast " + _pct(med["contrast"], center["contrast"]))
-        rel = relative_gradient(members)  # as the collection plan and the augmentation judge it
-        rel_t = center.get("illum_gradient", 0.0) / max(center.get("brightness", 0.5), 1e-3)
-        if rel is not None and np.nanmedian(rel) > uneven_threshold(rel_t):
+        if uneven := uneven_light(members, center):
+            rel, rel_t = uneven
             out.append(f"uneven light: brightness changes by {100 * np.nanmedian(rel):.0f}% of its mean across the "
                        f"image (training {100 * rel_t:.0f}%)")
         v_t = center.get("vignetting", 0.0)

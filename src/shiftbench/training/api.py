@@ -18,12 +18,13 @@ from torch import nn
 
 from .. import __version__
 from ..embedding import embed_files, load_backbone
+from ..fsutil import check_writable
 from ..images import DEFAULT_MAX_PIXELS, InputError, find_images
 from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import load_labeled, stratified_split
 from .fit import DEFAULT_LR, FitResult, fit
-from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source, own_rng
+from .model import TRAINABLE, build_classifier, check_lr, load_source, own_rng
 
 DEFAULT_CHECKPOINTS = Path(".shiftbench") / "checkpoints"
 
@@ -108,7 +109,7 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, 
     out_given = out is not None
     if out_given and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    check_out(out if out_given else DEFAULT_CHECKPOINTS)
+    check_writable(out if out_given else DEFAULT_CHECKPOINTS, InputError)  # before training, not after
     root = Path(data_dir).resolve()
     if not root.is_dir():
         raise InputError(f"not a folder: {data_dir}")

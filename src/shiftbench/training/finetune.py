@@ -41,14 +41,14 @@ from torch import nn
 
 from .. import __version__
 from ..embedding.backbones import Preprocess, checkpoint_meta, resolve_device
-from ..fsutil import write_json, write_text
+from ..fsutil import check_writable, write_json, write_text
 from ..images import DEFAULT_MAX_PIXELS, InputError
 from . import card
 from .augmentation import describe_augmentation, load_augment
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import Inputs, LabeledImages, load_labeled, stratified_split
 from .fit import DEFAULT_LR, _autocast, fit
-from .model import TRAINABLE, build_classifier, check_lr, check_out, load_source, own_rng
+from .model import TRAINABLE, build_classifier, check_lr, load_source, own_rng
 
 DEFAULT_WORKSPACE = Path(".shiftbench")
 
@@ -145,7 +145,7 @@ def finetune(checkpoint: str | os.PathLike, new_dir: str | os.PathLike, *,
         raise InputError(f"--out {out_dir} is the checkpoint itself: give another folder (the parent stays as it is)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
-    check_out(out_dir)
+    check_writable(out_dir, InputError)  # before training, not after
     pipeline, augment_file = load_augment(augment, int((meta.get("preprocess") or {}).get("size", 224)))
     # (a bad file fails before minutes of loading)
     scan_table = card.read_scan(scan) if scan is not None else None

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from ..embedding.backbones import BackboneError, Preprocess, build_arch, checkpoint_meta, load_backbone
-from ..fsutil import check_writable
 from ..images import InputError
 
 TRAINABLE = ("head", "last", "all")
@@ -40,14 +39,6 @@ def own_rng(fn):
         with torch.random.fork_rng(devices=cuda):
             return fn(*args, **kwargs)
     return wrapper
-
-
-def check_out(folder) -> None:
-    """Fail before training, not after it, where the checkpoint could not be written."""
-    try:
-        check_writable(folder)
-    except OSError as e:
-        raise InputError(str(e)) from None
 
 
 def check_lr(lr: float | None) -> None:
