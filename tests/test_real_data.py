@@ -71,3 +71,24 @@ def test_the_benchmark_can_take_x_sdd_as_the_lab_line(tmp_path):
     assert shown.str.startswith("x_sdd/").all()
     train_files = {p.name for d in (out / "train").iterdir() for p in d.iterdir()}
     assert not train_files & {Path(f).name for f in shown}  # production never shows a training image
+
+
+def test_motion_blur_direction_on_real_steel():
+    """Motion blur at a random angle over NEU steel (scratches, rolled-in scale: textures with edges of
+    their own) reads its direction: 90% of the images within 10 degrees (measured 7.4 at 9 px; the
+    fine tensor's weakest direction alone, before version 6, was 48 or more off on 10% of them)."""
+    import cv2
+
+    from shiftbench.properties.measures import optics
+    rng = np.random.default_rng(0)
+    files = sorted((DATA / "neu_det" / "images").rglob("*.jpg"))
+    errors = []
+    for f in rng.choice(files, 90, replace=False):
+        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
+        deg = rng.uniform(0, 180)
+        k = np.zeros((9, 9), np.float32)
+        k[4] = 1
+        k = cv2.warpAffine(k, cv2.getRotationMatrix2D((4, 4), -deg, 1), (9, 9))  # along deg, y down
+        d = optics(cv2.filter2D(img, -1, k / k.sum(), borderType=cv2.BORDER_REFLECT_101))["blur_direction"]
+        errors.append(abs((d - deg + 90) % 180 - 90))
+    assert np.percentile(errors, 90) < 10, np.percentile(errors, [50, 90])

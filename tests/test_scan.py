@@ -516,6 +516,9 @@ def test_check_identity_message():
     assert "re-index with the same backbone" in msg
     with pytest.raises(InputError, match="differs in: preprocess"):
         check_identity({"identity": ident}, {**ident, "preprocess": {"size": 224, "resize": "pad"}})
+    # a bank measured by an older definition of the conditions: index again, the same backbone is fine
+    with pytest.raises(InputError, match=r"measurements are version 5, this shiftbench's 6 .*shiftbench index /lab"):
+        check_identity({"identity": {**ident, "measures": 5}, "root": "/lab"}, {**ident, "measures": 6})
 
 
 def test_scan_refused_when_the_banks_weights_file_changed(tmp_path, synth):

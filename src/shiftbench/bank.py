@@ -139,6 +139,11 @@ def check_identity(bank_meta: dict, identity: dict) -> None:
     theirs = bank_meta["identity"]
     if theirs != identity:
         diff = [k for k in identity if identity.get(k) != theirs.get(k)]
+        if diff == ["measures"]:
+            raise InputError(
+                f"the bank's condition measurements are version {theirs.get('measures')}, this shiftbench's "
+                f"{identity['measures']} (a definition changed): index the training images again "
+                f"(shiftbench index {bank_meta.get('root', 'TRAIN_DIR')}), or scan with --reference, which does")
         raise InputError(
             f"the bank was built with backbone {theirs['backbone']!r} "
             f"(weights {str(theirs['weights'])[:12]}, preprocess {theirs['preprocess']}) but these "

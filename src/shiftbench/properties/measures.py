@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-VERSION = 5  # bump when a definition changes: banks measured otherwise are re-measured
+VERSION = 6  # bump when a definition changes: banks measured otherwise are re-measured
 CROP_SIDE = 256  # optics are measured on the centre pixels at most this large, unresampled
 OVERVIEW_SIDE = 224  # the rest on a copy whose shorter side is at most this (what a model sees)
 MEASURES: dict[str, Callable[[np.ndarray], dict[str, float]]] = {}
@@ -188,15 +188,19 @@ def _blur(n: np.ndarray) -> dict[str, float]:
     """Blur anisotropy and direction of a contrast-normalised grey image.
 
     Blur removes fine gradients along its direction; the scene's own orientation is present at
-    all scales: the fine-scale structure tensor is whitened by the coarse-scale one."""
+    all scales: the fine-scale structure tensor is whitened by the coarse-scale one. The blur runs
+    along the gradient direction that lost most fine energy against its coarse energy (the
+    generalised eigenvector of the two tensors with the smallest eigenvalue): the fine tensor's
+    weakest direction alone follows the scene's own edges (motion across stripes read as the
+    stripes' direction, and on NEU steel 10% of the images were 48 or more degrees off, 7 now)."""
     t_fine, t_coarse = _tensor(n), _tensor(cv2.GaussianBlur(n, (0, 0), 2.0))
     t_coarse = t_coarse + 1e-3 * max(float(np.trace(t_coarse)), 1e-12) * np.eye(2)
     ev, evec = np.linalg.eigh(t_coarse)
     s = evec @ np.diag(ev ** -0.5) @ evec.T
     m = s @ t_fine @ s if np.trace(t_fine) > 0 else np.zeros((2, 2))
     _, coh = _angle_deg(float(m[0, 0]), float(m[1, 1]), float(m[0, 1]))
-    ang, _ = _angle_deg(float(t_fine[0, 0]), float(t_fine[1, 1]), float(t_fine[0, 1]))
-    return {"blur_anisotropy": coh, "blur_direction": (ang + 90) % 180}
+    lost = s @ np.linalg.eigh(m)[1][:, 0]  # whitened space's weakest direction, mapped back
+    return {"blur_anisotropy": coh, "blur_direction": float(np.degrees(np.arctan2(lost[1], lost[0])) % 180)}
 
 
 def _tensor(n: np.ndarray) -> np.ndarray:
