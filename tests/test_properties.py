@@ -399,19 +399,6 @@ def test_jpeg_blockiness(img):
     assert png < q10 and q90 < q10
 
 
-@pytest.mark.parametrize("factor", [2, 4])
-def test_a_pixel_repeating_resize_is_not_jpeg_blocking(img, factor):
-    """Nearest-neighbour upscaling by 2 or 4 jumps at every 8-pixel boundary, but as often in between:
-    blockiness stays near 1 (read 2.3 and 6.8 before version 6); ``repeats`` is what sees it."""
-    h, w = img.shape[:2]
-    small = cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    blocky = cv2.resize(small, (w // factor * factor, h // factor * factor), interpolation=cv2.INTER_NEAREST)
-    out = M.optics(blocky)
-    assert out["blockiness"] == pytest.approx(1.0, abs=0.15), out["blockiness"]
-    assert out["repeats"] > 0.4
-    assert M.optics(jpeg_roundtrip(blocky, 10))["blockiness"] > 1.4  # its JPEG blocks still read
-
-
 def test_blockiness_of_a_synthetic_8x8_grid():
     # smooth image plus a jump of 8 levels at every 8th column/row boundary
     base = smooth_image(128, 128) * 255

@@ -28,7 +28,7 @@ Optics and resolution:
     the contrast-normalised image; ``hf_ratio`` share of spectral energy above half
     the Nyquist frequency (effective resolution); ``blur_anisotropy`` in [0, 1]
     (1 = all blur in one direction, motion) and ``blur_direction`` in degrees;
-    ``blockiness`` JPEG 8x8 grid strength (1 = none; not a pixel-repeating resize); ``noise`` sigma estimate
+    ``blockiness`` JPEG 8x8 grid strength (1 = none); ``noise`` sigma estimate
     (Immerkaer 1996) of the luma channel, in [0, 1] units; ``repeats`` share of
     side-by-side pixels of equal grey level (pixels shown several times by a
     nearest-neighbour resize; also flat, smoothed or clipped areas).
@@ -217,18 +217,17 @@ def _repeats(g: np.ndarray) -> float:
 
 
 def _blockiness(g: np.ndarray) -> float:
-    """Mean jump across 8-pixel column/row boundaries over the mean jump half-way between them.
-
-    Half-way (positions 3 mod 8, not all others): a nearest-neighbour resize by 2 or 4 jumps at
-    both and reads 1 (against all other positions it read 2.3, as JPEG at quality 10)."""
+    """Mean jump across 8-pixel column/row boundaries over the mean jump elsewhere."""
     h, w = g.shape
     ratios = []
     for d in (cv2.reduce(cv2.absdiff(g[:, 1:], g[:, :-1]), 0, cv2.REDUCE_AVG).ravel() if w > 1 else [],  # columns
               cv2.reduce(cv2.absdiff(g[1:], g[:-1]), 1, cv2.REDUCE_AVG).ravel() if h > 1 else []):  # rows
         d = np.asarray(d, np.float32)
-        on, off = d[7::8], d[3::8]
-        if len(on) and len(off) and off.mean(dtype=np.float64) > 1e-6:
-            ratios.append(on.mean(dtype=np.float64) / off.mean(dtype=np.float64))
+        on = d[7::8]
+        n_off = len(d) - len(on)
+        off = (d.sum(dtype=np.float64) - on.sum(dtype=np.float64)) / max(n_off, 1)
+        if len(on) and n_off and off > 1e-6:
+            ratios.append(on.mean(dtype=np.float64) / off)
     return float(np.mean(ratios)) if ratios else 1.0
 
 
