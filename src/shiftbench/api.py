@@ -230,8 +230,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         raise TypeError(f"scan() got unexpected keyword arguments {unknown}; index options: {', '.join(INDEX_OPTIONS)}")
     if out is not None:
         check_writable(out, InputError)  # not after the embedding and the attributions
-    if reference is not None:
-        check_writable(workspace, InputError)  # index's own check, before the cache's fallback could hide it
+    if reference is not None:  # (index checks that the workspace can be written, before any embedding)
         bank = index(reference, workspace=workspace, device=device, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, **index_options)
     else:

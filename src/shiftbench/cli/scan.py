@@ -19,10 +19,12 @@ Backbone = Annotated[Optional[str], typer.Option(
          "(default: on a re-run the bank's own, else lite0).")]
 Weights = Annotated[Optional[str], typer.Option(
     help="State dict (.pt/.pth/.safetensors) for the backbone; 'none' for random init.")]
-NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size of --weights (read from the file by default).")]
+NumClasses = Annotated[Optional[int], typer.Option(
+    help="Classifier size of --weights (read from the file by default).")]
 Resize = Annotated[Optional[str], typer.Option(help="squash | pad | crop (default: squash).")]
 Labels = Annotated[Optional[Path], typer.Option(help="CSV with path,label for the training images.")]
-K = Annotated[int, typer.Option("-k", min=1, help="Score each view by the distance to the k-th nearest training image.")]
+K = Annotated[int, typer.Option(
+    "-k", min=1, help="Score each view by the distance to the k-th nearest training image.")]
 DEFAULT_K = 1  # = shiftbench.scoring.DEFAULT_K (not imported: keeps --help instant; a test checks)
 Layers = Annotated[bool, typer.Option("--early-layers/--no-early-layers",
                                       help="Also score early-layer features (see lighting, blur, angle).")]
@@ -90,7 +92,8 @@ def scan(
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Also write OUT/report.html (see 'shiftbench report').")] = True,
     backbone: Annotated[Optional[str], typer.Option(
-        help="With --reference: lite0, a torchvision model name, a TorchScript file, or a checkpoint folder from `shiftbench train`.")] = None,
+        help="With --reference: lite0, a torchvision model name, a TorchScript file, or a checkpoint folder "
+             "from `shiftbench train`.")] = None,
     weights: Weights = None,
     num_classes: NumClasses = None,
     resize: Resize = None,

@@ -104,11 +104,12 @@ def _pick(scan: ScanOutputs, group: dict, k: int, rng: np.random.Generator) -> l
         explained = group["explained"][idx]
         for n, (j, g) in enumerate(zip(picks, gaps)):
             doubt = "" if u is None else f"model confidence {1 - u[j]:.2f}, residual p {explained[j]:.3f}, "
-            how = (f"farthest from the {n} already chosen (embedding distance {g:.3f}, weighed by doubt x "
-                   f"residual p)" if np.isfinite(g) and u is not None
-                   else f"farthest from the {n} already chosen (embedding distance {g:.3f})" if np.isfinite(g)
-                   else "medoid, its most typical image" if u is None
-                   else "the largest model doubt x residual p (how in-distribution its cause's change makes it)")
+            if np.isfinite(g):
+                weighed = "" if u is None else ", weighed by doubt x residual p"
+                how = f"farthest from the {n} already chosen (embedding distance {g:.3f}{weighed})"
+            else:  # the first pick
+                how = ("medoid, its most typical image" if u is None
+                       else "the largest model doubt x residual p (how in-distribution its cause's change makes it)")
             out.append((int(rows[idx[j]]), f"{where}: {doubt}{how}"))
         rest = np.flatnonzero(~usable)  # no embedding: after the covered ones
         out += [(int(rows[j]), f"{where}: no embedding, in file order") for j in rest[:k - len(out)]]

@@ -1,8 +1,9 @@
 """The collection plan: per failure cluster, what to reproduce on the line, in words and numbers.
 
-Each cluster's conditions are its members' measurements (medians and
-10th-90th percentile ranges without outliers, the ranges the augmentation and the cluster cards use) set against the training set's medians, phrased as
-instructions for whoever shoots the new images ("median brightness 0.23
+Each cluster's conditions are its members' measurements (medians and 10th-90th
+percentile ranges without outliers, the ranges the augmentation and the cluster
+cards use) set against the training set's medians, phrased as instructions for
+whoever shoots the new images ("median brightness 0.23
 (training 0.51)", "camera rotated +16..+28 degrees"). Only the measurements
 of the cluster's own causes are described: attribution fills ``how_*`` for
 every flagged image, but only the attributed cause's estimate means anything.
