@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 from . import collect as collect_cmds
@@ -28,6 +31,23 @@ app.command("finetune")(finetune_cmds.finetune)
 app.command("demo")(demo_cmds.demo)
 
 
+@app.command("config")
+def config(ctx: typer.Context, commands: Annotated[Optional[list[str]], typer.Argument(
+        help="Commands to show (default: all).", show_default=False)] = None) -> None:
+    """Print the commands' options as a YAML config file, each with its help (with --config, that file's values).
+
+    Start a config from it: shiftbench config scan collect > run.yaml, edit, then
+    shiftbench --config run.yaml scan prod/.
+    """
+    from .common import fail
+    from .config import defaults_yaml
+    group = ctx.parent.command
+    unknown = [c for c in commands or [] if c not in group.commands or c == "config"]
+    if unknown:
+        raise fail(f"no command {unknown[0]!r}; choose from {', '.join(c for c in group.commands if c != 'config')}")
+    typer.echo(defaults_yaml(group, ctx.parent.default_map, commands), nl=False)
+
+
 def _version(value: bool) -> None:
     if value:
         from .. import __version__
@@ -36,6 +56,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+def main(ctx: typer.Context,
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit."),
+         config_file: Annotated[Optional[Path], typer.Option(
+             "--config", dir_okay=False,
+             help="YAML file of option defaults, one section per command ('shiftbench config' prints one).")
+         ] = None) -> None:
     """Exit status: 0 success, 1 shift gate tripped (--fail-on-shift), 2 bad usage or input."""
+    if config_file is not None:
+        from .config import load_config
+        ctx.default_map = load_config(config_file, ctx.command)
