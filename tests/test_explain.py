@@ -972,3 +972,23 @@ def test_a_card_names_uneven_light_relative_to_the_exposure():
     assert any(line.startswith("uneven light: brightness changes by 80% of its mean") for line in lines), lines
     even = describe_change(members.assign(illum_gradient=0.02), "lighting", center)
     assert not any("uneven" in line for line in even)
+
+
+def test_describe_change_for_resolution_names_noise_and_the_closest_degradation():
+    center = {"sharpness": 1.0, "hf_ratio": 0.05, "blockiness": 1.2, "blur_anisotropy": 0.1, "noise": 0.004}
+    noisy = pd.DataFrame({"sharpness": 12.0, "hf_ratio": 0.5, "blockiness": 1.0, "blur_anisotropy": 0.1,
+                          "noise": [0.05, 0.06, 0.07], "how_resolution": "none + noise"})
+    lines = describe_change(noisy, "resolution", center)
+    assert "noise 15.0x training's (sigma 0.06 vs 0.004)" in lines
+    assert lines[-1] == "closest degradation of the nearest training images: added noise (3 of 3)"
+    # blocks with hard edges: a nearest-neighbour upscale by 2 jumps at 8-pixel boundaries as JPEG does
+    blocky = pd.DataFrame({"sharpness": 0.6, "hf_ratio": 0.04, "blockiness": 2.3, "blur_anisotropy": 0.1,
+                           "noise": 0.004, "how_resolution": ["pixelate 0.5", "pixelate 0.5", "jpeg 10", "none"]})
+    lines = describe_change(blocky, "resolution", center)
+    assert not any("JPEG blocking" in line for line in lines) and not any(line.startswith("noise") for line in lines)
+    assert lines[-1] == ("closest degradation of the nearest training images: nearest-neighbour resize (2 of 4), "
+                         "JPEG compression (1 of 4)")
+    blocky["how_resolution"] = "jpeg 10"
+    assert "JPEG blocking 2.30 (training 1.20)" in describe_change(blocky, "resolution", center)
+    assert not any("closest" in line for line in describe_change(blocky.drop(columns="how_resolution"),
+                                                                 "resolution", center))

@@ -131,6 +131,26 @@ def uneven_light(rows: pd.DataFrame, center: dict[str, float]) -> tuple[np.ndarr
     return rel, rel_t
 
 
+NOISIER = 1.5  # a cluster's median noise this many times training's is worth a line on its card
+# attribution's names of the degradations it simulates (``how_resolution``), in words
+DEGRADATIONS = {"blur": "blur", "downscale": "downscale and upscale", "motion": "motion blur",
+                "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression", "resized": "resize to its pixel size",
+                "noise": "added noise"}
+
+
+def closest_changes(members: pd.DataFrame, cause: str, top: int = 3) -> dict[str, int]:
+    """How many members each kind of counterfactual of ``cause`` explained best (the first word of
+    ``how_<cause>``: ``blur`` for "blur 1.6 + noise", ``noise`` for "none + noise"), the ``top`` most
+    common first; {} without them."""
+    col = f"how_{cause}"
+    if col not in members:
+        return {}
+    how = members[col].astype(str).str.strip()
+    how = how[~how.isin(["", "nan", "None", "none"])]  # "none": no counterfactual of the kind was made
+    kinds = how.str.replace(r"^none \+ ", "", regex=True).str.split(" ").str[0]  # "none + noise": noise alone
+    return {str(k): int(n) for k, n in kinds.value_counts().head(top).items()}
+
+
 def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float]) -> list[str]:
     """The measured change of a cluster in plain words and numbers (medians over its members)."""
     med = members.median(numeric_only=True)
@@ -167,10 +187,18 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
     elif cause == "resolution":
         out.append("sharpness " + _pct(med["sharpness"], center["sharpness"]))
         out.append("high-frequency energy " + _pct(med["hf_ratio"], center["hf_ratio"]))
-        if med["blockiness"] > center["blockiness"] + 0.15:
+        kinds = closest_changes(members, "resolution")
+        # a nearest-neighbour upscale's blocks also jump at 8-pixel boundaries: blocking is JPEG's
+        # only where no pixelation matched the images better
+        if med["blockiness"] > center["blockiness"] + 0.15 and kinds.get("pixelate", 0) <= kinds.get("jpeg", 0):
             out.append(f"JPEG blocking {med['blockiness']:.2f} (training {center['blockiness']:.2f})")
         if med["blur_anisotropy"] > center["blur_anisotropy"] + 0.15:
             out.append(f"directional (motion) blur, anisotropy {med['blur_anisotropy']:.2f}")
+        if "noise" in med and (nt := center.get("noise", np.nan)) > 0 and med["noise"] > NOISIER * nt:
+            out.append(f"noise {med['noise'] / nt:.1f}x training's (sigma {med['noise']:.3g} vs {nt:.3g})")
+        if kinds:
+            out.append("closest degradation of the nearest training images: "
+                       + ", ".join(f"{DEGRADATIONS.get(k, k)} ({n} of {len(members)})" for k, n in kinds.items()))
     elif cause == "pipeline" and "how_pipeline" in members:
         out.append("matches a preprocessing fault: " + members["how_pipeline"].mode().iloc[0])
     else:
