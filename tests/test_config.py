@@ -100,4 +100,4 @@ def test_the_configs_folder():
     for f in files:
         load_config(f, GROUP)
     assert (CONFIGS / "defaults.yaml").read_text(encoding="utf-8") == invoke("config").stdout
-    assert load_config(CONFIGS / "retrain.yaml", GROUP)["scan"]["fail_on_shift"] == 0.1
+    assert load_config(CONFIGS / "retrain.yaml", GROUP)["scan"]["fail_on_shift"] == "auto"

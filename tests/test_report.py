@@ -160,6 +160,8 @@ def test_long_lists_are_cut_and_say_so(scan_dir, monkeypatch):
 
 def test_a_report_that_fails_leaves_the_scans_status_and_stdout(scan_dir, monkeypatch):
     summary = {"counts": {"images": 24, "ok": 23, "unreadable": 1, "flagged": 17}, "share_flagged": 17 / 23,
+               "shift_test": {"expected_false_alarms": 1.2, "false_alarm_range_95": [0, 4], "excess_flagged": 16,
+                              "p_value": 1e-9},
                "drift": [], "clusters": [], "unreadable": []}
     import shiftbench.api
     monkeypatch.setattr(shiftbench.api, "scan", lambda *a, **k: SimpleNamespace(summary=summary, out_dir=scan_dir))

@@ -250,12 +250,16 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout == f"{out}\n"
     assert "12 images:" in res.stderr and "flagged" in res.stderr
+    test = json.loads((out / "summary.json").read_text())["shift_test"]
+    assert f"would give {test['expected_false_alarms']:.0f} false alarms" in res.stderr
+    assert 0 <= test["p_value"] <= 1 and test["expected_false_alarms"] < 12
     assert "cluster 0:" in res.stderr  # the cluster cards
     assert (out / "images.csv").is_file()
     assert f"report: {out / 'report.html'}" in res.stderr
     page = (out / "report.html").read_text(encoding="utf-8")
     n = int(read_csv(out / "images.csv")["is_ood"].str.lower().eq("true").sum())
     assert f"<b>{n} flagged</b>" in page and n > 0
+    assert f"would give {test['expected_false_alarms']:.0f} false alarms" in page  # the batch's verdict
     assert 'title="nearest training image: ' in page  # its neighbours found under the bank's root
     # the shift gate: something is flagged, so any flagged share > 0 trips it
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate", "--device", "cpu",
@@ -275,6 +279,19 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.exit_code == 0 and res.stderr == ""
     summary = json.loads(res.stdout)  # --json: summary.json on stdout, on one line
     assert summary == json.loads((tmp_path / "gate2" / "summary.json").read_text()) and res.stdout.count("\n") == 1
+    # auto: the batch's flags against the false alarms its calibration allows
+    test = summary["shift_test"]
+    res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate3", "--device", "cpu",
+                 "--workers", "0", "--fail-on-shift", "auto", "--no-explain", "--no-report")
+    assert test["p_value"] < 0.01 and res.exit_code == 1, (test, res.output)
+    assert "shift gate: more flags than false alarms explain" in res.stderr
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for f in (synth / "prod").glob("clean_*"):
+        shutil.copy(f, clean / f.name)
+    res = invoke("scan", clean, "-w", workspace, "--out", tmp_path / "gate4", "--device", "cpu",
+                 "--workers", "0", "--fail-on-shift", "AUTO", "--no-explain", "--no-report")
+    assert res.exit_code == 0 and "no more flags than false alarms explain" in res.stderr, res.output
 
 
 @pytest.mark.parametrize("case", ["missing folder", "empty folder", "no bank", "bad gate", "bad fpr",
@@ -292,7 +309,7 @@ def test_cli_usage_errors_exit_2(case, workspace, tmp_path):
         target.mkdir()
         (target / "a.png").write_bytes(b"")
     elif case == "bad gate":
-        extra, expected = ["--fail-on-shift", "1.5"], "--fail-on-shift must be between 0 and 1"
+        extra, expected = ["--fail-on-shift", "1.5"], "--fail-on-shift must be a share between 0 and 1, or auto; got '1.5'"
     elif case == "bad fpr":
         extra, expected = ["--fpr", "0"], "--fpr must be between 0 and 1"
     else:

@@ -176,6 +176,32 @@ def test_calibration_summary():
     assert summ["score_quantiles"]["p99"] == pytest.approx(99.01)
 
 
+def test_false_alarm_test_holds_its_level_where_a_binomial_does_not():
+    """In-distribution batches: the p-value of "only false alarms" is below 0.05 about 5% of the time,
+    over fresh calibration samples too; a binomial at fpr, blind to the calibration's own spread,
+    rejects far more often. A batch with 10% shifted images is told apart."""
+    from scipy.stats import binom
+    rng = np.random.default_rng(0)
+    n_cal, n_batch, fpr, reps = 200, 1000, 0.05, 600
+    ours, naive, shifted = [], [], []
+    for _ in range(reps):
+        cal = Calibration(np.sort(rng.normal(size=n_cal)))
+        batch = rng.normal(size=n_batch)
+        k = int((batch > cal.threshold(fpr)).sum())
+        ours.append(cal.false_alarm_test(n_batch, k, fpr)["p_value"])
+        naive.append(binom.sf(k - 1, n_batch, fpr))
+        batch[:100] += 4.0  # a tenth of the batch far out
+        shifted.append(cal.false_alarm_test(n_batch, int((batch > cal.threshold(fpr)).sum()), fpr)["p_value"])
+    assert np.mean(np.array(ours) < 0.05) < 0.08
+    assert np.mean(np.array(naive) < 0.05) > 0.15
+    assert np.mean(np.array(shifted) < 0.01) > 0.95
+    got = Calibration(np.arange(1, 20, dtype=np.float64)).false_alarm_test(100, 30, 0.1)
+    # m = floor(0.1 * 20) = 2: the rate is Beta(2, 18), mean 0.1
+    assert got["expected_false_alarms"] == pytest.approx(10.0) and got["excess_flagged"] == 20
+    assert got["false_alarm_range_95"][0] <= 10 <= got["false_alarm_range_95"][1] < 30 and got["p_value"] < 0.05
+    assert Calibration(np.arange(1, 20, dtype=np.float64)).false_alarm_test(100, 5, 0.01)["p_value"] == 1.0
+
+
 # ------------------------------------------------------------------ kNN scorer
 
 

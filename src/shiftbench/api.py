@@ -272,6 +272,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "backbone": bank.meta["identity"],
         "counts": {"images": n, "ok": n_ok, "unreadable": n - n_ok, "flagged": n_flag},
         "share_flagged": n_flag / n_ok if n_ok else 0.0,
+        "shift_test": cal.false_alarm_test(n_ok, n_flag, fpr),  # more flags than false alarms explain?
         "threshold": cal.threshold(fpr), "fpr_target": fpr,
         "calibration": cal.summary(fpr),
         "drift": drift.to_dict("records"),

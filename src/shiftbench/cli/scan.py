@@ -87,8 +87,9 @@ def scan(
     fpr: Annotated[float, typer.Option(help="Target false-alarm rate on in-distribution images.")] = 0.05,
     explain: Annotated[bool, typer.Option(
         "--explain/--no-explain", help="Attribute flagged images to causes and cluster them.")] = True,
-    fail_on_shift: Annotated[Optional[float], typer.Option(
-        help="Exit 1 when the share of flagged images exceeds this (0-1).")] = None,
+    fail_on_shift: Annotated[Optional[str], typer.Option(
+        help="Exit 1 when the share of flagged images exceeds this (0-1), or with 'auto' when the batch has "
+             "more flags than false alarms explain (summary.json's shift_test, p < 0.01).")] = None,
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Also write OUT/report.html (see 'shiftbench report').")] = True,
     backbone: Annotated[Optional[str], typer.Option(
@@ -119,8 +120,7 @@ def scan(
     Writes images.csv (one row per image), summary.json and report.html, and prints
     the output folder on stdout. Bank options (--backbone ... --index) apply with --reference.
     """
-    if fail_on_shift is not None and not 0 <= fail_on_shift <= 1:
-        raise fail("--fail-on-shift must be between 0 and 1")
+    gate = _gate(fail_on_shift)
     # Bank options: only with --reference; otherwise the bank's own settings rule.
     index_options = {name: value for name, value in dict(
         backbone=backbone, weights=weights, num_classes=num_classes, resize=resize, layers=layers,
@@ -148,7 +148,9 @@ def scan(
                    f"each has a row with its reason in {result.out_dir / 'images.csv'}")
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
-         f"{100 * fpr:.0f}%), {c['unreadable']} unreadable", quiet)
+         f"{100 * fpr:g}%), {c['unreadable']} unreadable", quiet)
+    from ..scoring.knn import SHIFT_P, shift_verdict
+    info(f"  {shift_verdict(s['shift_test'])}", quiet)
     reused = s.get("reused") or {}
     if reused.get("embeddings") or reused.get("attributions"):  # a rerun, or a resumed interrupted scan
         info(f"reused from an earlier run of this folder (unchanged files, same bank): {reused['embeddings']} "
@@ -176,9 +178,25 @@ def scan(
     _echo(result, json_out)
     if report:
         _write_report(result.out_dir, quiet)
-    if fail_on_shift is not None and s["share_flagged"] > fail_on_shift:
-        info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * fail_on_shift:.1f}%", quiet)
+    if gate == "auto" and s["shift_test"]["p_value"] < SHIFT_P:
+        info(f"shift gate: more flags than false alarms explain (p = {s['shift_test']['p_value']:.1g})", quiet)
         raise typer.Exit(EXIT_SHIFT)
+    if isinstance(gate, float) and s["share_flagged"] > gate:
+        info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * gate:.1f}%", quiet)
+        raise typer.Exit(EXIT_SHIFT)
+
+
+def _gate(value: str | None) -> float | str | None:
+    """--fail-on-shift: None, "auto", or a share in [0, 1]."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0 <= share <= 1:
+        raise fail(f"--fail-on-shift must be a share between 0 and 1, or auto; got {value!r}")
+    return share
 
 
 def _echo(result, json_out: bool) -> None:

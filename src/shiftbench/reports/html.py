@@ -24,6 +24,7 @@ import pandas as pd
 from ..collection.scan_io import load_scan
 from ..fsutil import write_text
 from ..images import ImageError, InputError, decode_image
+from ..scoring.knn import shift_verdict
 
 CAUSES = ("lighting", "angle", "resolution", "pipeline")
 THUMB = 128  # longest side of a thumbnail, pixels
@@ -117,7 +118,8 @@ def _head(s: dict, t: pd.DataFrame, n_flagged: int) -> dict:
             "fpr": f"{100 * s['fpr_target']:.1f}%" if s.get("fpr_target") is not None else "",
             "threshold": _num(s.get("threshold")), "backbone": bb.get("backbone", "?"),
             "bank": f"{bank.get('root', '?')} ({bank.get('images', '?')} images)",
-            "created": s.get("created", "?"), "version": s.get("shiftbench", "?")}
+            "created": s.get("created", "?"), "version": s.get("shiftbench", "?"),
+            "verdict": shift_verdict(s["shift_test"]) if s.get("shift_test") else ""}
 
 
 def _cluster(card: dict, flagged: pd.DataFrame, by_path: pd.DataFrame) -> dict:
