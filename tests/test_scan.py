@@ -309,7 +309,8 @@ def test_cli_usage_errors_exit_2(case, workspace, tmp_path):
         target.mkdir()
         (target / "a.png").write_bytes(b"")
     elif case == "bad gate":
-        extra, expected = ["--fail-on-shift", "1.5"], "--fail-on-shift must be a share between 0 and 1, or auto; got '1.5'"
+        extra = ["--fail-on-shift", "1.5"]
+        expected = "--fail-on-shift must be a share between 0 and 1, or auto; got '1.5'"
     elif case == "bad fpr":
         extra, expected = ["--fpr", "0"], "--fpr must be between 0 and 1"
     else:

@@ -134,7 +134,8 @@ def uneven_light(rows: pd.DataFrame, center: dict[str, float]) -> tuple[np.ndarr
 NOISIER = 1.5  # a cluster's median noise this many times training's is worth a line on its card
 # attribution's names of the degradations it simulates (``how_resolution``), in words
 DEGRADATIONS = {"blur": "blur", "downscale": "downscale and upscale", "motion": "motion blur",
-                "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression", "resized": "resize to its pixel size",
+                "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression",
+                "resized": "resize to its pixel size",
                 "noise": "added noise"}
 
 
