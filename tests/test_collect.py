@@ -815,3 +815,16 @@ def test_a_warm_light_is_named_in_the_plan():
     lines = _lighting(members, {"colour_cast": 0.017, "rb_balance": -0.012})
     assert lines == ["warm colour cast 0.031 (training 0.017)"]
     assert _lighting(members.assign(colour_cast=0.020), {"colour_cast": 0.017, "rb_balance": -0.012}) == []
+
+
+def test_a_batch_within_false_alarms_is_said(fake_scan):
+    summary_path = fake_scan / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert not any("ordinary variation" in n for n in collect(fake_scan, budget=5, copy=False).summary["notes"])
+    summary["shift_test"] = {"expected_false_alarms": 15.0, "false_alarm_range_95": [7, 24], "excess_flagged": 2,
+                             "p_value": 0.31}
+    summary_path.write_text(json.dumps(summary))
+    notes = collect(fake_scan, budget=5, copy=False).summary["notes"]
+    assert any(n.startswith("in-distribution images would give 15 false alarms (95%: 7-24): no more flags than "
+                            "false alarms explain (p = 0.31), so the flagged images may be ordinary variation")
+               for n in notes), notes

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..fsutil import remove_stale, write_json, write_text
 from ..images import InputError
+from ..scoring.knn import SHIFT_P, shift_verdict
 from . import augment, plan as planmod, transforms
 from .scan_io import ScanOutputs, has_cause, load_scan, training_reference
 from .select import allocate, cluster_weights, k_center_greedy, label_order, medoid, normalise
@@ -249,7 +250,10 @@ def collect(scan_dir: str | Path, budget: int | None = None, out: str | Path | N
     notes = []
     if not groups:
         notes.append("no image was flagged: nothing to collect or label")
-    elif scan.embeddings is None:  # picks fall back to the cards' medoids and a seeded random sample
+    elif (test := scan.summary.get("shift_test")) and test["p_value"] >= SHIFT_P:
+        notes.append(f"{shift_verdict(test)}, so the flagged images may be ordinary variation: label a few to "
+                     f"find out before collecting more")
+    if groups and scan.embeddings is None:  # picks fall back to the cards' medoids and a seeded random sample
         notes.append(f"no usable embeddings.npy in {scan.scan_dir} (missing, damaged or of another length): "
                      f"images picked without diversity, from the clusters' medoids and at random")
     sizes = [len(g["rows"]) for g in groups]
