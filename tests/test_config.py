@@ -45,7 +45,12 @@ def test_keys_are_the_options_long_names(tmp_path):
     ("scan:\n  json: true\n  json_out: false\n", "'json_out' given twice"),
     ("scan: 0.02\n", "scan: expected 'option: value' lines"),
     ("- scan\n", "expected one section per command"),
-    ("scan: [1\n", "not YAML (line 2"),
+    ("scan: [1\n", "not YAML, line 2, column 1:"),
+    ("scan:\n  fpr: 0.1\nscan:\n  k: 2\n", "line 3, column 1: 'scan' given twice"),
+    ("scan:\n  fpr: 0.1\n  fpr: 0.2\n", "line 3, column 3: 'fpr' given twice"),
+    ("scan:\n  fpr: often\n", "scan: fpr: Input should be a valid number"),
+    ("scan:\n  batch-size: 0\n", "scan: batch-size: Input should be greater than or equal to 1"),
+    ("scan:\n  explain: maybe\n", "scan: explain: Input should be a valid boolean"),
 ])
 def test_a_wrong_file_is_a_usage_error(tmp_path, text, expected):
     res = invoke("--config", write(tmp_path, text), "config")
@@ -71,9 +76,18 @@ def test_config_sets_a_commands_defaults_and_the_command_line_wins(workspace, sy
     assert json.loads(res.stdout)["fpr_target"] == 0.1 and (tmp_path / "b" / "report.html").is_file()
 
 
-def test_a_wrong_value_in_the_file_names_the_option(tmp_path, synth):
-    res = invoke("--config", write(tmp_path, "scan:\n  fpr: often\n"), "scan", synth / "prod")
-    assert res.exit_code == 2 and "--fpr" in res.output
+def test_paths_in_the_file_expand_home_as_the_shell_does(tmp_path):
+    got = load_config(write(tmp_path, "scan:\n  out: ~/scans\n  device: ~cpu\n  fail-on-shift: 0.1\n"), GROUP)
+    assert got["scan"] == {"out": str(Path.home() / "scans"), "device": "~cpu", "fail_on_shift": 0.1}
+
+
+def test_flags_set_in_the_file_can_be_turned_off_on_the_command_line(workspace, synth, tmp_path):
+    cfg = write(tmp_path, f"scan:\n  workspace: {workspace}\n  json: true\n  quiet: true\n  explain: false\n"
+                          "  report: false\n  device: cpu\n  workers: 0\n  fail-on-shift: auto\n")
+    res = invoke("--config", cfg, "scan", synth / "prod", "--out", tmp_path / "a", "--no-json", "--no-quiet",
+                 "--fail-on-shift", "off")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == f"{tmp_path / 'a'}\n" and "flagged" in res.stderr
 
 
 def test_config_prints_every_option_with_the_files_values(tmp_path):
@@ -82,7 +96,7 @@ def test_config_prints_every_option_with_the_files_values(tmp_path):
     every = yaml.safe_load(res.stdout)
     assert set(every) == set(GROUP.commands) - {"config"}
     assert every["scan"]["fpr"] == 0.05 and every["scan"]["early-layers"] is None and every["index"]["k"] == 1
-    assert "# Target false-alarm rate" in res.stdout  # each option's help as a comment
+    assert "  # Target false-alarm rate on in-distribution images.\n  fpr: 0.05\n" in res.stdout  # help, then value
     assert load_config(write(tmp_path, res.stdout), GROUP)  # what it prints is a valid config
     res = invoke("--config", write(tmp_path, "scan:\n  fpr: 0.01\n"), "config", "scan", "collect")
     assert res.exit_code == 0

@@ -251,7 +251,7 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.stdout == f"{out}\n"
     assert "12 images:" in res.stderr and "flagged" in res.stderr
     test = json.loads((out / "summary.json").read_text())["shift_test"]
-    assert f"would give {test['expected_false_alarms']:.0f} false alarms" in res.stderr
+    assert f"would give {test['expected_false_alarms']:.1f} false alarms" in res.stderr
     assert 0 <= test["p_value"] <= 1 and test["expected_false_alarms"] < 12
     assert "cluster 0:" in res.stderr  # the cluster cards
     assert (out / "images.csv").is_file()
@@ -259,7 +259,7 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     n = int(read_csv(out / "images.csv")["is_ood"].str.lower().eq("true").sum())
     assert f"<b>{n} flagged</b>" in page and n > 0
-    assert f"would give {test['expected_false_alarms']:.0f} false alarms" in page  # the batch's verdict
+    assert f"would give {test['expected_false_alarms']:.1f} false alarms" in page  # the batch's verdict
     assert 'title="nearest training image: ' in page  # its neighbours found under the bank's root
     # the shift gate: something is flagged, so any flagged share > 0 trips it
     res = invoke("scan", synth / "prod", "-w", workspace, "--out", tmp_path / "gate", "--device", "cpu",
@@ -310,7 +310,7 @@ def test_cli_usage_errors_exit_2(case, workspace, tmp_path):
         (target / "a.png").write_bytes(b"")
     elif case == "bad gate":
         extra = ["--fail-on-shift", "1.5"]
-        expected = "--fail-on-shift must be a share between 0 and 1, or auto; got '1.5'"
+        expected = "--fail-on-shift must be a share between 0 and 1, auto or off; got '1.5'"
     elif case == "bad fpr":
         extra, expected = ["--fpr", "0"], "--fpr must be between 0 and 1"
     else:

@@ -441,3 +441,16 @@ def test_fused_catches_a_shift_seen_in_one_view_only():
     # view 'a' alone would not see it: its distances look like training ones
     p_a = fused.scorers_["a"].calibration_.p_values(dist["a"])
     assert (p_a <= 0.05).mean() < 0.1
+
+
+def test_false_alarm_test_p_values_far_in_the_tail_and_in_words():
+    from shiftbench.scoring.knn import shift_verdict
+    cal = Calibration(np.arange(900.0))
+    far = cal.false_alarm_test(1100, 740, 0.05)
+    assert 0 < far["p_value"] < 1e-100  # summed term by term, not 1 - cdf (which bottoms out near 1e-10)
+    assert shift_verdict(far).startswith("the batch has shifted: in-distribution images would give 55 false alarms "
+                                         "(95%: 35-77), 685 flags more (p = ")
+    few = cal.false_alarm_test(20, 1, 0.05)
+    assert few["p_value"] == pytest.approx(0.637, abs=0.001)
+    assert shift_verdict(few) == ("in-distribution images would give 1.0 false alarm (95%: 0-3): no more flags than "
+                                  "false alarms explain (p = 0.64)")

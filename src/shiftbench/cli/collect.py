@@ -18,8 +18,9 @@ def collect(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: SCAN_DIR/collect).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the augmentation pipeline (and sampling without embeddings).")] = 0,
     copy: Annotated[bool, typer.Option("--copy/--no-copy", help="Copy the selected images to OUT/to_label.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No plan on stderr.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of the folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="No plan on stderr.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json/--no-json", help="Print the plan as JSON instead of the folder.")] = False,
 ) -> None:
     """Plan what to collect per failure cluster, pick the images to label first, match an augmentation.
 

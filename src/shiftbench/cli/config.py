@@ -20,6 +20,8 @@ section, and ``--help`` shows the file's values as the defaults.
 from __future__ import annotations
 
 import difflib
+import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +50,24 @@ def load_config(path: Path, group: Any) -> dict[str, dict]:
     def bad(msg: str) -> typer.BadParameter:
         return typer.BadParameter(f"{path}: {msg}", param_hint="'--config'")
 
+    class UniqueKeys(yaml.SafeLoader):  # a key given twice is a mistake, not "the last one wins"
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            for i, k in enumerate(keys):
+                if k in keys[:i]:
+                    mark = node.value[i][0].start_mark
+                    raise yaml.constructor.ConstructorError(None, None, f"{k!r} given twice", mark)
+            return super().construct_mapping(node, deep)
+
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeys)
     except OSError as e:
         raise bad(e.strerror or str(e)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise bad(f"not YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        kind = "" if isinstance(e, yaml.constructor.ConstructorError) else "not YAML, "  # (a key given twice)
+        raise bad(f"{kind}{where}{getattr(e, 'problem', None) or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -80,6 +92,13 @@ def load_config(path: Path, group: Any) -> dict[str, dict]:
                                                                                   _options(command)]))
             if param.name in values:
                 raise bad(f"{name}: {key!r} given twice (as {_keys(param)[0]!r} and {param.name!r})")
+            if value is not None:
+                try:  # converted here too, so that an error names the file, not an option nobody typed
+                    converted = param.process_value(typer.Context(command), value)
+                except typer.BadParameter as e:
+                    raise bad(f"{name}: {key}: {e.message}") from None
+                if isinstance(converted, Path) and isinstance(value, str):
+                    value = os.path.expanduser(value)  # as the shell does on the command line
             values[param.name] = value
         out[str(name)] = values
     return out
@@ -91,20 +110,19 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def defaults_yaml(group: Any, default_map: dict | None = None, commands: list[str] | None = None) -> str:
-    """Every option of ``commands`` (default: all but ``config``) as a YAML config, its help as a
-    comment; values from ``default_map`` where it has them, else the option's own default."""
+    """Every option of ``commands`` (default: all but ``config``) as a YAML config, each after its help
+    as a comment; values from ``default_map`` where it has them, else the option's own default."""
     import yaml
-    names = commands or [c for c in group.commands if c != "config"]
-    lines = ["# shiftbench options, one section per command, each with its help. Edit, delete what you",
+    names = list(dict.fromkeys(commands or [c for c in group.commands if c != "config"]))
+    lines = ["# shiftbench options, one section per command, each after its help. Edit, delete what you",
              "# keep at its default, and run: shiftbench --config FILE COMMAND ... (the command line wins).", ""]
     for name in names:
-        command = group.commands[name]
         lines.append(f"{name}:")
-        for p in _options(command):
+        for p in _options(group.commands[name]):
             value = (default_map or {}).get(name, {}).get(p.name, p.default)
             value = str(value) if isinstance(value, Path) else value
-            text = yaml.safe_dump({_keys(p)[0]: value}, default_flow_style=True, width=1000).strip()[1:-1]
-            help_text = " ".join((p.help or "").split())
-            lines.append(f"  {text}" + (f"  # {help_text}" if help_text else ""))
+            lines += textwrap.wrap(" ".join((p.help or "").split()), 96, initial_indent="  # ",
+                                   subsequent_indent="  # ")
+            lines.append("  " + yaml.safe_dump({_keys(p)[0]: value}, default_flow_style=True, width=1000).strip()[1:-1])
         lines.append("")
     return "\n".join(lines)

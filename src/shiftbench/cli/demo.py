@@ -19,7 +19,7 @@ def demo(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the baseline model.")] = 10,
     budget_fraction: Annotated[float, typer.Option(help="Share of production images to label.")] = 0.1,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the output folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="Only print the output folder.")] = False,
 ) -> None:
     """Generate a factory whose stations drifted, find and explain the drift, fix the model.
 

@@ -50,8 +50,10 @@ def finetune(
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 mixed precision on CUDA.")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(min=0, help="Image decoding threads (0 or 1: one).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, epochs or table on stderr.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print metrics.json instead of the folder.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet/--no-quiet", "-q", help="No progress, epochs or table on stderr.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json/--no-json", help="Print metrics.json instead of the folder.")] = False,
 ) -> None:
     """Fine-tune CKPT on its training images plus newly labelled production images; gate the result.
 

@@ -11,7 +11,7 @@ from .common import EXIT_SHIFT, fail, info, progress_bar, progress_bars, user_er
 
 Workspace = Annotated[Path, typer.Option("--workspace", "-w", help="Folder holding the bank and scans.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
+Quiet = Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bar or summary on stderr.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(min=0, help="Decoding worker processes (default: cores/2).")]
 Backbone = Annotated[Optional[str], typer.Option(
@@ -47,7 +47,8 @@ def index(
     workers: Workers = None,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the bank's summary (counts, backbone, index, unreadable files) instead of its folder.")
+        "--json/--no-json",
+        help="Print the bank's summary (counts, backbone, index, unreadable files) instead of its folder.")
     ] = False,
 ) -> None:
     """Embed the training images into a reference bank (re-run to add new images)."""
@@ -88,7 +89,8 @@ def scan(
     explain: Annotated[bool, typer.Option(
         "--explain/--no-explain", help="Attribute flagged images to causes and cluster them.")] = True,
     fail_on_shift: Annotated[Optional[str], typer.Option(
-        help="Exit 1 when the share of flagged images exceeds this (0-1), or with 'auto' when the batch has "
+        metavar="SHARE|auto|off",
+        help="Exit 1 when the share of flagged images exceeds SHARE (0-1), or with 'auto' when the batch has "
              "more flags than false alarms explain (summary.json's shift_test, p < 0.01).")] = None,
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Also write OUT/report.html (see 'shiftbench report').")] = True,
@@ -113,7 +115,8 @@ def scan(
     workers: Workers = None,
     quiet: Quiet = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print summary.json (counts, threshold, drift, clusters) instead of the folder.")] = False,
+        "--json/--no-json",
+        help="Print summary.json (counts, threshold, drift, clusters) instead of the folder.")] = False,
 ) -> None:
     """Flag the production images that are unlike the training set.
 
@@ -149,7 +152,7 @@ def scan(
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
          f"{100 * fpr:g}%), {c['unreadable']} unreadable", quiet)
-    from ..scoring.knn import SHIFT_P, shift_verdict
+    from ..scoring.knn import SHIFT_P, p_text, shift_verdict
     info(f"  {shift_verdict(s['shift_test'])}", quiet)
     reused = s.get("reused") or {}
     if reused.get("embeddings") or reused.get("attributions"):  # a rerun, or a resumed interrupted scan
@@ -179,7 +182,7 @@ def scan(
     if report:
         _write_report(result.out_dir, quiet)
     if gate == "auto" and s["shift_test"]["p_value"] < SHIFT_P:
-        info(f"shift gate: more flags than false alarms explain (p = {s['shift_test']['p_value']:.1g})", quiet)
+        info(f"shift gate: more flags than false alarms explain ({p_text(s['shift_test']['p_value'])})", quiet)
         raise typer.Exit(EXIT_SHIFT)
     if isinstance(gate, float) and s["share_flagged"] > gate:
         info(f"shift gate: {100 * s['share_flagged']:.1f}% flagged > {100 * gate:.1f}%", quiet)
@@ -187,15 +190,17 @@ def scan(
 
 
 def _gate(value: str | None) -> float | str | None:
-    """--fail-on-shift: None, "auto", or a share in [0, 1]."""
-    if value is None or value.strip().lower() == "auto":
-        return None if value is None else "auto"
+    """--fail-on-shift: None (also "off", to override a config file), "auto", or a share in [0, 1]."""
+    if value is None or value.strip().lower() in ("off", "none"):
+        return None
+    if value.strip().lower() == "auto":
+        return "auto"
     try:
         share = float(value)
     except ValueError:
         share = float("nan")
     if not 0 <= share <= 1:
-        raise fail(f"--fail-on-shift must be a share between 0 and 1, or auto; got {value!r}")
+        raise fail(f"--fail-on-shift must be a share between 0 and 1, auto or off; got {value!r}")
     return share
 
 

@@ -40,9 +40,10 @@ def train(
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 mixed precision on CUDA.")] = True,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(min=0, help="Image decoding threads (0 or 1: one).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or epoch lines on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet/--no-quiet", "-q", help="No progress or epoch lines on stderr.")] = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the metrics as JSON instead of the path.")] = False,
+        "--json/--no-json", help="Print the metrics as JSON instead of the path.")] = False,
 ) -> None:
     """Train an image classifier and print the checkpoint folder it wrote.
 

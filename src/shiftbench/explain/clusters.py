@@ -133,9 +133,9 @@ def uneven_light(rows: pd.DataFrame, center: dict[str, float]) -> tuple[np.ndarr
 
 NOISIER = 1.5  # a cluster's median noise this many times training's is worth a line on its card
 # attribution's names of the degradations it simulates (``how_resolution``), in words
-DEGRADATIONS = {"blur": "blur", "downscale": "downscale and upscale", "motion": "motion blur",
+DEGRADATION_WORDS = {"blur": "blur", "downscale": "downscale and upscale", "motion": "motion blur",
                 "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression",
-                "resized": "resize to its pixel size",
+                "resized": "resize to the image's pixel size",
                 "noise": "added noise"}
 
 
@@ -199,7 +199,7 @@ def describe_change(members: pd.DataFrame, cause: str, center: dict[str, float])
             out.append(f"noise {med['noise'] / nt:.1f}x training's (sigma {med['noise']:.3g} vs {nt:.3g})")
         if kinds:
             out.append("closest degradation of the nearest training images: "
-                       + ", ".join(f"{DEGRADATIONS.get(k, k)} ({n} of {len(members)})" for k, n in kinds.items()))
+                       + ", ".join(f"{DEGRADATION_WORDS.get(k, k)} ({n} of {len(members)})" for k, n in kinds.items()))
     elif cause == "pipeline" and "how_pipeline" in members:
         out.append("matches a preprocessing fault: " + members["how_pipeline"].mode().iloc[0])
     else:
