@@ -135,6 +135,7 @@ def scan(
                    f"backbone and settings are used")
     with user_errors():
         from ..api import scan as run_scan
+        from ..scoring.knn import SHIFT_P, p_text, shift_verdict
         with progress_bars(quiet, "embedding", "explaining flagged images") as (progress, explaining):
             result = run_scan(prod_dir, workspace=workspace, reference=reference, out=out, fpr=fpr,
                               explain=explain, model=model, labels=labels, device=device,
@@ -152,7 +153,6 @@ def scan(
     info(f"{c['images']} images: {c['flagged']} flagged out-of-distribution "
          f"({100 * s['share_flagged']:.1f}% of {c['ok']} readable; target false-alarm rate "
          f"{100 * fpr:g}%), {c['unreadable']} unreadable", quiet)
-    from ..scoring.knn import SHIFT_P, p_text, shift_verdict
     info(f"  {shift_verdict(s['shift_test'])}", quiet)
     reused = s.get("reused") or {}
     if reused.get("embeddings") or reused.get("attributions"):  # a rerun, or a resumed interrupted scan

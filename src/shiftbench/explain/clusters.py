@@ -134,9 +134,8 @@ def uneven_light(rows: pd.DataFrame, center: dict[str, float]) -> tuple[np.ndarr
 NOISIER = 1.5  # a cluster's median noise this many times training's is worth a line on its card
 # attribution's names of the degradations it simulates (``how_resolution``), in words
 DEGRADATION_WORDS = {"blur": "blur", "downscale": "downscale and upscale", "motion": "motion blur",
-                "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression",
-                "resized": "resize to the image's pixel size",
-                "noise": "added noise"}
+                     "pixelate": "nearest-neighbour resize", "jpeg": "JPEG compression",
+                     "resized": "resize to the image's pixel size", "noise": "added noise"}
 
 
 def closest_changes(members: pd.DataFrame, cause: str, top: int = 3) -> dict[str, int]:
