@@ -250,9 +250,12 @@ def test_cli_scan_stdout_is_the_output_folder(workspace, synth, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout == f"{out}\n"
     assert "12 images:" in res.stderr and "flagged" in res.stderr
-    test = json.loads((out / "summary.json").read_text())["shift_test"]
+    written = json.loads((out / "summary.json").read_text())
+    test, n_cal = written["shift_test"], written["calibration"]["n"]
     assert f"would give {test['expected_false_alarms']:.1f} false alarms" in res.stderr
     assert 0 <= test["p_value"] <= 1 and test["expected_false_alarms"] < 12
+    # 12 images, each a false alarm with mean rate m / (n + 1), m = floor(0.05 (n + 1))
+    assert test["expected_false_alarms"] == pytest.approx(12 * int(0.05 * (n_cal + 1)) / (n_cal + 1))
     assert "cluster 0:" in res.stderr  # the cluster cards
     assert (out / "images.csv").is_file()
     assert f"report: {out / 'report.html'}" in res.stderr
