@@ -299,3 +299,85 @@ def test_loaded_backbones_are_folded_and_training_sources_are_not(resnet7, tmp_p
     torch.testing.assert_close(logits, resnet7[3], rtol=1e-4, atol=1e-4)
     src = load_source("resnet18", str(path))
     assert any(k.endswith("running_var") for k in src.state)
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+
+
+def test_onnx_runtime_gives_pytorchs_features_and_logits(lite0):
+    """On CPU lite0 runs in ONNX Runtime by default; every view and the logits are PyTorch's."""
+    eager = load_backbone("lite0", device="cpu", runtime="torch")
+    assert lite0.runtime == "onnx" and eager.runtime == "torch" and lite0.identity == eager.identity
+    x = (_x(11, seed=4, size=224) * 0.7).contiguous(memory_format=torch.channels_last)
+    (f, lg), (f0, lg0) = lite0.embed(x), eager.embed(x)
+    assert f.dtype == torch.float32 and f.shape == (11, lite0.feature_dim) and lg.shape == (11, 1000)
+    torch.testing.assert_close(f, f0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lg, lg0, rtol=1e-4, atol=1e-4)
+    # another side than the exported one goes through PyTorch, not a wrong graph
+    f64, _ = lite0.embed(_x(2, size=64))
+    torch.testing.assert_close(f64, eager.embed(_x(2, size=64))[0])
+
+
+@pytest.mark.parametrize("size", [64, 50])
+def test_onnx_export_of_same_padding_at_even_and_odd_sides(size):
+    """TF-"same" stride-2 layers pad by their input's parity; the graph has it fixed per layer
+    (50 px: 25 then 13 px reach the later stride-2 layers, odd sides)."""
+    from shiftbench.embedding.runtime import onnx_runner
+
+    bb = load_backbone("lite0", weights="none", device="cpu", runtime="torch")
+    run = onnx_runner(bb.model, bb._torch_embed, size)
+    assert run is not None
+    x = _x(3, seed=5, size=size)
+    f, lg = run(x.numpy())
+    with torch.no_grad():
+        f0, lg0 = bb._torch_embed(x, bb.model)
+    np.testing.assert_allclose(f, f0.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lg, lg0.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_runtime_for_a_torchvision_state_dict(resnet7, tmp_path):
+    path = tmp_path / "r7.pt"
+    torch.save(resnet7[0].state_dict(), path)
+    bb = load_backbone("resnet18", weights=str(path), device="cpu")
+    assert bb.runtime == "onnx"
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    feats, logits = bb.embed(x)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, resnet7[0](x), rtol=1e-4, atol=1e-4)
+
+
+def test_pytorch_where_onnx_cannot_run(tmp_path, monkeypatch, capfd):
+    """No onnxruntime, a TorchScript file, a model with an operator ONNX lacks: PyTorch runs, and
+    the failed export prints nothing on stdout (where --json goes); runtime='onnx' then refuses."""
+    import sys
+
+    from shiftbench.embedding.runtime import onnx_runner
+
+    class Svd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc((y + torch.linalg.svdvals(y).sum()).mean((2, 3)))
+
+    assert onnx_runner(Svd().eval(), lambda x, m: (m(x), None), 16) is None
+    assert capfd.readouterr().out == ""
+    path = save_torchscript(tmp_path / "m.pt")
+    assert load_backbone(str(path), device="cpu").runtime == "torch"
+    with pytest.raises(BackboneError, match="TorchScript"):
+        load_backbone(str(path), device="cpu", runtime="onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert load_backbone("mobilenet_v3_small", weights="none", device="cpu").runtime == "torch"
+    with pytest.raises(BackboneError, match="cannot run in ONNX Runtime"):
+        load_backbone("mobilenet_v3_small", weights="none", device="cpu", runtime="onnx")
+    monkeypatch.setenv("SHIFTBENCH_RUNTIME", "tensorflow")
+    with pytest.raises(BackboneError, match="runtime must be one of"):
+        load_backbone("mobilenet_v3_small", weights="none", device="cpu")
+
+
+def test_runtime_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SHIFTBENCH_RUNTIME", "torch")
+    assert load_backbone("mobilenet_v3_small", weights="none", device="cpu").runtime == "torch"
+    assert load_backbone("mobilenet_v3_small", weights="none", device="cpu", runtime="onnx").runtime == "onnx"
