@@ -166,6 +166,7 @@ def test_summary_adds_up(scanned, synth):
     assert s["prod_dir"] == str((synth / "prod").resolve()) and s["out_dir"] == str(result.out_dir)
     assert s["bank"]["images"] == N_TRAIN and s["unreadable"] == []
     assert s["threshold"] == s["calibration"]["threshold"] and s["fpr_target"] == 0.05
+    assert s["runtime"] == {"device": "cpu", "forward": "onnx"}  # lite0 on the CPU: ONNX Runtime
     assert s["backbone"]["backbone"] == "lite0"
     assert s == json.loads(json.dumps(result.summary))  # the file is what the API returned
 

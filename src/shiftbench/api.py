@@ -270,6 +270,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "bank": {"root": bank.meta["root"], "images": bank.meta["counts"]["ok"], "k": bank.meta["k"],
                  "index": bank.meta["index"]},
         "backbone": bank.meta["identity"],
+        "runtime": {"device": str(bb.device), "forward": bb.runtime},  # forward: onnx (ONNX Runtime) or torch
         "counts": {"images": n, "ok": n_ok, "unreadable": n - n_ok, "flagged": n_flag},
         "share_flagged": n_flag / n_ok if n_ok else 0.0,
         "shift_test": cal.false_alarm_test(n_ok, n_flag, fpr),  # more flags than false alarms explain?
