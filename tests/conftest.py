@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.pop("SHIFTBENCH_RUNTIME", None)  # the tests check the default choice of runtime
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

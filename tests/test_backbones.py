@@ -321,7 +321,7 @@ def test_onnx_runtime_gives_pytorchs_features_and_logits(lite0):
 @pytest.mark.parametrize("size", [64, 50])
 def test_onnx_export_of_same_padding_at_even_and_odd_sides(size):
     """TF-"same" stride-2 layers pad by their input's parity; the graph has it fixed per layer
-    (50 px: 25 then 13 px reach the later stride-2 layers, odd sides)."""
+    (50 px: the stride-2 layers see 50, 25, 13, 7 and 4 px, odd and even sides mixed)."""
     from shiftbench.embedding.runtime import onnx_runner
 
     bb = load_backbone("lite0", weights="none", device="cpu", runtime="torch")
@@ -381,3 +381,44 @@ def test_runtime_from_the_environment(monkeypatch):
     monkeypatch.setenv("SHIFTBENCH_RUNTIME", "torch")
     assert load_backbone("mobilenet_v3_small", weights="none", device="cpu").runtime == "torch"
     assert load_backbone("mobilenet_v3_small", weights="none", device="cpu", runtime="onnx").runtime == "onnx"
+
+
+def test_hooks_move_with_the_stride2_layers_they_sit_on():
+    """A view taken at a stride-2 SameConv2d (replaced by a fixed-kernel conv in the exported copy)
+    still reaches the graph's output, and equals PyTorch's."""
+    from shiftbench.embedding.lite0 import SameConv2d
+    from shiftbench.embedding.runtime import onnx_runner
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.down = SameConv2d(3, 8, 3, 2), SameConv2d(8, 16, 5, 2)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.down(torch.relu(self.stem(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, captured = Two().eval(), {}
+    model.down.register_forward_hook(lambda _m, _a, out: captured.__setitem__("down", out.mean((2, 3))))
+
+    def embed(x, m):
+        logits = m(x)
+        return torch.cat([captured["down"], logits], 1), logits
+
+    run = onnx_runner(model, embed, 64, [16, 3])
+    assert run is not None
+    x = _x(3, seed=6)
+    f, lg = run(x.numpy())
+    with torch.no_grad():
+        f0, lg0 = embed(x, model)
+    np.testing.assert_allclose(f, f0.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(lg, lg0.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_to_train_runs_in_pytorch():
+    """fuse=False loads a model whose weights will change: the exported graph's copy would go stale."""
+    bb = load_backbone("mobilenet_v3_small", weights="none", device="cpu", fuse=False)
+    assert bb.runtime == "torch"
+    with pytest.raises(BackboneError, match="inference"):
+        load_backbone("mobilenet_v3_small", weights="none", device="cpu", fuse=False, runtime="onnx")

@@ -328,10 +328,11 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
         Fold each BatchNorm into the convolution before it (:func:`fuse_batchnorm`):
         the same features, ~27% less time for lite0 on CPU. Off for a model that will be trained.
     runtime : str, optional
-        ``auto`` (default; the ``SHIFTBENCH_RUNTIME`` environment variable where set): ONNX
-        Runtime for the forward pass of a folded model on CPU where it exports and gives the same
-        features (:mod:`.runtime`, about twice as fast), else PyTorch; ``torch``: always PyTorch;
-        ``onnx``: ONNX Runtime or an error. ``Backbone.runtime`` says which runs.
+        ``auto`` (default; the ``SHIFTBENCH_RUNTIME`` environment variable where set): on the CPU
+        with ``fuse`` (inference: the graph holds a copy of the weights), ONNX Runtime for the forward
+        pass where the model exports and gives the same features (:mod:`.runtime`; lite0's forward
+        pass ~1.5x faster), else PyTorch; ``torch``: always PyTorch; ``onnx``: ONNX Runtime or an
+        error. ``Backbone.runtime`` says which runs.
     """
     runtime = runtime or os.environ.get("SHIFTBENCH_RUNTIME") or "auto"
     if runtime not in RUNTIMES:
@@ -386,9 +387,10 @@ def load_backbone(name: str = "lite0", weights: str | None = None, num_classes: 
         bb.embed(torch.zeros(1, 3, pre.size, pre.size, device=dev))
         bb.views = [(v, int(bb._captured[v].flatten(1).shape[1])) for v in ["penultimate", *taps]]
     if runtime == "onnx" or (runtime == "auto" and fuse and dev.type == "cpu" and not scripted):
-        if dev.type != "cpu" or scripted:
-            raise BackboneError("runtime 'onnx' runs on the CPU and needs a model that is not TorchScript")
-        bb.runner = onnx_runner(bb.model, bb._torch_embed, pre.size)
+        if dev.type != "cpu" or scripted or not fuse:  # (not fuse: a model to train, whose weights will change)
+            raise BackboneError("runtime 'onnx' runs on the CPU, for inference (fuse=True), and needs a model "
+                                "that is not TorchScript")
+        bb.runner = onnx_runner(bb.model, bb._torch_embed, pre.size, [d for _, d in bb.views])
         if bb.runner is None and runtime == "onnx":
             raise BackboneError(f"{display} cannot run in ONNX Runtime here (onnxruntime and onnx installed? "
                                 f"an operator ONNX lacks?); use runtime 'torch'")

@@ -67,7 +67,8 @@ def load_source(backbone: str = "lite0", weights: str | None = None, *, size: in
     """
     backbone = str(backbone)
     ckpt = checkpoint_meta(backbone) if backbone != "lite0" else None
-    bb = load_backbone(backbone, weights, device="cpu", resize=resize, layers=False, fuse=False)
+    bb = load_backbone(backbone, weights, device="cpu", resize=resize, layers=False, fuse=False,
+                       runtime="torch")  # (only its weights are read)
     if isinstance(bb.model, torch.jit.ScriptModule):
         raise BackboneError(f"cannot train TorchScript model {backbone}: give an architecture name "
                             f"(lite0, resnet50...) with --weights, or a shiftbench checkpoint")
