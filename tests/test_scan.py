@@ -61,6 +61,7 @@ def test_bank_contents(bank_workspace, synth):
     assert counts == {"images": N_TRAIN, "ok": N_TRAIN, "unreadable": 0, "reused": 0, "exact_copies": 0,
                       "with_copies": counts["with_copies"]}
     assert counts["with_copies"] <= N_TRAIN // 4  # a few pairs alike in some view; no copies
+    assert bank.meta["runtime"] == {"device": "cpu", "forward": "onnx"}
     assert bank.table["path"].tolist() == find_images(synth / "train")
     assert bank.table["label"].tolist() == [p.split("/")[0] for p in find_images(synth / "train")]
     assert bank.features.shape == (N_TRAIN, 1280 + 24 + 40 + 112)

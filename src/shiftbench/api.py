@@ -122,6 +122,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
                    "reused": emb.reused, "exact_copies": int(len(shas) - len(set(shas))),
                    "with_copies": max(int(sc.index_info_["rows_with_copies"]) for sc in scorer.scorers_.values())},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
+        "runtime": {"device": str(bb.device), "forward": bb.runtime},
     }
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
     save_bank(workspace, bank)
