@@ -122,7 +122,7 @@ def index(train_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, b
                    "reused": emb.reused, "exact_copies": int(len(shas) - len(set(shas))),
                    "with_copies": max(int(sc.index_info_["rows_with_copies"]) for sc in scorer.scorers_.values())},
         "timings_s": {"embed": round(t_embed, 3), "total": round(time.perf_counter() - t0, 3)},
-        "runtime": {"device": str(bb.device), "forward": bb.runtime},
+        "runtime": bb.runs_on,
     }
     bank = Bank(meta=meta, table=table, features=emb.features, scorer=scorer)
     save_bank(workspace, bank)
@@ -271,7 +271,7 @@ def scan(prod_dir: str | Path, *, workspace: str | Path = DEFAULT_WORKSPACE, ref
         "bank": {"root": bank.meta["root"], "images": bank.meta["counts"]["ok"], "k": bank.meta["k"],
                  "index": bank.meta["index"]},
         "backbone": bank.meta["identity"],
-        "runtime": {"device": str(bb.device), "forward": bb.runtime},  # forward: onnx (ONNX Runtime) or torch
+        "runtime": bb.runs_on,  # forward: onnx (ONNX Runtime) or torch
         "counts": {"images": n, "ok": n_ok, "unreadable": n - n_ok, "flagged": n_flag},
         "share_flagged": n_flag / n_ok if n_ok else 0.0,
         "shift_test": cal.false_alarm_test(n_ok, n_flag, fpr),  # more flags than false alarms explain?

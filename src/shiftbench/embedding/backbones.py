@@ -100,6 +100,11 @@ class Backbone:
         return "torch" if self.runner is None else "onnx"
 
     @property
+    def runs_on(self) -> dict:
+        """Where the forward pass runs, as recorded in ``bank.json`` and ``summary.json``."""
+        return {"device": str(self.device), "forward": self.runtime}
+
+    @property
     def feature_dim(self) -> int:
         return sum(d for _, d in self.views)
 
